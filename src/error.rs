@@ -1,0 +1,99 @@
+//! The error type of the storage core (blocks, DAG, tickets, store, import
+//! and export). Every variant reads as one line a user can act on, and says
+//! who is at fault: a block that does not match its CID, a key that does not
+//! open a block, a disk that is full, a ticket that does not parse.
+
+use std::{io, path::PathBuf};
+
+use cid::Cid;
+
+/// Errors of the storage core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes stored or received under a CID do not hash to that CID.
+    #[error("block {cid} is corrupt: its bytes do not match its CID")]
+    Corrupt { cid: Cid },
+    /// The block is not in the store (or not on the network).
+    #[error("block {cid} is missing")]
+    Missing { cid: Cid },
+    /// The key does not open the block: a wrong ticket, or a block that was
+    /// replaced by another validly addressed one.
+    #[error("block {cid} cannot be decrypted: wrong key or tampered content")]
+    Decrypt { cid: Cid },
+    /// A structure block decoded but does not describe a valid file.
+    #[error("block {cid} is malformed: {reason}")]
+    Malformed { cid: Cid, reason: String },
+    /// A ticket or CID string that does not parse.
+    #[error("{0}")]
+    Parse(#[from] ParseError),
+    /// A write failed because the disk is full.
+    #[error("disk full while writing {path}: {source}")]
+    DiskFull { path: PathBuf, source: io::Error },
+    /// Any other IO failure, with what was being done.
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    /// Another process holds the data directory.
+    #[error("data directory {dir} is in use by another dfs-p2p process")]
+    InUse { dir: PathBuf },
+    /// A secret file that other users can read.
+    #[error(
+        "{path} is readable by other users (mode {mode:o}); refusing to use it: run `chmod 600 {path}`",
+        path = path.display()
+    )]
+    InsecureKey { path: PathBuf, mode: u32 },
+    /// An option outside its allowed range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The requested byte range lies outside the file.
+    #[error("range {offset}+{len} is outside the file ({size} bytes)")]
+    Range { offset: u64, len: u64, size: u64 },
+    /// A block source other than the local store failed (a network fetch).
+    #[error("{0}")]
+    Source(String),
+    /// The operation was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A ticket or CID string that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    #[error("malformed ticket: it must start with `{prefix}`", prefix = crate::ticket::TICKET_PREFIX)]
+    TicketPrefix,
+    #[error("malformed ticket: {0}")]
+    TicketEncoding(String),
+    #[error("malformed ticket: wrong version {0}")]
+    TicketVersion(u8),
+    #[error("malformed CID `{input}`: {reason}")]
+    Cid { input: String, reason: String },
+    #[error("unsupported CID {cid}: {reason}")]
+    UnsupportedCid { cid: String, reason: String },
+}
+
+impl Error {
+    /// Wraps an IO error with what was being done; `ENOSPC` becomes
+    /// [`Error::DiskFull`].
+    pub fn io(context: impl Into<String>, path: &std::path::Path, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(libc::ENOSPC)
+        {
+            return Error::DiskFull { path: path.to_path_buf(), source };
+        }
+        Error::Io { context: format!("{} {}", context.into(), path.display()), source }
+    }
+
+    /// The block this error blames, if any.
+    pub fn blamed_block(&self) -> Option<&Cid> {
+        match self {
+            Error::Corrupt { cid }
+            | Error::Missing { cid }
+            | Error::Decrypt { cid }
+            | Error::Malformed { cid, .. } => Some(cid),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
