@@ -130,6 +130,14 @@ pub fn import(
     let workers = options.workers.max(1);
     let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(workers * 2);
     let (done_tx, done_rx) = bounded::<Result<Done>>(workers * 2);
+    // Leaf buffers are recycled: memory stays at `buffers` leaves whatever
+    // the file size, and no page is faulted in twice.
+    let buffers = workers * 2 + 2;
+    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(buffers);
+    let leaf_capacity = options.chunk_size.min(MAX_LEAF_PLAINTEXT) + TAG_LEN;
+    for _ in 0..buffers {
+        pool_tx.send(Vec::with_capacity(leaf_capacity)).expect("room for every buffer");
+    }
     let secret = store.secret().clone();
     let mut writer = store.writer();
     let input_complete = &std::sync::atomic::AtomicBool::new(false);
@@ -137,6 +145,7 @@ pub fn import(
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let (work_rx, done_tx, secret) = (work_rx.clone(), done_tx.clone(), secret.clone());
+            let pool_tx = pool_tx.clone();
             scope.spawn(move || {
                 for (seq, mut buf) in work_rx {
                     let size = buf.len() as u64;
@@ -148,13 +157,15 @@ pub fn import(
                         leaf: ChildRef { cid, key, size },
                         prepared,
                     });
+                    buf.clear();
+                    let _ = pool_tx.send(buf);
                     if done_tx.send(done).is_err() {
                         break;
                     }
                 }
             });
         }
-        drop((work_rx, done_tx));
+        drop((work_rx, done_tx, pool_tx));
 
         let collector = scope.spawn(move || -> Result<Imported> {
             let mut tree = TreeBuilder::new(secret.clone(), options.max_links);
@@ -198,24 +209,39 @@ pub fn import(
 
         let mut seq = 0u64;
         let read_result = (|| -> Result<()> {
+            let read_err = |e| Error::Io { context: "cannot read the input".into(), source: e };
+            // A chunk that fits one leaf is read straight into a pooled
+            // buffer; a larger one is read whole, then cut into leaves.
+            let direct = options.chunk_size <= MAX_LEAF_PLAINTEXT;
+            let mut scratch = if direct { Vec::new() } else { vec![0u8; options.chunk_size] };
             loop {
-                let mut chunk = vec![0u8; options.chunk_size];
-                let n = read_full(&mut reader, &mut chunk).map_err(|e| Error::Io {
-                    context: "cannot read the input".into(),
-                    source: e,
-                })?;
-                chunk.truncate(n);
-                let mut rest = chunk.as_slice();
-                for size in leaf_sizes(n) {
-                    let (leaf, tail) = rest.split_at(size);
-                    rest = tail;
-                    let mut buf = Vec::with_capacity(size + TAG_LEN);
-                    buf.extend_from_slice(leaf);
-                    if work_tx.send((seq, buf)).is_err() {
-                        return Ok(()); // the collector failed; it reports why
+                let n = if direct {
+                    let Ok(mut buf) = pool_rx.recv() else { return Ok(()) };
+                    buf.resize(options.chunk_size, 0);
+                    let n = read_full(&mut reader, &mut buf).map_err(read_err)?;
+                    buf.truncate(n);
+                    if n > 0 {
+                        if work_tx.send((seq, buf)).is_err() {
+                            return Ok(()); // the collector failed; it reports why
+                        }
+                        seq += 1;
                     }
-                    seq += 1;
-                }
+                    n
+                } else {
+                    let n = read_full(&mut reader, &mut scratch).map_err(read_err)?;
+                    let mut rest = &scratch[..n];
+                    for size in leaf_sizes(n) {
+                        let (leaf, tail) = rest.split_at(size);
+                        rest = tail;
+                        let Ok(mut buf) = pool_rx.recv() else { return Ok(()) };
+                        buf.extend_from_slice(leaf);
+                        if work_tx.send((seq, buf)).is_err() {
+                            return Ok(());
+                        }
+                        seq += 1;
+                    }
+                    n
+                };
                 if n < options.chunk_size {
                     input_complete.store(true, std::sync::atomic::Ordering::Release);
                     return Ok(());

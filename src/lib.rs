@@ -4,6 +4,7 @@
 //! [`store`] (the data directory), and [`import`] / [`export`] (streaming
 //! files in and out in constant memory).
 
+pub mod bench;
 pub mod block;
 pub mod crypto;
 pub mod dag;

@@ -318,13 +318,17 @@ impl Store {
             if budget != u64::MAX {
                 self.inner.write_budget.fetch_sub(bytes.len() as u64, Ordering::Relaxed);
             }
-            File::create(&tmp).and_then(|mut f| f.write_all(bytes))
+            File::create(&tmp).and_then(|mut f| {
+                f.write_all(bytes)?;
+                start_writeback(&f);
+                Ok(())
+            })
         };
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(Error::io("cannot write block", &tmp, e));
         }
-        Ok(Some(Pending { tmp, path }))
+        Ok(Some(Pending { tmp, path, placed: false }))
     }
 
     /// Flushes everything written to the data directory's file system.
@@ -591,26 +595,68 @@ impl Store {
     }
 }
 
-/// A block written to `tmp/`, waiting for the batch's sync and rename.
+/// A block written to `tmp/`, waiting for its batch's sync and rename. A
+/// pending block that is dropped before it is moved into place is removed.
 struct Pending {
     tmp: PathBuf,
     path: PathBuf,
+    placed: bool,
 }
 
-/// Writes many blocks with one sync per batch. Holds off garbage collection
-/// while alive. Nothing it wrote is guaranteed durable before
+impl Pending {
+    fn place(&mut self) -> io::Result<()> {
+        let renamed = fs::rename(&self.tmp, &self.path).or_else(|e| {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            fs::create_dir_all(self.path.parent().expect("block paths have a shard"))?;
+            fs::rename(&self.tmp, &self.path)
+        });
+        self.placed = renamed.is_ok();
+        renamed
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Syncs a batch of written blocks, then moves them into place, so that a
+/// block file under a CID name is complete even after a crash.
+fn place_batch(store: &Store, batch: Vec<Pending>) -> Result<()> {
+    store.sync()?;
+    for mut p in batch {
+        p.place().map_err(|e| Error::io("cannot move block into place", &p.path, e))?;
+    }
+    Ok(())
+}
+
+/// Writes many blocks with one sync per batch; batches are synced on a
+/// background thread while the next one is written. Holds off garbage
+/// collection while alive. Nothing it wrote is guaranteed durable before
 /// [`finish`](Self::finish) returns; whatever is still pending when it is
 /// dropped is discarded.
 pub struct BlockWriter {
     store: Store,
     pending: Vec<Pending>,
     written: u64,
+    committer: Option<Committer>,
     _guard: OwnedRwLockReadGuard<()>,
+}
+
+/// The background thread that syncs and places full batches.
+struct Committer {
+    batches: crossbeam_channel::Sender<Vec<Pending>>,
+    thread: std::thread::JoinHandle<Result<()>>,
 }
 
 impl BlockWriter {
     fn new(store: Store, guard: OwnedRwLockReadGuard<()>) -> Self {
-        Self { store, pending: Vec::new(), written: 0, _guard: guard }
+        Self { store, pending: Vec::new(), written: 0, committer: None, _guard: guard }
     }
 
     /// Stores a block whose CID the caller computed or verified from these
@@ -620,14 +666,14 @@ impl BlockWriter {
         self.add(pending)
     }
 
-    /// Prepares a block from any thread; hand the result to [`add`](Self::add).
+    /// Prepares a block from any thread; hand the result to [`add_prepared`](Self::add_prepared).
     pub fn prepare(store: &Store, cid: &Cid, bytes: &[u8]) -> Result<Prepared> {
         Ok(Prepared(store.write_tmp(cid, bytes)?))
     }
 
     /// Adds a block prepared by [`prepare`](Self::prepare).
     pub fn add_prepared(&mut self, prepared: Prepared) -> Result<bool> {
-        self.add(prepared.take())
+        self.add(prepared.0)
     }
 
     fn add(&mut self, pending: Option<Pending>) -> Result<bool> {
@@ -635,32 +681,46 @@ impl BlockWriter {
         self.pending.push(pending);
         self.written += 1;
         if self.pending.len() >= BATCH_BLOCKS {
-            self.commit()?;
+            self.commit_in_background()?;
         }
         Ok(true)
     }
 
-    /// Syncs the batch and moves it into place.
+    fn commit_in_background(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.pending);
+        let committer = self.committer.get_or_insert_with(|| {
+            // One batch syncing and one waiting at most.
+            let (batches, rx) = crossbeam_channel::bounded::<Vec<Pending>>(1);
+            let store = self.store.clone();
+            let thread = std::thread::spawn(move || {
+                rx.into_iter().try_for_each(|batch| place_batch(&store, batch))
+            });
+            Committer { batches, thread }
+        });
+        if committer.batches.send(batch).is_err() {
+            // The committer stopped on an error; report it.
+            return self.join_committer();
+        }
+        Ok(())
+    }
+
+    fn join_committer(&mut self) -> Result<()> {
+        match self.committer.take() {
+            Some(Committer { batches, thread }) => {
+                drop(batches);
+                thread.join().expect("the block committer panicked")
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Syncs everything written so far and moves it into place.
     pub fn commit(&mut self) -> Result<()> {
+        self.join_committer()?;
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.store.sync()?;
-        for p in std::mem::take(&mut self.pending) {
-            let parent = p.path.parent().expect("block paths have a shard");
-            let renamed = fs::rename(&p.tmp, &p.path).or_else(|e| {
-                if e.kind() != io::ErrorKind::NotFound {
-                    return Err(e);
-                }
-                fs::create_dir_all(parent)?;
-                fs::rename(&p.tmp, &p.path)
-            });
-            if let Err(e) = renamed {
-                let _ = fs::remove_file(&p.tmp);
-                return Err(Error::io("cannot move block into place", &p.path, e));
-            }
-        }
-        Ok(())
+        place_batch(&self.store, std::mem::take(&mut self.pending))
     }
 
     /// Commits the last batch and syncs the renames. The writer keeps
@@ -678,29 +738,15 @@ impl BlockWriter {
 
 impl Drop for BlockWriter {
     fn drop(&mut self) {
-        for p in self.pending.drain(..) {
-            let _ = fs::remove_file(&p.tmp);
-        }
+        // Batches already handed over are synced and placed; the rest is
+        // removed as `pending` drops.
+        let _ = self.join_committer();
     }
 }
 
-/// A block written to a temporary file by [`BlockWriter::prepare`].
+/// A block written to a temporary file by [`BlockWriter::prepare`]; removed
+/// if it is dropped without being added to a writer.
 pub struct Prepared(Option<Pending>);
-
-impl Drop for Prepared {
-    fn drop(&mut self) {
-        // Only reached when the block was never handed to a writer.
-        if let Some(p) = self.0.take() {
-            let _ = fs::remove_file(&p.tmp);
-        }
-    }
-}
-
-impl Prepared {
-    fn take(mut self) -> Option<Pending> {
-        self.0.take()
-    }
-}
 
 /// Unix milliseconds, strictly increasing within the process so that LRU
 /// order is total.
@@ -711,6 +757,17 @@ fn unix_now() -> u64 {
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |prev| Some(now.max(prev + 1)))
         .expect("the update always succeeds");
     now.max(prev + 1)
+}
+
+/// Asks the kernel to start writing the file out now, without waiting, so
+/// that the batch's sync finds little left to do and disk writes overlap
+/// with hashing and encryption.
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is owned by `file`; the call only schedules IO.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {

@@ -1,0 +1,177 @@
+//! The storage benchmark behind `dfs-p2p bench store`: generates a file,
+//! imports it (including the final sync), exports it, checks the bytes, and
+//! reports throughput and peak resident memory of each phase.
+
+use std::{
+    fmt,
+    fs::File,
+    io::{self, BufWriter, Write},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    error::{Error, Result},
+    export::{ExportOptions, export},
+    import::{ImportOptions, import},
+    store::{Store, StoreOptions},
+};
+
+/// What `bench_store` measured.
+#[derive(Debug, Clone)]
+pub struct StoreBenchReport {
+    pub size: u64,
+    pub chunk_size: usize,
+    pub import: Duration,
+    pub import_peak_rss: Option<u64>,
+    pub export: Duration,
+    pub export_peak_rss: Option<u64>,
+    pub blocks: u64,
+    /// The same bytes written as one plain file with one fsync: what this
+    /// disk can do, for comparison with the synced import.
+    pub disk_baseline: Duration,
+}
+
+fn mb_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+impl fmt::Display for StoreBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (size, chunk) = (self.size as f64 / 1048576.0, self.chunk_size / 1024);
+        writeln!(
+            f,
+            "store benchmark: {size:.0} MiB file, {chunk} KiB chunks, {} blocks",
+            self.blocks
+        )?;
+        writeln!(
+            f,
+            "disk baseline:   {:>8.1} MB/s  {:>7.2} s  (one plain file, one fsync)",
+            mb_per_s(self.size, self.disk_baseline),
+            self.disk_baseline.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "import (synced): {:>8.1} MB/s  {:>7.2} s  peak RSS {}",
+            mb_per_s(self.size, self.import),
+            self.import.as_secs_f64(),
+            mib(self.import_peak_rss)
+        )?;
+        write!(
+            f,
+            "export:          {:>8.1} MB/s  {:>7.2} s  peak RSS {}",
+            mb_per_s(self.size, self.export),
+            self.export.as_secs_f64(),
+            mib(self.export_peak_rss)
+        )
+    }
+}
+
+/// Fills `buf` with fast pseudo-random bytes (xorshift64*), so that no two
+/// chunks of the generated file are equal and nothing deduplicates.
+fn fill_random(state: &mut u64, buf: &mut [u8]) {
+    for word in buf.chunks_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let bytes = state.wrapping_mul(0x2545F4914F6CDD1D).to_le_bytes();
+        word.copy_from_slice(&bytes[..word.len()]);
+    }
+}
+
+/// Writes `size` pseudo-random bytes to `path`.
+pub fn generate_file(path: &Path, size: u64, seed: u64) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut state = seed | 1;
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        fill_random(&mut state, &mut buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+/// Peak resident memory of this process since the last reset, in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets the peak resident memory counter (Linux `clear_refs` 5).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing(blake3::Hasher);
+
+impl Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Generates a `size`-byte file in `dir`, imports it into a fresh store in
+/// `dir` and exports it again, checking that the bytes come back.
+pub fn bench_store(size: u64, chunk_size: usize, dir: &Path) -> Result<StoreBenchReport> {
+    let io_err = |context: &str| {
+        let context = context.to_string();
+        move |source| Error::Io { context: context.clone(), source }
+    };
+    let input = dir.join("bench-input.bin");
+    generate_file(&input, size, 0x5EED).map_err(io_err("cannot write the benchmark input"))?;
+    let baseline = dir.join("bench-baseline.bin");
+    let start = Instant::now();
+    std::fs::copy(&input, &baseline)
+        .and_then(|_| File::open(&baseline)?.sync_all())
+        .map_err(io_err("cannot write the baseline file"))?;
+    let disk_baseline = start.elapsed();
+    let _ = std::fs::remove_file(&baseline);
+    let mut expected = blake3::Hasher::new();
+    expected
+        .update_reader(File::open(&input).map_err(io_err("cannot open the input"))?)
+        .map_err(io_err("cannot read the input"))?;
+    let store = Store::open(dir.join("store"), StoreOptions::default())?;
+
+    reset_peak_rss();
+    let start = Instant::now();
+    let file = File::open(&input).map_err(io_err("cannot open the input"))?;
+    let options = ImportOptions { chunk_size, total: Some(size), ..Default::default() };
+    let imported = import(&store, file, &options, None)?;
+    let import_time = start.elapsed();
+    let import_peak_rss = peak_rss();
+
+    reset_peak_rss();
+    let start = Instant::now();
+    let mut out = Hashing(blake3::Hasher::new());
+    export(&store, &imported.ticket, &mut out, &ExportOptions::default(), None)?;
+    let export_time = start.elapsed();
+    let export_peak_rss = peak_rss();
+    if out.0.finalize() != expected.finalize() {
+        return Err(Error::Source("the exported bytes differ from the input".into()));
+    }
+    let _ = std::fs::remove_file(&input);
+    Ok(StoreBenchReport {
+        size,
+        chunk_size,
+        import: import_time,
+        import_peak_rss,
+        export: export_time,
+        export_peak_rss,
+        blocks: imported.blocks,
+        disk_baseline,
+    })
+}
