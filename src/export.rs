@@ -116,6 +116,11 @@ pub fn export(
     let (done_tx, done_rx) = bounded::<(u64, Result<Vec<u8>>)>(window + 1);
 
     std::thread::scope(|scope| {
+        // Owned by this closure, so that an early return (an output error)
+        // drops them before the scope joins: the walker then stops on its
+        // credits and the workers on their results, instead of waiting
+        // forever.
+        let (credit_tx, done_rx) = (credit_tx, done_rx);
         for _ in 0..options.workers.max(1) {
             let (task_rx, done_tx) = (task_rx.clone(), done_tx.clone());
             scope.spawn(move || {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod export;
 pub mod import;
 pub mod net;
+pub mod node;
 pub mod store;
 pub mod ticket;
 

@@ -565,12 +565,11 @@ impl Store {
     }
 
     /// Rewrites the pin index atomically (tmp file, fsync, rename, dir fsync).
+    /// The index lock is held throughout, so concurrent saves neither share
+    /// the tmp file nor write an older snapshot over a newer one.
     fn save_pins(&self) -> Result<()> {
-        let records: Vec<PinRecord> = self
-            .inner
-            .pins
-            .lock()
-            .expect("pins lock")
+        let pins = self.inner.pins.lock().expect("pins lock");
+        let records: Vec<PinRecord> = pins
             .values()
             .map(|r| PinRecord {
                 root: r.root.to_string(),
@@ -591,7 +590,9 @@ impl Store {
             fs::rename(&tmp, &path)?;
             self.inner.dir_handle.sync_all()
         };
-        write().map_err(|e| Error::io("cannot write pin index", &path, e))
+        let result = write().map_err(|e| Error::io("cannot write pin index", &path, e));
+        drop(pins);
+        result
     }
 }
 

@@ -1,0 +1,127 @@
+//! Transport and behaviour set-up: TCP (nodelay) + Noise + Yamux with DNS
+//! resolution, and the protocols a node speaks — identify, ping, Kademlia
+//! under our own protocol name, the file protocol over `request_response`,
+//! connection limits and a block list. Owns every tuning constant of the
+//! swarm; knows nothing of the store or of the event loop.
+
+use std::{num::NonZeroUsize, time::Duration};
+
+use libp2p::{
+    StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
+    identity::Keypair,
+    kad::{self, store::MemoryStore, store::MemoryStoreConfig},
+    noise, ping, request_response,
+    swarm::NetworkBehaviour,
+    tcp, yamux,
+};
+
+use crate::net::codec::{FileCodec, STREAM_PROTOCOL};
+
+/// Kademlia protocol name: our own DHT, never the public IPFS one.
+/// Must not change (nodes with different names do not see each other).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/dfs-p2p/kad/1.0.0");
+
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/dfs-p2p/1.0.0";
+
+/// The `request_response` stream timeout, inbound and outbound. libp2p has one
+/// timeout per behaviour; `Replicate` may take longer than this and is
+/// re-sent by the requester (it is idempotent, see the spec §6), so this is
+/// the spec's 30 s. Callers that want a shorter wait use their own deadline.
+pub const FILE_REQUEST_TIMEOUT: Duration = crate::net::codec::DEFAULT_REQUEST_TIMEOUT;
+
+/// Streams of the file protocol per connection (libp2p's default is 100).
+/// A get keeps [`crate::net::get::PER_PEER_IN_FLIGHT`] requests per peer.
+pub const MAX_CONCURRENT_STREAMS: usize = 256;
+
+/// How long a connection without open streams stays up. Long enough that
+/// the peers a node bootstrapped to remain its neighbours between uses.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Established connections in all (the libp2p default is unlimited).
+pub const MAX_ESTABLISHED: u32 = 512;
+/// Established connections per peer (two covers a simultaneous dial).
+pub const MAX_ESTABLISHED_PER_PEER: u32 = 2;
+/// Connections being set up, per direction.
+pub const MAX_PENDING: u32 = 128;
+
+/// Provider records this node may publish for itself (libp2p default 1,024,
+/// far too few for a store). One per root, never per block.
+pub const MAX_PROVIDED_KEYS: usize = 1 << 20;
+/// Providers remembered per key (libp2p default 20).
+pub const MAX_PROVIDERS_PER_KEY: usize = 64;
+/// Kademlia query timeout (libp2p default 60 s): bounds a provider lookup.
+pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Everything a node speaks.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub limits: connection_limits::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<MemoryStore>,
+    pub file: request_response::Behaviour<FileCodec>,
+}
+
+impl Behaviour {
+    fn new(key: &Keypair) -> Self {
+        let peer_id = key.public().to_peer_id();
+        let store_config = MemoryStoreConfig {
+            max_provided_keys: MAX_PROVIDED_KEYS,
+            max_providers_per_key: MAX_PROVIDERS_PER_KEY,
+            ..Default::default()
+        };
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_query_timeout(KAD_QUERY_TIMEOUT)
+            .set_periodic_bootstrap_interval(Some(Duration::from_secs(120)))
+            .set_replication_factor(NonZeroUsize::new(20).expect("non-zero"));
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            MemoryStore::with_config(peer_id, store_config),
+            kad_config,
+        );
+        // Containers and loopback never confirm an external address, so the
+        // automatic mode would leave every node a client.
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(MAX_ESTABLISHED))
+            .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER))
+            .with_max_pending_incoming(Some(MAX_PENDING))
+            .with_max_pending_outgoing(Some(MAX_PENDING));
+
+        Behaviour {
+            blocked: Default::default(),
+            limits: connection_limits::Behaviour::new(limits),
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), key.public())
+                    .with_agent_version(format!("dfs-p2p/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::default(),
+            kad,
+            file: request_response::Behaviour::new(
+                [(STREAM_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(FILE_REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
+            ),
+        }
+    }
+}
+
+/// Builds the swarm: TCP with nodelay, Noise, Yamux, DNS, and [`Behaviour`].
+pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, String> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| format!("cannot set up TCP/Noise/Yamux: {e}"))?
+        .with_dns()
+        .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
+        .with_behaviour(Behaviour::new)
+        .map_err(|e| format!("cannot set up the behaviour: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,650 @@
+//! The event loop: the one task that owns the `Swarm`, and [`NetHandle`],
+//! the cheap cloneable handle the rest of the program talks to it with.
+//!
+//! Every [`Command`] travels over one bounded channel and carries its own
+//! reply channel; pending replies wait in maps keyed by request or query id.
+//! Inbound file-protocol requests leave the loop over another bounded
+//! channel (to `net::serve`), and their answers come back as
+//! [`Command::Respond`]. The loop never touches the disk, never hashes and
+//! never waits on anything but the swarm and its channels: a full inbound
+//! queue is answered `Busy` instead of waiting.
+//!
+//! It also runs discovery: it dials the bootstrap addresses at start and
+//! retries those it is not connected to, bootstraps Kademlia periodically,
+//! feeds Kademlia with the addresses identify reports, and republishes its
+//! provider records when it (re)joins a network.
+
+use std::{collections::HashMap, time::Duration};
+
+use cid::Cid;
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm,
+    kad::{
+        self, GetClosestPeersOk, GetProvidersOk, QueryId, QueryResult, RecordKey,
+        store::RecordStore,
+    },
+    multiaddr::Protocol,
+    request_response::{self, OutboundRequestId, ResponseChannel},
+    swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts, dial_opts::PeerCondition},
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::net::{
+    behaviour::{Behaviour, BehaviourEvent},
+    codec::{ErrorCode, Request, Response},
+};
+
+/// Commands queued for the event loop.
+pub const COMMAND_QUEUE: usize = 1024;
+/// Inbound requests queued for the responder before the loop answers `Busy`.
+pub const INBOUND_QUEUE: usize = 1024;
+/// Providers buffered per provider lookup (more are dropped: they are hints).
+pub const PROVIDER_QUEUE: usize = 256;
+/// How often unreachable bootstrap addresses are dialed again.
+pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(3);
+/// How often Kademlia is bootstrapped again (besides libp2p's own timer).
+pub const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(60);
+/// Peers whose addresses the loop remembers (beyond Kademlia's table).
+pub const ADDRESS_BOOK_SIZE: usize = 4096;
+
+/// Why a request to a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("no answer from {peer} within {secs} s")]
+    Timeout { peer: PeerId, secs: u64 },
+    #[error("request to {peer} failed: {reason}")]
+    Failed { peer: PeerId, reason: String },
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// A connected peer and the addresses we know for it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub peer_id: PeerId,
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// A file-protocol request from a peer, for the responder.
+pub struct InboundRequest {
+    /// The sender, as authenticated by Noise.
+    pub peer: PeerId,
+    pub request: Request,
+    pub channel: ResponseChannel<Response>,
+}
+
+/// What the rest of the program asks of the swarm.
+pub enum Command {
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    },
+    Respond {
+        channel: ResponseChannel<Response>,
+        response: Response,
+    },
+    Provide {
+        root: Cid,
+    },
+    Unprovide {
+        root: Cid,
+    },
+    /// Streams the providers of `root` into `found`; closes it when done.
+    FindProviders {
+        root: Cid,
+        found: mpsc::Sender<PeerId>,
+    },
+    ClosestPeers {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    BlockPeer {
+        peer: PeerId,
+    },
+    BlockedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Dial {
+        addr: Multiaddr,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The handle to the event loop; cheap to clone.
+#[derive(Clone)]
+pub struct NetHandle {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+    listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+    connected: watch::Receiver<usize>,
+}
+
+impl NetHandle {
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    async fn send(&self, command: Command) -> Result<(), RequestError> {
+        self.commands.send(command).await.map_err(|_| RequestError::Stopped)
+    }
+
+    /// Sends `request` to `peer` (dialing it if needed) and waits at most
+    /// `timeout` for the answer.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request { peer, request, reply }).await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RequestError::Stopped),
+            Err(_) => Err(RequestError::Timeout { peer, secs: timeout.as_secs() }),
+        }
+    }
+
+    /// Answers an inbound request.
+    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) {
+        let _ = self.send(Command::Respond { channel, response }).await;
+    }
+
+    /// Announces in the DHT that this node holds the whole DAG of `root`.
+    pub async fn provide(&self, root: Cid) {
+        let _ = self.send(Command::Provide { root }).await;
+    }
+
+    /// Withdraws this node's provider record for `root`.
+    pub async fn unprovide(&self, root: Cid) {
+        let _ = self.send(Command::Unprovide { root }).await;
+    }
+
+    /// Starts a DHT lookup of the providers of `root`; they arrive on the
+    /// returned channel, which closes when the lookup ends.
+    pub async fn find_providers(&self, root: Cid) -> mpsc::Receiver<PeerId> {
+        let (found, rx) = mpsc::channel(PROVIDER_QUEUE);
+        let _ = self.send(Command::FindProviders { root, found }).await;
+        rx
+    }
+
+    /// The peers the DHT knows closest to `key` (may be empty).
+    pub async fn closest_peers(&self, key: Vec<u8>) -> Vec<PeerId> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::ClosestPeers { key, reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The peers connected right now.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Peers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Disconnects `peer` and refuses it from now on.
+    pub async fn block_peer(&self, peer: PeerId) {
+        let _ = self.send(Command::BlockPeer { peer }).await;
+    }
+
+    pub async fn blocked_peers(&self) -> Vec<PeerId> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::BlockedPeers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) {
+        let _ = self.send(Command::Dial { addr }).await;
+    }
+
+    /// Stops the event loop (and so every connection).
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The listen addresses, each with the `/p2p/<id>` suffix.
+    pub fn listen_addrs_now(&self) -> Vec<Multiaddr> {
+        self.listen_addrs.borrow().clone()
+    }
+
+    /// Waits until at least one listen address is known.
+    pub async fn wait_listen_addrs(&self) -> Vec<Multiaddr> {
+        let mut rx = self.listen_addrs.clone();
+        match rx.wait_for(|a| !a.is_empty()).await {
+            Ok(addrs) => addrs.clone(),
+            Err(_) => self.listen_addrs_now(),
+        }
+    }
+
+    /// Connected peers right now.
+    pub fn connected_now(&self) -> usize {
+        *self.connected.borrow()
+    }
+
+    /// Waits up to `timeout` until at least `n` peers are connected.
+    pub async fn wait_for_peers(&self, n: usize, timeout: Duration) -> usize {
+        let mut rx = self.connected.clone();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|&c| c >= n)).await;
+        self.connected_now()
+    }
+}
+
+/// A bootstrap address and the peer it led to, once known.
+struct Bootstrap {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    dialing: Option<ConnectionId>,
+}
+
+/// The loop itself; see the module docs.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<InboundRequest>,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
+    provider_queries: HashMap<QueryId, mpsc::Sender<PeerId>>,
+    closest_queries: HashMap<QueryId, oneshot::Sender<Vec<PeerId>>>,
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    bootstrap: Vec<Bootstrap>,
+    listen_addrs: watch::Sender<Vec<Multiaddr>>,
+    connected: watch::Sender<usize>,
+    routing_empty: bool,
+}
+
+impl EventLoop {
+    /// Wraps a swarm that already listens. Returns the loop, its handle and
+    /// the receiver of inbound requests.
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        bootstrap: Vec<Multiaddr>,
+    ) -> (EventLoop, NetHandle, mpsc::Receiver<InboundRequest>) {
+        let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (listen_tx, listen_rx) = watch::channel(Vec::new());
+        let (connected_tx, connected_rx) = watch::channel(0);
+        let local_peer_id = *swarm.local_peer_id();
+        let bootstrap = bootstrap
+            .into_iter()
+            .map(|addr| {
+                let (addr, peer) = split_peer_id(addr);
+                Bootstrap { addr, peer, dialing: None }
+            })
+            .collect();
+        let handle = NetHandle {
+            commands: command_tx,
+            local_peer_id,
+            listen_addrs: listen_rx,
+            connected: connected_rx,
+        };
+        let event_loop = EventLoop {
+            swarm,
+            commands: command_rx,
+            inbound: inbound_tx,
+            pending_requests: HashMap::new(),
+            provider_queries: HashMap::new(),
+            closest_queries: HashMap::new(),
+            addresses: HashMap::new(),
+            bootstrap,
+            listen_addrs: listen_tx,
+            connected: connected_tx,
+            routing_empty: true,
+        };
+        (event_loop, handle, inbound_rx)
+    }
+
+    /// Runs until shut down or until every handle is dropped.
+    pub async fn run(mut self) {
+        for b in &self.bootstrap {
+            if let Some(peer) = b.peer {
+                self.swarm.behaviour_mut().kad.add_address(&peer, b.addr.clone());
+            }
+        }
+        self.dial_bootstrap();
+        let mut retry = tokio::time::interval(BOOTSTRAP_RETRY);
+        let mut rebootstrap = tokio::time::interval(BOOTSTRAP_INTERVAL);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rebootstrap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.handle_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.handle_event(event),
+                _ = retry.tick() => self.dial_bootstrap(),
+                _ = rebootstrap.tick() => {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+        tracing::debug!("event loop stopped");
+    }
+
+    /// Dials every bootstrap address that is neither connected nor dialing.
+    fn dial_bootstrap(&mut self) {
+        for b in &mut self.bootstrap {
+            if b.dialing.is_some() || b.peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+                continue;
+            }
+            let mut addr = b.addr.clone();
+            let opts = match b.peer {
+                Some(peer) => {
+                    addr.push(Protocol::P2p(peer));
+                    DialOpts::peer_id(peer)
+                        .addresses(vec![b.addr.clone()])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build()
+                }
+                None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+            };
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => b.dialing = Some(id),
+                Err(e) => tracing::debug!("cannot dial bootstrap {addr}: {e}"),
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let behaviour = self.swarm.behaviour_mut();
+        match command {
+            Command::Request { peer, request, reply } => {
+                if peer == self.local_peer_id() {
+                    let _ = reply.send(Err(RequestError::Failed {
+                        peer,
+                        reason: "cannot ask ourselves".into(),
+                    }));
+                    return;
+                }
+                if !self.swarm.is_connected(&peer)
+                    && let Some(addrs) = self.addresses.get(&peer)
+                {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs.clone())
+                        .extend_addresses_through_behaviour()
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+                let id = self.swarm.behaviour_mut().file.send_request(&peer, request);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                let _ = behaviour.file.send_response(channel, response);
+            }
+            Command::Provide { root } => {
+                if let Err(e) = behaviour.kad.start_providing(RecordKey::new(&root.to_bytes())) {
+                    tracing::warn!("cannot provide {root}: {e}");
+                }
+            }
+            Command::Unprovide { root } => {
+                behaviour.kad.stop_providing(&RecordKey::new(&root.to_bytes()));
+            }
+            Command::FindProviders { root, found } => {
+                let id = behaviour.kad.get_providers(RecordKey::new(&root.to_bytes()));
+                self.provider_queries.insert(id, found);
+            }
+            Command::ClosestPeers { key, reply } => {
+                let id = behaviour.kad.get_closest_peers(key);
+                self.closest_queries.insert(id, reply);
+            }
+            Command::Peers { reply } => {
+                let peers = self
+                    .swarm
+                    .connected_peers()
+                    .map(|p| PeerInfo {
+                        peer_id: *p,
+                        addrs: self.addresses.get(p).cloned().unwrap_or_default(),
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::BlockPeer { peer } => {
+                tracing::warn!("blocking peer {peer}");
+                behaviour.blocked.block_peer(peer);
+                behaviour.kad.remove_peer(&peer);
+            }
+            Command::BlockedPeers { reply } => {
+                let _ = reply.send(behaviour.blocked.blocked_peers().iter().copied().collect());
+            }
+            Command::Dial { addr } => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::debug!("cannot dial {addr}: {e}");
+                }
+            }
+            Command::Shutdown { .. } => unreachable!("handled by run"),
+        }
+    }
+
+    fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::File(event)) => self.handle_file_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.handle_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(
+                libp2p::identify::Event::Received { peer_id, info, .. },
+            )) => {
+                let kad_ok = info.protocols.contains(&crate::net::behaviour::KAD_PROTOCOL);
+                let addrs: Vec<Multiaddr> =
+                    info.listen_addrs.into_iter().filter(is_dialable).take(16).collect();
+                if kad_ok {
+                    for addr in &addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    }
+                }
+                self.remember(peer_id, addrs);
+            }
+            SwarmEvent::Behaviour(_) => {}
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let mut address = address;
+                address.push(Protocol::P2p(self.local_peer_id()));
+                tracing::info!("listening on {address}");
+                self.listen_addrs.send_modify(|a| {
+                    if !a.contains(&address) {
+                        a.push(address)
+                    }
+                });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let mut address = address;
+                address.push(Protocol::P2p(self.local_peer_id()));
+                self.listen_addrs.send_modify(|a| a.retain(|x| *x != address));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
+                for b in &mut self.bootstrap {
+                    if b.dialing == Some(connection_id) {
+                        b.dialing = None;
+                        if b.peer.is_none() {
+                            b.peer = Some(peer_id);
+                            self.swarm.behaviour_mut().kad.add_address(&peer_id, b.addr.clone());
+                        }
+                    }
+                }
+                self.connected.send_replace(self.swarm.connected_peers().count());
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                if num_established == 0 {
+                    tracing::debug!("disconnected from {peer_id}");
+                }
+                let connected = self.swarm.connected_peers().count();
+                if connected == 0 {
+                    // Alone again: republish once we rejoin.
+                    self.routing_empty = true;
+                }
+                self.connected.send_replace(connected);
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                tracing::debug!("dial {peer_id:?} failed: {error}");
+                for b in &mut self.bootstrap {
+                    if b.dialing == Some(connection_id) {
+                        b.dialing = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remember(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if addrs.is_empty() {
+            return;
+        }
+        if self.addresses.len() >= ADDRESS_BOOK_SIZE && !self.addresses.contains_key(&peer) {
+            // Forget a peer we are not connected to.
+            let victim = self.addresses.keys().find(|p| !self.swarm.is_connected(p)).copied();
+            match victim {
+                Some(v) => {
+                    self.addresses.remove(&v);
+                }
+                None => return,
+            }
+        }
+        self.addresses.insert(peer, addrs);
+    }
+
+    fn handle_file_event(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                let inbound = InboundRequest { peer, request, channel };
+                if let Err(e) = self.inbound.try_send(inbound) {
+                    let inbound = match e {
+                        mpsc::error::TrySendError::Full(i)
+                        | mpsc::error::TrySendError::Closed(i) => i,
+                    };
+                    let busy = Response::error(ErrorCode::Busy, "too many requests queued");
+                    let _ = self.swarm.behaviour_mut().file.send_response(inbound.channel, busy);
+                }
+            }
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let error = match error {
+                        request_response::OutboundFailure::Timeout => RequestError::Timeout {
+                            peer,
+                            secs: crate::net::behaviour::FILE_REQUEST_TIMEOUT.as_secs(),
+                        },
+                        other => RequestError::Failed { peer, reason: other.to_string() },
+                    };
+                    let _ = reply.send(Err(error));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("inbound request from {peer} failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn handle_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
+                    providers, ..
+                })) => {
+                    let local = self.local_peer_id();
+                    if let Some(found) = self.provider_queries.get(&id) {
+                        let found = found.clone();
+                        for p in providers.into_iter().filter(|p| *p != local) {
+                            // Dial now, while the query still knows the
+                            // provider's addresses.
+                            if !self.swarm.is_connected(&p) {
+                                let opts = DialOpts::peer_id(p)
+                                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                                    .build();
+                                let _ = self.swarm.dial(opts);
+                            }
+                            let _ = found.try_send(p);
+                        }
+                    }
+                    if step.last {
+                        self.provider_queries.remove(&id);
+                    }
+                }
+                QueryResult::GetProviders(_) if step.last => {
+                    self.provider_queries.remove(&id);
+                }
+                QueryResult::GetClosestPeers(result) => {
+                    let peers = match result {
+                        Ok(GetClosestPeersOk { peers, .. }) => peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    for p in &peers {
+                        if !p.addrs.is_empty() {
+                            self.remember(p.peer_id, p.addrs.clone());
+                        }
+                    }
+                    if let Some(reply) = self.closest_queries.remove(&id) {
+                        let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
+                    }
+                }
+                QueryResult::Bootstrap(Err(e)) => tracing::debug!("bootstrap failed: {e}"),
+                QueryResult::StartProviding(Err(e)) => tracing::debug!("provide failed: {e}"),
+                _ => {}
+            },
+            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } if self.routing_empty => {
+                // We just joined (or rejoined) a network: look around, and
+                // announce what we hold to the peers now reachable.
+                self.routing_empty = false;
+                tracing::debug!("joined the DHT through {peer}");
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let _ = kad.bootstrap();
+                let provided: Vec<RecordKey> =
+                    kad.store_mut().provided().map(|r| r.key.clone()).collect();
+                for key in provided {
+                    let _ = kad.start_providing(key);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Splits a trailing `/p2p/<id>` off an address.
+pub fn split_peer_id(mut addr: Multiaddr) -> (Multiaddr, Option<PeerId>) {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => {
+            addr.pop();
+            (addr, Some(peer))
+        }
+        _ => (addr, None),
+    }
+}
+
+/// Whether another node could dial this address (not unspecified).
+fn is_dialable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        Protocol::P2pCircuit => true,
+        _ => false,
+    })
+}

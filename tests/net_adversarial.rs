@@ -1,0 +1,277 @@
+//! Hostile peers against real nodes on loopback: a peer that serves wrong
+//! bytes is blocked while the file arrives intact from an honest one, and
+//! garbage, truncated and oversized frames leave a node serving. The hostile
+//! peers are raw libp2p swarms built here, over the same TCP+Noise+Yamux.
+
+use std::{
+    io::{self, Cursor, Write},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use dfs_p2p::{
+    net::codec::{self, FileCodec, PROTOCOL, Request, Response},
+    node::{Node, NodeConfig},
+};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, noise,
+    request_response::{self, Codec, ProtocolSupport},
+    swarm::SwarmEvent,
+    tcp, yamux,
+};
+use tempfile::TempDir;
+
+const CHUNK: usize = 64 * 1024;
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn start(bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = NodeConfig::new(dir.path().to_path_buf());
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    c.bootstrap = bootstrap;
+    c.replicas = 1;
+    c.chunk_size = CHUNK;
+    let node = Node::start(c).await.unwrap();
+    let addr = node.listen_addrs().await.into_iter().next().unwrap();
+    (node, addr, dir)
+}
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_wrong_blocks_is_blocked_and_the_file_still_arrives() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (honest, honest_addr, _d1) = start(vec![]).await;
+        let (getter, getter_addr, _d2) = start(vec![honest_addr]).await;
+        assert!(getter.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+        let bytes = data(64 * CHUNK, 1);
+        let report =
+            honest.put(Box::new(Cursor::new(bytes.clone())), None, None, None).await.unwrap();
+
+        // The liar claims to hold everything and answers every GetBlock
+        // with bytes that do not match the CID.
+        let behaviour = request_response::Behaviour::<FileCodec>::new(
+            [(codec::STREAM_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        );
+        let mut liar = raw_swarm(behaviour);
+        let liar_id = *liar.local_peer_id();
+        liar.dial(getter_addr).unwrap();
+        let served = Arc::new(Mutex::new(0u64));
+        let served_by_liar = served.clone();
+        let liar_task = tokio::spawn(async move {
+            while let Some(event) = liar.next().await {
+                if let SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Request { request, channel, .. },
+                    ..
+                }) = event
+                {
+                    let response = match request {
+                        Request::GetBlock { .. } => {
+                            *served_by_liar.lock().unwrap() += 1;
+                            Response::Block { data: data(CHUNK + 16, 99) }
+                        }
+                        Request::Have { cids } => {
+                            Response::Have { present: vec![true; cids.len()] }
+                        }
+                        _ => Response::error(codec::ErrorCode::Refused, "no"),
+                    };
+                    let _ = liar.behaviour_mut().send_response(channel, response);
+                }
+            }
+        });
+        assert!(getter.wait_for_peers(2, Duration::from_secs(20)).await >= 2);
+
+        let sink = Sink::default();
+        let r = getter.get(report.ticket.clone(), Box::new(sink.clone()), None).await.unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), bytes, "the file arrives intact");
+        assert_eq!(r.size, bytes.len() as u64);
+        assert!(*served.lock().unwrap() > 0, "the liar was asked");
+        assert!(getter.blocked_peers().await.contains(&liar_id));
+        // The liar's connection is closed and refused from now on.
+        for p in getter.peers().await {
+            assert_ne!(p.peer_id, liar_id);
+        }
+        // Nothing wrong was stored.
+        getter
+            .store()
+            .walk(&report.ticket.root, &mut |c| getter.store().get(c).map(|_| ()))
+            .unwrap();
+        liar_task.abort();
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A codec that sends any bytes as a request and reads whatever comes back.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        Err(io::Error::other("this side only asks"))
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        io.take(4 << 20).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&request).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()> {
+        Err(io::Error::other("this side only asks"))
+    }
+}
+
+/// Sends each frame on its own stream; returns what came back for each
+/// (`None`: the stream failed or was reset).
+async fn send_raw(
+    swarm: &mut Swarm<request_response::Behaviour<RawCodec>>,
+    peer: libp2p::PeerId,
+    frames: Vec<Vec<u8>>,
+) -> Vec<Option<Vec<u8>>> {
+    let mut ids = std::collections::HashMap::new();
+    for (i, f) in frames.into_iter().enumerate() {
+        ids.insert(swarm.behaviour_mut().send_request(&peer, f), i);
+    }
+    let mut answers = vec![None; ids.len()];
+    let mut left = ids.len();
+    while left > 0 {
+        match swarm.select_next_some().await {
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { request_id, response },
+                ..
+            }) => {
+                answers[ids[&request_id]] = Some(response);
+                left -= 1;
+            }
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => left -= 1,
+            _ => {}
+        }
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_and_oversized_frames_leave_the_node_serving() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (node, addr, _d) = start(vec![]).await;
+        let bytes = data(3 * CHUNK, 2);
+        let report =
+            node.put(Box::new(Cursor::new(bytes.clone())), None, None, None).await.unwrap();
+        let root = report.ticket.root;
+
+        let behaviour = request_response::Behaviour::<RawCodec>::new(
+            [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Outbound)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+        );
+        let mut raw = raw_swarm(behaviour);
+        raw.dial(addr.clone()).unwrap();
+        let peer = node.peer_id();
+
+        let valid = codec::encode_request(&Request::GetBlock { cid: root });
+        let mut truncated = valid.clone();
+        truncated.truncate(valid.len() - 10);
+        let mut oversized = vec![0x01, 0xFF, 0xFF, 0xFF, 0xFF];
+        oversized.extend(data(100_000, 3));
+        let mut big_have = vec![0x02, 0x00, 0x10, 0x00, 0x00];
+        big_have.extend(vec![0u8; 0x10_0000]);
+        let mut trailing = valid.clone();
+        trailing.push(0);
+        let mut frames = vec![
+            data(1000, 4),
+            vec![],
+            vec![0xFF],
+            truncated,
+            oversized,
+            big_have,
+            trailing,
+            vec![0x00, 0, 0, 0, 0],
+            vec![0x81, 0, 0, 0, 1, 0], // a response type sent as a request
+        ];
+        // Many at once, too.
+        for i in 0..100 {
+            frames.push(data(37 + i, i as u64));
+        }
+        let answers = send_raw(&mut raw, peer, frames).await;
+        for (i, a) in answers.iter().enumerate() {
+            assert!(a.as_ref().is_none_or(|a| a.is_empty()), "frame {i} got an answer: {a:?}");
+        }
+
+        // Still serving: a valid request on the same connection...
+        let answers = send_raw(&mut raw, peer, vec![valid]).await;
+        let frame = answers[0].clone().expect("a valid request is answered");
+        match codec::decode_response(&frame).unwrap() {
+            Response::Block { data } => assert!(dfs_p2p::block::verify(&root, &data)),
+            other => panic!("unexpected {other:?}"),
+        }
+        // ...and a real node gets the whole file.
+        let (other, _, _d2) = start(vec![addr]).await;
+        let sink = Sink::default();
+        other.get(report.ticket, Box::new(sink.clone()), None).await.unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), bytes);
+    })
+    .await
+    .expect("test timed out");
+}

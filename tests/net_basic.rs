@@ -1,0 +1,449 @@
+//! The peer network end to end: several real nodes on loopback (port 0),
+//! each test bounded by a timeout, conditions polled, never slept for.
+
+use std::{
+    io::{self, Cursor, Write},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use dfs_p2p::{
+    Ticket,
+    node::{GetReport, Node, NodeConfig, NodeError},
+};
+use libp2p::Multiaddr;
+use tempfile::TempDir;
+
+const CHUNK: usize = 64 * 1024;
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_test_writer()
+        .try_init();
+}
+
+fn config(dir: &Path, bootstrap: Vec<Multiaddr>, replicas: usize) -> NodeConfig {
+    let mut c = NodeConfig::new(dir.to_path_buf());
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    c.bootstrap = bootstrap;
+    c.replicas = replicas;
+    c.chunk_size = CHUNK;
+    c
+}
+
+/// A node in its own temporary directory.
+struct TestNode {
+    node: Node,
+    addr: Multiaddr,
+    _dir: TempDir,
+}
+
+async fn start(bootstrap: Vec<Multiaddr>, replicas: usize) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path(), bootstrap, replicas)).await.unwrap();
+    let addr = node.listen_addrs().await.into_iter().next().unwrap();
+    TestNode { node, addr, _dir: dir }
+}
+
+/// Starts `n` nodes that all bootstrap to the first one.
+async fn star(n: usize, replicas: usize) -> Vec<TestNode> {
+    let first = start(vec![], replicas).await;
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        let addr = nodes[0].addr.clone();
+        nodes.push(start(vec![addr], replicas).await);
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let want = if i == 0 { nodes.len() - 1 } else { 1 };
+        assert!(n.node.wait_for_peers(want, Duration::from_secs(20)).await >= want);
+    }
+    nodes
+}
+
+async fn put(node: &Node, bytes: &[u8]) -> dfs_p2p::node::PutReport {
+    node.put(
+        Box::new(Cursor::new(bytes.to_vec())),
+        Some("f".into()),
+        Some(bytes.len() as u64),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+/// An output that collects what it is given.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn get(node: &Node, ticket: &Ticket) -> Result<(Vec<u8>, GetReport), NodeError> {
+    let sink = Sink::default();
+    let report = node.get(ticket.clone(), Box::new(sink.clone()), None).await?;
+    let bytes = std::mem::take(&mut *sink.0.lock().unwrap());
+    Ok((bytes, report))
+}
+
+/// Blocks of the DAG under `root` in `node`'s store.
+fn dag_blocks(node: &Node, root: &cid::Cid) -> u64 {
+    let mut n = 0;
+    node.store()
+        .walk(root, &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+    n
+}
+
+fn run<F: std::future::Future<Output = ()>>(body: F) -> impl std::future::Future<Output = ()> {
+    init_logs();
+    async move { tokio::time::timeout(TEST_TIMEOUT, body).await.expect("test timed out") }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_on_one_get_on_another() {
+    run(async {
+        let nodes = star(3, 1).await;
+        let bytes = data(5 * CHUNK + 123, 1);
+        let report = put(&nodes[1].node, &bytes).await;
+        assert_eq!(report.copies, 1);
+        assert_eq!(report.wanted, 1);
+        let (got, get_report) = get(&nodes[2].node, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        assert_eq!(get_report.size, bytes.len() as u64);
+        assert_eq!(get_report.from_network, dag_blocks(&nodes[1].node, &report.ticket.root));
+        // Now cached and provided by the getter, and local on a second get.
+        let (again, second) = get(&nodes[2].node, &report.ticket).await.unwrap();
+        assert_eq!(again, bytes);
+        assert_eq!(second.from_network, 0);
+        let providers = nodes[0].node.providers(report.ticket.root).await.unwrap();
+        assert!(providers.contains(&nodes[1].node.peer_id()));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_replicates_to_closest_peers() {
+    run(async {
+        let nodes = star(4, 3).await;
+        let bytes = data(3 * CHUNK, 2);
+        let report = put(&nodes[0].node, &bytes).await;
+        assert_eq!(report.copies, 3);
+        assert_eq!(report.wanted, 3);
+        let holders: Vec<_> = nodes[1..]
+            .iter()
+            .filter_map(|n| n.node.store().root_info(&report.ticket.root))
+            .collect();
+        assert_eq!(holders.len(), 2);
+        for info in holders {
+            assert_eq!(info.kind, dfs_p2p::store::PinKind::Pinned);
+            assert_eq!(info.owner, Some(nodes[0].node.peer_id()));
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_of_eight_finds_content_through_the_dht() {
+    run(async {
+        let mut nodes = vec![start(vec![], 1).await];
+        for i in 1..8 {
+            let prev = nodes[i - 1].addr.clone();
+            let n = start(vec![prev], 1).await;
+            assert!(n.node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+            nodes.push(n);
+        }
+        let bytes = data(2 * CHUNK + 7, 3);
+        let report = put(&nodes[0].node, &bytes).await;
+        let last = &nodes[7].node;
+        // The getter knows only its neighbour at first.
+        let (got, r) = get(last, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        assert!(r.from_network > 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_survives_its_uploader() {
+    run(async {
+        let mut nodes = star(4, 3).await;
+        let bytes = data(6 * CHUNK, 4);
+        let report = put(&nodes[1].node, &bytes).await;
+        assert_eq!(report.copies, 3);
+        let uploader = nodes.remove(1);
+        uploader.node.shutdown().await;
+        // A node without a replica fetches it from the replicas.
+        let getter = nodes
+            .iter()
+            .find(|n| n.node.store().root_info(&report.ticket.root).is_none())
+            .expect("one node holds no replica");
+        let (got, r) = get(&getter.node, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        assert!(r.from_network > 0);
+    })
+    .await
+}
+
+/// An output that fails once it has taken `limit` bytes.
+struct FailAfter {
+    limit: usize,
+    taken: usize,
+}
+
+impl Write for FailAfter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.taken + buf.len() > self.limit {
+            return Err(io::Error::other("interrupted on purpose"));
+        }
+        self.taken += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_get_resumes_with_only_missing_blocks() {
+    run(async {
+        let nodes = star(2, 1).await;
+        let bytes = data(120 * CHUNK, 5);
+        let report = put(&nodes[0].node, &bytes).await;
+        let total = dag_blocks(&nodes[0].node, &report.ticket.root);
+        let getter = &nodes[1].node;
+        let out = FailAfter { limit: 10 * CHUNK, taken: 0 };
+        let err = getter.get(report.ticket.clone(), Box::new(out), None).await.unwrap_err();
+        assert!(err.to_string().contains("interrupted on purpose"), "{err}");
+        let have = getter.store().usage().unwrap().blocks;
+        assert!(have >= 10 && have < total, "{have} of {total}");
+        let (got, r) = get(getter, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        assert_eq!(r.from_network, total - have);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_provider_is_a_clear_error_in_bounded_time() {
+    run(async {
+        let nodes = star(2, 1).await;
+        // Content that exists nowhere on the network.
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            dfs_p2p::store::Store::open(dir.path(), dfs_p2p::store::StoreOptions::default())
+                .unwrap();
+        let imported =
+            dfs_p2p::import::import(&store, Cursor::new(data(CHUNK, 6)), &Default::default(), None)
+                .unwrap();
+        let started = std::time::Instant::now();
+        let err = get(&nodes[1].node, &imported.ticket).await.unwrap_err();
+        assert!(matches!(err, NodeError::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("no provider found"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(60));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_killed_mid_transfer_is_replaced() {
+    run(async {
+        let mut nodes = star(4, 3).await;
+        let bytes = data(48 * CHUNK, 7);
+        let report = put(&nodes[0].node, &bytes).await;
+        assert_eq!(report.copies, 3);
+        let getter_index = (1..4)
+            .find(|&i| nodes[i].node.store().root_info(&report.ticket.root).is_none())
+            .unwrap();
+        let getter = nodes[getter_index].node.clone();
+        // Kill a provider once a quarter of the file is out, and hold the
+        // output until it is gone.
+        let (kill_tx, kill_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let fired = Arc::new(AtomicBool::new(false));
+        let done_rx = Mutex::new(done_rx);
+        let total = bytes.len() as u64;
+        let progress: dfs_p2p::node::ProgressFn = Arc::new(move |done, _| {
+            if done >= total / 4 && !fired.swap(true, Ordering::SeqCst) {
+                kill_tx.send(()).unwrap();
+                done_rx.lock().unwrap().recv().unwrap();
+            }
+        });
+        let victim = nodes.remove(0);
+        let killer = tokio::spawn(async move {
+            tokio::task::spawn_blocking(move || kill_rx.recv()).await.unwrap().unwrap();
+            victim.node.shutdown().await;
+            done_tx.send(()).unwrap();
+        });
+        let sink = Sink::default();
+        let r = getter.get(report.ticket.clone(), Box::new(sink.clone()), Some(progress)).await;
+        let r = r.unwrap();
+        killer.await.unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), bytes);
+        assert!(r.from_network > 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_deletes_replicas() {
+    run(async {
+        let nodes = star(4, 3).await;
+        let bytes = data(2 * CHUNK, 8);
+        let report = put(&nodes[0].node, &bytes).await;
+        assert_eq!(report.copies, 3);
+        let root = report.ticket.root;
+        let holders: Vec<_> = nodes[1..]
+            .iter()
+            .filter(|n| n.node.store().root_info(&root).is_some())
+            .map(|n| n.node.peer_id())
+            .collect();
+        let stranger =
+            nodes[1..].iter().find(|n| n.node.store().root_info(&root).is_none()).unwrap();
+        let refused = stranger.node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
+        assert!(!refused.local);
+        assert!(refused.remote_deleted.is_empty());
+        for h in &holders {
+            let (_, reason) = refused
+                .remote_refused
+                .iter()
+                .find(|(p, _)| p == h)
+                .unwrap_or_else(|| panic!("{h} not asked: {refused:?}"));
+            assert!(reason.contains("only the owner"), "{reason}");
+        }
+        for n in &nodes {
+            if holders.contains(&n.node.peer_id()) {
+                assert!(n.node.store().root_info(&root).is_some());
+            }
+        }
+        let deleted = nodes[0]
+            .node
+            .delete(dfs_p2p::ticket::TicketOrCid::Ticket(report.ticket))
+            .await
+            .unwrap();
+        assert!(deleted.local);
+        let mut got = deleted.remote_deleted.clone();
+        got.sort();
+        let mut want = holders.clone();
+        want.sort();
+        assert_eq!(got, want, "{deleted:?}");
+        for n in &nodes {
+            assert!(n.node.store().root_info(&root).is_none());
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_gets_across_three_nodes() {
+    run(async {
+        let nodes = star(3, 1).await;
+        let mut files = Vec::new();
+        for i in 0..20u64 {
+            let owner = (i % 3) as usize;
+            let bytes = data(CHUNK * (1 + (i as usize % 4)) + i as usize, 100 + i);
+            let report = put(&nodes[owner].node, &bytes).await;
+            files.push((owner, bytes, report.ticket));
+        }
+        let gets = files.into_iter().map(|(owner, bytes, ticket)| {
+            let getter = nodes[(owner + 1) % 3].node.clone();
+            async move {
+                let (got, _) = get(&getter, &ticket).await.unwrap();
+                assert_eq!(got, bytes);
+            }
+        });
+        futures::future::join_all(gets).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_without_peer_id_by_dns_and_retried_when_down() {
+    run(async {
+        // A port nobody listens on yet.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let late_addr: Multiaddr = format!("/dns4/localhost/tcp/{port}").parse().unwrap();
+        let b = start(vec![late_addr], 1).await;
+        assert_eq!(b.node.wait_for_peers(1, Duration::from_millis(200)).await, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), vec![], 1);
+        c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+        let a = Node::start(c).await.unwrap();
+        assert!(b.node.wait_for_peers(1, Duration::from_secs(30)).await >= 1);
+        let peers = b.node.peers().await;
+        assert!(peers.iter().any(|p| p.peer_id == a.peer_id()));
+        let bytes = data(CHUNK, 9);
+        let report = put(&a, &bytes).await;
+        assert_eq!(get(&b.node, &report.ticket).await.unwrap().0, bytes);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_provides_held_roots_again() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Node::start(config(dir.path(), vec![], 1)).await.unwrap();
+        let bytes = data(2 * CHUNK, 10);
+        let report = put(&a, &bytes).await;
+        a.shutdown().await;
+        // The store lock is released once every task let go of the store.
+        let a = loop {
+            match Node::start(config(dir.path(), vec![], 1)).await {
+                Ok(a) => break a,
+                Err(NodeError::Store(dfs_p2p::Error::InUse { .. })) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let addr = a.listen_addrs().await[0].clone();
+        let b = start(vec![addr], 1).await;
+        let (got, _) = get(&b.node, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+    })
+    .await
+}
+
+#[test]
+fn listen_error_is_clear() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = holder.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), vec![], 1);
+        c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+        let err = Node::start(c).await.err().expect("the port is taken");
+        assert!(matches!(err, NodeError::Listen { .. }), "{err}");
+        assert!(err.to_string().contains("cannot listen on"), "{err}");
+    });
+}
