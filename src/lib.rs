@@ -5,6 +5,7 @@
 //! files in and out in constant memory).
 
 pub mod block;
+pub mod cli;
 pub mod crypto;
 pub mod dag;
 pub mod error;
