@@ -271,7 +271,7 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
         _ = signals.recv() => Stop::Signal,
     };
     if let Stop::InputEnded = stop {
-        tracing::info!("stdin closed: serving until Ctrl-C or SIGTERM");
+        output::status("end of input: still serving until Ctrl-C or SIGTERM");
         signals.recv().await;
     }
     prompt.abort();

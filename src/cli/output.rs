@@ -114,7 +114,8 @@ pub fn roots_table(roots: &[RootInfo]) -> String {
         .collect();
     let total: u64 = roots.iter().map(|r| r.size).sum();
     let mut out = table(&["ROOT", "KIND", "SIZE", "OWNER"], &rows);
-    let _ = writeln!(out, "{} roots, {}", roots.len(), size(total));
+    let n = roots.len();
+    let _ = writeln!(out, "{n} {}, {}", if n == 1 { "root" } else { "roots" }, size(total));
     out
 }
 
@@ -130,7 +131,8 @@ pub fn peers_table(peers: &[PeerInfo]) -> String {
         rows.extend(addrs.map(|a| vec![String::new(), a]));
     }
     let mut out = table(&["PEER", "ADDRESS"], &rows);
-    let _ = writeln!(out, "{} peers connected", peers.len());
+    let n = peers.len();
+    let _ = writeln!(out, "{n} {} connected", if n == 1 { "peer" } else { "peers" });
     out
 }
 
