@@ -95,6 +95,12 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// N from a put's status line "stored X (size): N of M copies confirmed".
+pub fn parse_copies(line: &str) -> usize {
+    let (_, tail) = line.rsplit_once("): ").unwrap_or_else(|| panic!("status line: {line}"));
+    tail.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+}
+
 /// A line from a node, and which stream it came on.
 #[derive(Debug, Clone)]
 pub enum Line {
@@ -249,6 +255,26 @@ impl Node {
         self.send(&format!("put \"{}\"", path.display()));
         let ticket = self.expect_out(is_ticket);
         ticket.trim().to_string()
+    }
+
+    /// `put PATH` at the prompt; returns the ticket and the copies the
+    /// node reported as confirmed.
+    pub fn put_confirmed(&mut self, path: &Path) -> (String, usize) {
+        let start = self.seen.len();
+        self.send(&format!("put \"{}\"", path.display()));
+        let deadline = Instant::now() + STEP;
+        let (mut ticket, mut copies) = (None, None);
+        while ticket.is_none() || copies.is_none() {
+            match self.next(deadline) {
+                Line::Out(l) if is_ticket(l.trim()) => ticket = Some(l.trim().to_string()),
+                Line::Err(l) if l.starts_with("error: ") => {
+                    panic!("{}: {l}; saw {:#?}", self.name, &self.seen[start..])
+                }
+                Line::Err(l) if l.starts_with("stored ") => copies = Some(parse_copies(&l)),
+                _ => {}
+            }
+        }
+        (ticket.unwrap(), copies.unwrap())
     }
 
     /// `get TICKET OUT` at the prompt.
