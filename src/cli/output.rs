@@ -189,13 +189,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// `verb` is "put" or "get"; `label` names what moves (a file name).
-    pub fn new(enabled: bool, verb: &str, label: &str) -> Progress {
+    /// `verb` is "put" or "get"; `label` names what moves (a file name);
+    /// `total` is its size when known before the transfer starts.
+    pub fn new(enabled: bool, verb: &str, label: &str, total: Option<u64>) -> Progress {
         if !enabled || !io::stderr().is_terminal() {
             return Progress { bar: None };
         }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.set_style(spinner_style());
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        bar.set_style(if total.is_some() { bar_style() } else { spinner_style() });
         bar.set_message(format!("{verb} {label}"));
         bar.enable_steady_tick(Duration::from_millis(120));
         if let Ok(mut active) = ACTIVE_BAR.lock() {
@@ -207,7 +208,7 @@ impl Progress {
     /// The callback handed to the node, or None when nothing is drawn.
     pub fn callback(&self) -> Option<ProgressFn> {
         let bar = self.bar.clone()?;
-        let sized = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sized = Arc::new(std::sync::atomic::AtomicBool::new(bar.length().is_some()));
         Some(Arc::new(move |done: u64, total: Option<u64>| {
             if let Some(total) = total
                 && !sized.swap(true, std::sync::atomic::Ordering::Relaxed)

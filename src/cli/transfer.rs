@@ -53,7 +53,7 @@ pub fn open_input(path: &Path) -> Result<Input, Failure> {
 
 /// Stores `input` through the node, with a progress bar when enabled.
 pub async fn put(node: &Node, input: Input, progress: bool) -> Result<PutReport, Failure> {
-    let bar = output::Progress::new(progress, "put", &input.label);
+    let bar = output::Progress::new(progress, "put", &input.label, input.total);
     let report = node.put(input.reader, input.name, input.total, bar.callback()).await?;
     bar.finish();
     Ok(report)
@@ -68,7 +68,7 @@ pub fn put_summary(label: &str, report: &PutReport) -> String {
         report.wanted
     );
     if report.copies <= 1 && report.wanted > 1 {
-        line.push_str(" (no peer took a copy yet: only this node holds it)");
+        line.push_str(" (only this node holds it)");
     }
     line
 }
@@ -132,7 +132,7 @@ pub async fn get(
     match out {
         Output::Stdout => {
             let progress = progress && !io::stdout().is_terminal();
-            let bar = output::Progress::new(progress, "get", &short_cid(&ticket));
+            let bar = output::Progress::new(progress, "get", &short_cid(&ticket), None);
             let writer = Box::new(BufWriter::with_capacity(1 << 16, io::stdout()));
             let report = node.get(ticket, writer, bar.callback()).await?;
             bar.finish();
@@ -144,7 +144,7 @@ pub async fn get(
             let file = File::create(&part_path)
                 .map_err(|e| Failure::io(format!("cannot create {}", part_path.display()), &e))?;
             let mut part = PartFile { path: part_path, done: false };
-            let bar = output::Progress::new(progress, "get", &path.display().to_string());
+            let bar = output::Progress::new(progress, "get", &path.display().to_string(), None);
             let writer = Box::new(BufWriter::with_capacity(1 << 16, file));
             let report = node.get(ticket, writer, bar.callback()).await?;
             fs::rename(&part.path, path)
