@@ -80,7 +80,10 @@ fn one_shot_bad_input_fails_with_one_clear_line() {
     let t = tmp.path().to_str().unwrap();
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["frobnicate"], 2, "frobnicate"),
-        (vec!["put"], 2, ""),
+        (vec!["put"], 2, "<FILE|->"),
+        (vec!["putt", "x"], 2, "'put'"),
+        (vec!["get"], 2, "<TICKET>"),
+        (vec!["bench"], 2, "store, net"),
         (vec!["put", missing.to_str().unwrap(), "--data-dir", d], 1, "no such file"),
         (vec!["put", t, "--data-dir", d], 1, "directory"),
         (vec!["get", "not-a-ticket", "--data-dir", d], 2, "malformed ticket"),
@@ -201,6 +204,7 @@ fn the_prompt_reports_bad_commands_and_keeps_running() {
         format!("put {}", missing.display()),
         format!("put {}", tmp.path().display()),
         "put \"unterminated".into(),
+        "put -".into(),
         "get not-a-ticket".into(),
         "get dfs!!!".into(),
         format!("get {foreign} /nonexistent-dir/out"),

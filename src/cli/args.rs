@@ -49,7 +49,7 @@ pub struct NodeArgs {
 
     /// Data directory: identity, secrets and blocks [default: the platform
     /// data directory, e.g. ~/.local/share/dfs-p2p]
-    #[arg(long, value_name = "DIR", env = "DFS_DATA_DIR", global = true)]
+    #[arg(long, value_name = "DIR", env = "DFS_DATA_DIR", hide_env_values = true, global = true)]
     pub data_dir: Option<PathBuf>,
 
     /// Copies of each file to keep on the network, this node's included.

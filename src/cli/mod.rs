@@ -122,28 +122,54 @@ pub fn main() -> ExitCode {
 }
 
 /// Help and version go to stdout and succeed; anything else is a usage
-/// error: its first line (clap's own "error: ..."), exit code 2.
+/// error in one line (clap's message without its usage block), exit code 2.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
+    let rendered = e.render().to_string();
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = e.print();
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            let _ = e.print();
-            ExitCode::from(2)
+            output::print_error(&missing_subcommand(&rendered));
         }
         _ => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("usage error");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            output::print_error(&format!("{first} (see dfs-p2p --help)"));
-            ExitCode::from(2)
+            // "error: <message>" possibly continued on indented lines, then
+            // a blank line, the usage and tips.
+            let message: Vec<&str> =
+                rendered.lines().take_while(|l| !l.trim().is_empty()).map(|l| l.trim()).collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            let tip = rendered.lines().find_map(|l| l.trim().strip_prefix("tip: "));
+            match tip {
+                Some(tip) => output::print_error(&format!("{message} ({tip})")),
+                None => output::print_error(&format!("{message} (see dfs-p2p --help)")),
+            }
         }
     }
+    ExitCode::from(2)
 }
 
+/// "`dfs-p2p bench` needs one of: store, net" from the help clap rendered.
+fn missing_subcommand(help: &str) -> String {
+    let usage = help.lines().find_map(|l| l.strip_prefix("Usage: ")).unwrap_or("dfs-p2p");
+    let command: Vec<&str> =
+        usage.split_whitespace().take_while(|w| !w.starts_with(['[', '<'])).collect();
+    let command = command.join(" ");
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    format!("`{command}` needs one of: {} (see {command} --help)", subcommands.join(", "))
+}
+
+/// Logs go to stderr. On a terminal they are short (no timestamp, colour);
+/// elsewhere (files, docker, journald) they carry a timestamp.
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn,dfs_p2p=info",
@@ -151,12 +177,13 @@ fn init_logging(verbose: u8) {
         _ => "info,dfs_p2p=trace,libp2p=debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let terminal = io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(output::LogWriter)
-        .with_ansi(io::stderr().is_terminal())
-        .with_target(verbose > 0)
-        .try_init();
+        .with_ansi(terminal)
+        .with_target(verbose > 0);
+    let _ = if terminal { builder.without_time().try_init() } else { builder.try_init() };
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, registered before anything else starts so

@@ -103,6 +103,11 @@ async fn execute(node: &Node, ctx: Ctx, line: &Result<String, String>) -> Result
     let Some((command, args)) = words.split_first() else { return Ok(Flow::Continue) };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match (command.as_str(), args.as_slice()) {
+        ("put", ["-"]) => {
+            return Err(Failure::Error(
+                "put - reads stdin, which here carries the commands: give a file path".into(),
+            ));
+        }
         ("put", [path]) => {
             let input = transfer::open_input(&PathBuf::from(path))?;
             let label = input.label.clone();
