@@ -337,7 +337,7 @@ async fn put(args: &NodeArgs, ctx: Ctx, file: &std::path::Path) -> Result<(), Fa
     node.shutdown().await;
     let report = result?;
     output::status(&transfer::put_summary(&label, &report));
-    println!("{}", report.ticket);
+    output::result(&format!("{}\n", report.ticket));
     Ok(())
 }
 
@@ -363,7 +363,7 @@ async fn get(
 
 fn id(args: &NodeArgs) -> Result<(), Failure> {
     let store = crate::store::Store::open(data_dir(args)?, crate::store::StoreOptions::default())?;
-    println!("{}", store.peer_id());
+    output::result(&format!("{}\n", store.peer_id()));
     Ok(())
 }
 
@@ -377,12 +377,12 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
             })
             .await
             .map_err(|e| Failure::Error(format!("the benchmark stopped: {e}")))??;
-            println!("{report}");
+            output::result(&format!("{report}\n"));
         }
         BenchCommand::Net { size } => {
             let scratch = ScratchDir::new(None)?;
             let report = crate::net::bench::bench_net(size, &scratch.path).await?;
-            println!("{report}");
+            output::result(&format!("{report}\n"));
         }
     }
     Ok(())

@@ -52,7 +52,8 @@ pub fn status(message: &str) {
     write_stderr(format!("{message}\n").as_bytes());
 }
 
-/// Prints a result (a ticket, a table) on stdout.
+/// Prints a result (a ticket, a table) on stdout. A closed stdout (its
+/// reader went away) is ignored rather than a panic, as `println!` would.
 pub fn result(text: &str) {
     let mut out = io::stdout().lock();
     let _ = out.write_all(text.as_bytes());

@@ -115,7 +115,7 @@ async fn execute(node: &Node, ctx: Ctx, line: &Result<String, String>) -> Result
             output::status(&transfer::put_summary(&label, &report));
             output::result(&format!("{}\n", report.ticket));
         }
-        ("get", [ticket]) => {
+        ("get", [ticket] | [ticket, "-"]) => {
             let ticket = parse_ticket(ticket)?;
             transfer::get(node, ticket, &transfer::Output::Stdout, ctx.progress).await?;
         }
