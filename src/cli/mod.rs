@@ -92,6 +92,7 @@ pub struct Ctx {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
+    install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -119,6 +120,27 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A bug should still read as one line (the default hook prints several);
+/// `RUST_BACKTRACE` set keeps the default report for debugging.
+fn install_panic_hook() {
+    if std::env::var_os("RUST_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("unknown cause");
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
+        output::print_error(&format!(
+            "internal error{}: {message} (a bug: please report it)",
+            place.unwrap_or_default()
+        ));
+    }));
 }
 
 /// Help and version go to stdout and succeed; anything else is a usage
