@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod block;
+pub mod cli;
 pub mod crypto;
 pub mod dag;
 pub mod error;

@@ -1,0 +1,229 @@
+//! The command line: options and subcommands (clap derive), and the parsers
+//! for sizes. Nothing here touches the network or the disk.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+
+use crate::ticket::Ticket;
+
+/// The listen address a node uses when none is given.
+pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/0";
+
+/// A decentralized, end-to-end encrypted, content-addressed file store.
+///
+/// Without a subcommand, runs a node and reads commands (`put`, `get`, `ls`,
+/// `peers`, `stat`, `help`, ...) on stdin until Ctrl-C or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "dfs-p2p", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Never draw progress bars (they are drawn only when stderr is a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+
+    /// More logging: -v logs dfs-p2p at debug level, -vv at trace and libp2p at
+    /// debug. RUST_LOG overrides both.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options of a node; one-shot commands take them too.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Address to listen on; repeatable. A node listens on /ip4/0.0.0.0/tcp/0
+    /// by default; one-shot commands listen only when given one.
+    #[arg(long, value_name = "MULTIADDR", global = true)]
+    pub listen: Vec<Multiaddr>,
+
+    /// Address of a peer to join the network through, with or without its
+    /// /p2p/<peer id> suffix; repeatable.
+    #[arg(long, value_name = "MULTIADDR", global = true)]
+    pub bootstrap: Vec<Multiaddr>,
+
+    /// Data directory: identity, secrets and blocks [default: the platform
+    /// data directory, e.g. ~/.local/share/dfs-p2p]
+    #[arg(long, value_name = "DIR", env = "DFS_DATA_DIR", hide_env_values = true, global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Copies of each file to keep on the network, this node's included.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = parse_replicas, global = true)]
+    pub replicas: usize,
+
+    /// Space for files fetched for reading (least recently used are evicted
+    /// first), e.g. 10GiB, 512MiB.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size, global = true)]
+    pub cache_size: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store a file on the network; prints its ticket as the last line of stdout.
+    Put {
+        /// The file to store, or - to read standard input.
+        #[arg(value_name = "FILE|-")]
+        file: PathBuf,
+    },
+    /// Fetch a file by its ticket and write it to OUT or to stdout.
+    Get {
+        /// The ticket `put` printed.
+        #[arg(value_name = "TICKET")]
+        ticket: Ticket,
+        /// Where to write the file (written whole or not at all); stdout if absent.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
+    /// Print this node's peer id (creating its identity if needed).
+    Id,
+    /// Measure throughput.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Import and export through the local store only.
+    Store {
+        /// Bytes to import, e.g. 1GiB.
+        #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+        size: u64,
+        /// Chunk size, e.g. 1MiB.
+        #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_chunk_size)]
+        chunk_size: usize,
+        /// Directory to benchmark in [default: a temporary directory, removed after]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Put and get between two nodes on this machine.
+    Net {
+        /// Bytes to transfer, e.g. 256MiB.
+        #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+        size: u64,
+    },
+}
+
+/// Parses a size: plain bytes (`4096`), binary units (`1.5GiB`, `512MiB`,
+/// `64KiB`, and the short forms `10M`, `1G`, `64k`), or decimal units
+/// (`10MB` = 10,000,000 bytes). Case does not matter.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let multiplier: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(format!("`{s}` is not a size (try 4096, 512MiB, 10M, 1GiB)")),
+    };
+    let bad = || format!("`{s}` is not a size (try 4096, 512MiB, 10M, 1GiB)");
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return Err(bad());
+    }
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole.checked_mul(multiplier).ok_or_else(|| format!("`{s}` is too large"));
+    }
+    let value = number.parse::<f64>().map_err(|_| bad())? * multiplier as f64;
+    if value >= u64::MAX as f64 {
+        return Err(format!("`{s}` is too large"));
+    }
+    Ok(value.round() as u64)
+}
+
+fn parse_chunk_size(s: &str) -> Result<usize, String> {
+    use crate::import::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+    let size = parse_size(s)?;
+    usize::try_from(size)
+        .ok()
+        .filter(|n| (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(n))
+        .ok_or_else(|| format!("the chunk size must be between 64KiB and 4MiB, not `{s}`"))
+}
+
+fn parse_replicas(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of copies from 1 to 64")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse() {
+        for (s, n) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("12B", 12),
+            ("1GiB", 1 << 30),
+            ("512MiB", 512 << 20),
+            ("512mib", 512 << 20),
+            ("10M", 10 << 20),
+            ("64k", 64 << 10),
+            ("1.5GiB", 3 << 29),
+            ("10MB", 10_000_000),
+            (" 2 GiB ", 2 << 30),
+            ("1T", 1 << 40),
+        ] {
+            assert_eq!(parse_size(s), Ok(n), "{s}");
+        }
+        for s in ["", "GiB", "-1", "1.2.3M", "1XB", "1e3", ".5M", "5.M", "99999999999999999999"] {
+            let e = parse_size(s).unwrap_err();
+            assert!(!e.contains('\n'), "{e}");
+        }
+        assert!(parse_size("20000000T").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn options_may_follow_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "dfs-p2p",
+            "put",
+            "-",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/3000",
+            "--replicas",
+            "2",
+            "--no-progress",
+        ])
+        .unwrap();
+        assert_eq!(cli.node.bootstrap.len(), 1);
+        assert_eq!(cli.node.replicas, 2);
+        assert!(cli.no_progress);
+        assert!(matches!(cli.command, Some(Command::Put { .. })));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["dfs-p2p", "--listen", "not-an-address"][..],
+            &["dfs-p2p", "--replicas", "0"],
+            &["dfs-p2p", "--cache-size", "lots"],
+            &["dfs-p2p", "get", "xyz"],
+            &["dfs-p2p", "frobnicate"],
+            &["dfs-p2p", "bench", "store", "--chunk-size", "1k"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The `dfs-p2p` command. Owns the process side of things: parsing the
+//! command line ([`args`]), logging, the tokio runtime, signals, exit codes,
+//! and the node's lifetime; the prompt is [`repl`], what is printed is
+//! [`output`]. All real work goes through [`crate::node::Node`].
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted. A node
+//! stopped by Ctrl-C or SIGTERM shuts down cleanly and exits 0; a second
+//! signal during shutdown exits 130 at once.
+
+pub mod args;
+pub mod output;
+pub mod repl;
+pub mod transfer;
+
+use std::{
+    fmt,
+    io::{self, IsTerminal},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::Parser;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+use self::{
+    args::{BenchCommand, Cli, Command, NodeArgs},
+    transfer::Output,
+};
+use crate::node::{Node, NodeConfig, NodeError};
+
+/// How long a one-shot command waits for its bootstrap peers.
+const PEER_WAIT: Duration = Duration::from_secs(10);
+/// How long a clean shutdown may take before the process exits anyway.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a command did not succeed. Its message is one line.
+#[derive(Debug)]
+pub enum Failure {
+    Error(String),
+    Interrupted,
+}
+
+impl Failure {
+    /// An IO error with what was being done; the OS message without its
+    /// Debug form ("No such file or directory (os error 2)" reads as
+    /// "no such file or directory").
+    pub fn io(context: String, e: &io::Error) -> Failure {
+        let reason = match e.kind() {
+            io::ErrorKind::NotFound => "no such file or directory".to_string(),
+            io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        Failure::Error(format!("{context}: {reason}"))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Error(message) => f.write_str(message),
+            Failure::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+impl From<NodeError> for Failure {
+    fn from(e: NodeError) -> Failure {
+        let hint = match &e {
+            NodeError::Store(crate::Error::InUse { .. }) => {
+                " (stop that node, or give this one its own --data-dir)"
+            }
+            _ => "",
+        };
+        Failure::Error(format!("{e}{hint}"))
+    }
+}
+
+impl From<crate::Error> for Failure {
+    fn from(e: crate::Error) -> Failure {
+        NodeError::Store(e).into()
+    }
+}
+
+/// Settings the prompt and the one-shot commands share.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// Whether progress bars may be drawn (stderr must also be a terminal).
+    pub progress: bool,
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::print_error(&format!("cannot start the async runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Reading stdin blocks a thread that never finishes on its own: do not
+    // wait for it (the store is already flushed by then).
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Interrupted) => {
+            output::status("interrupted");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            output::print_error(&e.to_string());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A bug should still read as one line (the default hook prints several);
+/// `RUST_BACKTRACE` set keeps the default report for debugging.
+fn install_panic_hook() {
+    if std::env::var_os("RUST_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("unknown cause");
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
+        output::print_error(&format!(
+            "internal error{}: {message} (a bug: please report it)",
+            place.unwrap_or_default()
+        ));
+    }));
+}
+
+/// Help and version go to stdout and succeed; anything else is a usage
+/// error in one line (clap's message without its usage block), exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let rendered = e.render().to_string();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            output::print_error(&missing_subcommand(&rendered));
+        }
+        _ => {
+            // "error: <message>" possibly continued on indented lines, then
+            // a blank line, the usage and tips.
+            let message: Vec<&str> =
+                rendered.lines().take_while(|l| !l.trim().is_empty()).map(|l| l.trim()).collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            let tip = rendered.lines().find_map(|l| l.trim().strip_prefix("tip: "));
+            match tip {
+                Some(tip) => output::print_error(&format!("{message} ({tip})")),
+                None => output::print_error(&format!("{message} (see dfs-p2p --help)")),
+            }
+        }
+    }
+    ExitCode::from(2)
+}
+
+/// "`dfs-p2p bench` needs one of: store, net" from the help clap rendered.
+fn missing_subcommand(help: &str) -> String {
+    let usage = help.lines().find_map(|l| l.strip_prefix("Usage: ")).unwrap_or("dfs-p2p");
+    let command: Vec<&str> =
+        usage.split_whitespace().take_while(|w| !w.starts_with(['[', '<'])).collect();
+    let command = command.join(" ");
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    format!("`{command}` needs one of: {} (see {command} --help)", subcommands.join(", "))
+}
+
+/// Logs go to stderr. On a terminal they are short (no timestamp, colour);
+/// elsewhere (files, docker, journald) they carry a timestamp.
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,dfs_p2p=info",
+        1 => "warn,dfs_p2p=debug",
+        _ => "info,dfs_p2p=trace,libp2p=debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let terminal = io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(output::LogWriter)
+        .with_ansi(terminal)
+        .with_target(verbose > 0);
+    let _ = if terminal { builder.without_time().try_init() } else { builder.try_init() };
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, registered before anything else starts so
+/// neither can kill the process without a clean shutdown.
+pub struct Signals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        async fn next(s: &mut Option<Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(&mut self.interrupt) => {}
+            _ = next(&mut self.terminate) => {}
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Ctx { progress: !cli.no_progress };
+    // A node handles its signals itself: they stop it cleanly.
+    let Some(command) = cli.command else { return run_node(&cli.node, ctx).await };
+    let mut signals = Signals::new();
+    let args = &cli.node;
+    let work = async {
+        match command {
+            Command::Put { file } => put(args, ctx, &file).await,
+            Command::Get { ticket, output } => get(args, ctx, ticket, output).await,
+            Command::Id => id(args),
+            Command::Bench(bench) => run_bench(bench).await,
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        _ = signals.recv() => Err(Failure::Interrupted),
+    }
+}
+
+fn data_dir(args: &NodeArgs) -> Result<PathBuf, Failure> {
+    if let Some(dir) = &args.data_dir {
+        return Ok(dir.clone());
+    }
+    dirs::data_dir().map(|d| d.join("dfs-p2p")).ok_or_else(|| {
+        Failure::Error(
+            "cannot find this platform's data directory: pass --data-dir or set DFS_DATA_DIR"
+                .into(),
+        )
+    })
+}
+
+fn node_config(args: &NodeArgs, listen_by_default: bool) -> Result<NodeConfig, Failure> {
+    let mut config = NodeConfig::new(data_dir(args)?);
+    config.listen = args.listen.clone();
+    if config.listen.is_empty() && listen_by_default {
+        config.listen = vec![args::DEFAULT_LISTEN.parse().expect("valid default address")];
+    }
+    config.bootstrap = args.bootstrap.clone();
+    config.replicas = args.replicas;
+    config.cache_size = args.cache_size;
+    Ok(config)
+}
+
+/// Runs a node: prints its identity and addresses, reads commands until
+/// `quit`, and keeps serving after stdin ends until Ctrl-C or SIGTERM.
+async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
+    let mut signals = Signals::new();
+    let config = node_config(args, true)?;
+    let node = tokio::select! {
+        node = Node::start(config) => node?,
+        _ = signals.recv() => return Err(Failure::Interrupted),
+    };
+    output::status(&format!("peer id: {}", node.peer_id()));
+    for addr in node.listen_addrs().await {
+        output::status(&format!("listening on {addr}"));
+    }
+    let interactive = io::stdin().is_terminal();
+    if interactive {
+        output::status("type `help` for the commands, `quit` or Ctrl-C to stop");
+    }
+
+    let mut prompt = tokio::spawn(repl::run(node.clone(), ctx, interactive));
+    enum Stop {
+        Quit,
+        Signal,
+        InputEnded,
+    }
+    let stop = tokio::select! {
+        end = &mut prompt => match end {
+            Ok(repl::End::Quit) => Stop::Quit,
+            Ok(repl::End::Eof) => Stop::InputEnded,
+            Err(e) => {
+                output::print_error(&format!("the command prompt stopped: {e}"));
+                Stop::InputEnded
+            }
+        },
+        _ = signals.recv() => Stop::Signal,
+    };
+    if let Stop::InputEnded = stop {
+        output::status("end of input: still serving until Ctrl-C or SIGTERM");
+        signals.recv().await;
+    }
+    prompt.abort();
+
+    output::status("shutting down");
+    tokio::spawn(async move {
+        signals.recv().await;
+        output::status("interrupted during shutdown");
+        std::process::exit(130);
+    });
+    if tokio::time::timeout(SHUTDOWN_WAIT, node.shutdown()).await.is_err() {
+        return Err(Failure::Error("the node did not shut down in time".into()));
+    }
+    Ok(())
+}
+
+/// Starts a node for a one-shot command and waits (briefly) for its
+/// bootstrap peers.
+async fn oneshot_node(args: &NodeArgs) -> Result<Node, Failure> {
+    let node = Node::start(node_config(args, false)?).await?;
+    if !args.bootstrap.is_empty() {
+        let want = args.bootstrap.len().min(args.replicas.saturating_sub(1)).max(1);
+        let found = node.wait_for_peers(want, PEER_WAIT).await;
+        if found == 0 {
+            output::status("no peers reachable");
+        }
+    }
+    Ok(node)
+}
+
+async fn put(args: &NodeArgs, ctx: Ctx, file: &std::path::Path) -> Result<(), Failure> {
+    let input = transfer::open_input(file)?;
+    let label = input.label.clone();
+    let node = oneshot_node(args).await?;
+    let result = transfer::put(&node, input, ctx.progress).await;
+    node.shutdown().await;
+    let report = result?;
+    output::status(&transfer::put_summary(&label, &report));
+    output::result(&format!("{}\n", report.ticket));
+    Ok(())
+}
+
+async fn get(
+    args: &NodeArgs,
+    ctx: Ctx,
+    ticket: crate::Ticket,
+    out: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let out = match out {
+        Some(path) if path != std::path::Path::new("-") => Output::file(path)?,
+        _ => Output::Stdout,
+    };
+    let node = oneshot_node(args).await?;
+    let result = transfer::get(&node, ticket, &out, ctx.progress).await;
+    node.shutdown().await;
+    let report = result?;
+    if let Output::File(path) = &out {
+        output::status(&transfer::get_summary(path, &report));
+    }
+    Ok(())
+}
+
+fn id(args: &NodeArgs) -> Result<(), Failure> {
+    let store = crate::store::Store::open(data_dir(args)?, crate::store::StoreOptions::default())?;
+    output::result(&format!("{}\n", store.peer_id()));
+    Ok(())
+}
+
+async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
+    match bench {
+        BenchCommand::Store { size, chunk_size, dir } => {
+            let scratch = ScratchDir::new(dir)?;
+            let path = scratch.path.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                crate::bench::bench_store(size, chunk_size, &path)
+            })
+            .await
+            .map_err(|e| Failure::Error(format!("the benchmark stopped: {e}")))??;
+            output::result(&format!("{report}\n"));
+        }
+        BenchCommand::Net { size } => {
+            let scratch = ScratchDir::new(None)?;
+            let report = crate::net::bench::bench_net(size, &scratch.path).await?;
+            output::result(&format!("{report}\n"));
+        }
+    }
+    Ok(())
+}
+
+/// A benchmark's directory: the one given, or a temporary one removed after.
+struct ScratchDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl ScratchDir {
+    fn new(dir: Option<PathBuf>) -> Result<ScratchDir, Failure> {
+        let (path, remove) = match dir {
+            Some(dir) => (dir, false),
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let name = format!("dfs-p2p-bench-{}-{nanos}", std::process::id());
+                (std::env::temp_dir().join(name), true)
+            }
+        };
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Failure::io(format!("cannot create {}", path.display()), &e))?;
+        Ok(ScratchDir { path, remove })
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! What the user sees: sizes ("1.5 MiB"), the tables of `ls`, `peers` and
+//! `stat`, one-line error messages, and progress bars. Results go to stdout;
+//! progress, status and logs go to stderr. Log lines are written through
+//! [`LogWriter`], which lifts the progress bar out of the way first.
+
+use std::{
+    fmt::Write as _,
+    io::{self, IsTerminal, Write},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::{
+    node::{PeerInfo, ProgressFn, Stat},
+    store::{PinKind, RootInfo},
+};
+
+/// A byte count in binary units with at most one decimal: "512 B",
+/// "1.5 MiB", "10 GiB".
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1023.95 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let number = format!("{value:.1}");
+    let number = number.strip_suffix(".0").unwrap_or(&number);
+    format!("{number} {}", UNITS[unit])
+}
+
+/// An error as one line: newlines (from any source) are folded into "; ".
+pub fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    parts.join("; ")
+}
+
+/// Prints `error: <message>` on stderr, as one line.
+pub fn print_error(message: &str) {
+    let line = format!("error: {}\n", one_line(message));
+    write_stderr(line.as_bytes());
+}
+
+/// Prints a status line on stderr (not a result: results go to stdout).
+pub fn status(message: &str) {
+    write_stderr(format!("{message}\n").as_bytes());
+}
+
+/// Prints a result (a ticket, a table) on stdout. A closed stdout (its
+/// reader went away) is ignored rather than a panic, as `println!` would.
+pub fn result(text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// Shows the prompt on stderr.
+pub fn prompt(text: &str) {
+    write_stderr(text.as_bytes());
+}
+
+/// Lays out rows in aligned columns, two spaces apart; the last column is
+/// not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let columns = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i + 1 < columns {
+                let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+            } else {
+                text.push_str(cell);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// The `ls` table: every pinned and cached root with its size on disk.
+pub fn roots_table(roots: &[RootInfo]) -> String {
+    if roots.is_empty() {
+        return "no files stored\n".into();
+    }
+    let mut roots = roots.to_vec();
+    roots.sort_by_key(|r| (r.kind != PinKind::Pinned, std::cmp::Reverse(r.last_access)));
+    let rows: Vec<Vec<String>> = roots
+        .iter()
+        .map(|r| {
+            let kind = match r.kind {
+                PinKind::Pinned => "pinned",
+                PinKind::Cached => "cached",
+            };
+            let owner = r.owner.map_or_else(|| "this node".to_string(), |p| p.to_string());
+            vec![r.root.to_string(), kind.into(), size(r.size), owner]
+        })
+        .collect();
+    let total: u64 = roots.iter().map(|r| r.size).sum();
+    let mut out = table(&["ROOT", "KIND", "SIZE", "OWNER"], &rows);
+    let n = roots.len();
+    let _ = writeln!(out, "{n} {}, {}", if n == 1 { "root" } else { "roots" }, size(total));
+    out
+}
+
+/// The `peers` table: each connected peer and its addresses, one a line.
+pub fn peers_table(peers: &[PeerInfo]) -> String {
+    if peers.is_empty() {
+        return "no peers connected\n".into();
+    }
+    let mut rows = Vec::new();
+    for peer in peers {
+        let mut addrs = peer.addrs.iter().map(ToString::to_string);
+        rows.push(vec![peer.peer_id.to_string(), addrs.next().unwrap_or_else(|| "-".into())]);
+        rows.extend(addrs.map(|a| vec![String::new(), a]));
+    }
+    let mut out = table(&["PEER", "ADDRESS"], &rows);
+    let n = peers.len();
+    let _ = writeln!(out, "{n} {} connected", if n == 1 { "peer" } else { "peers" });
+    out
+}
+
+/// The `stat` table.
+pub fn stat_table(stat: &Stat) -> String {
+    let mut rows = vec![vec!["peer id".into(), stat.peer_id.to_string()]];
+    if stat.listen_addrs.is_empty() {
+        rows.push(vec!["addresses".into(), "none (not listening)".into()]);
+    }
+    for (i, addr) in stat.listen_addrs.iter().enumerate() {
+        let label = if i == 0 { "addresses" } else { "" };
+        rows.push(vec![label.into(), addr.to_string()]);
+    }
+    rows.push(vec!["peers".into(), stat.peers.to_string()]);
+    rows.push(vec![
+        "files".into(),
+        format!("{} pinned, {} cached", stat.pinned_roots, stat.cached_roots),
+    ]);
+    rows.push(vec!["blocks".into(), stat.blocks.to_string()]);
+    rows.push(vec!["stored".into(), size(stat.bytes)]);
+    rows.push(vec![
+        "cache".into(),
+        format!("{} of {} used", size(stat.cache_used), size(stat.cache_limit)),
+    ]);
+    let mut out = String::new();
+    let width = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+    for row in rows {
+        let _ = writeln!(out, "{:<width$}  {}", row[0], row[1]);
+    }
+    out
+}
+
+/// The progress bar being drawn, if any: log lines are written around it.
+static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn write_stderr(bytes: &[u8]) {
+    let bar = ACTIVE_BAR.lock().map(|b| b.clone()).unwrap_or(None);
+    let write = || {
+        let mut err = io::stderr().lock();
+        let _ = err.write_all(bytes);
+        let _ = err.flush();
+    };
+    match bar {
+        Some(bar) => bar.suspend(write),
+        None => write(),
+    }
+}
+
+/// A progress bar on stderr for one put or get: bytes, rate and ETA; a
+/// spinner with bytes and rate when the total is unknown. It is only
+/// drawn when stderr is a terminal and progress was not turned off.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// `verb` is "put" or "get"; `label` names what moves (a file name);
+    /// `total` is its size when known before the transfer starts.
+    pub fn new(enabled: bool, verb: &str, label: &str, total: Option<u64>) -> Progress {
+        if !enabled || !io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        bar.set_style(if total.is_some() { bar_style() } else { spinner_style() });
+        bar.set_message(format!("{verb} {label}"));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        if let Ok(mut active) = ACTIVE_BAR.lock() {
+            *active = Some(bar.clone());
+        }
+        Progress { bar: Some(bar) }
+    }
+
+    /// The callback handed to the node, or None when nothing is drawn.
+    pub fn callback(&self) -> Option<ProgressFn> {
+        let bar = self.bar.clone()?;
+        let sized = Arc::new(std::sync::atomic::AtomicBool::new(bar.length().is_some()));
+        Some(Arc::new(move |done: u64, total: Option<u64>| {
+            if let Some(total) = total
+                && !sized.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                bar.set_length(total);
+                bar.set_style(bar_style());
+            }
+            bar.set_position(done);
+        }))
+    }
+
+    /// Leaves the finished bar on screen.
+    pub fn finish(self) {
+        if let Some(bar) = &self.bar {
+            if let Some(len) = bar.length() {
+                bar.set_position(len);
+            }
+            bar.finish();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            if !bar.is_finished() {
+                bar.abandon(); // a failed transfer: keep where it stopped
+            }
+            if let Ok(mut active) = ACTIVE_BAR.lock() {
+                *active = None;
+            }
+        }
+    }
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ")
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg} {binary_bytes} {binary_bytes_per_sec} {elapsed}")
+        .expect("valid template")
+}
+
+/// The writer of log lines (tracing): stderr, around the progress bar.
+#[derive(Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        write_stderr(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_well() {
+        for (n, s) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1 KiB"),
+            (1536, "1.5 KiB"),
+            (3 << 19, "1.5 MiB"),
+            (10 << 30, "10 GiB"),
+            ((1 << 20) - 1, "1 MiB"),
+            (u64::MAX, "16 EiB"),
+        ] {
+            assert_eq!(size(n), s, "{n}");
+        }
+    }
+
+    #[test]
+    fn tables_align_and_errors_are_one_line() {
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\n");
+        assert_eq!(one_line("first\n  second\n\n"), "first; second");
+    }
+}

@@ -1,0 +1,175 @@
+//! Put and get as both the prompt and the one-shot commands do them: open
+//! the input (a file or stdin) with clear errors, draw the progress bar,
+//! and write a get's output whole or not at all (to a hidden part file
+//! renamed into place on success).
+
+use std::{
+    fs::{self, File},
+    io::{self, BufWriter, IsTerminal},
+    path::{Path, PathBuf},
+};
+
+use super::{Failure, output};
+use crate::{
+    node::{GetReport, Node, PutReport},
+    ticket::Ticket,
+};
+
+/// What a put reads.
+pub struct Input {
+    reader: Box<dyn io::Read + Send>,
+    /// The file name recorded in the root.
+    name: Option<String>,
+    /// The length, when known (a regular file).
+    total: Option<u64>,
+    /// How the user named it, for messages.
+    pub label: String,
+}
+
+/// Opens `path` for a put (`-` is standard input). A missing path, a
+/// directory or an unreadable file is a one-line error.
+pub fn open_input(path: &Path) -> Result<Input, Failure> {
+    if path == Path::new("-") {
+        return Ok(Input {
+            reader: Box::new(io::stdin()),
+            name: None,
+            total: None,
+            label: "stdin".into(),
+        });
+    }
+    let shown = path.display();
+    let meta = fs::metadata(path).map_err(|e| Failure::io(format!("cannot read {shown}"), &e))?;
+    if meta.is_dir() {
+        return Err(Failure::Error(format!("{shown} is a directory: put takes a single file")));
+    }
+    let file = File::open(path).map_err(|e| Failure::io(format!("cannot open {shown}"), &e))?;
+    Ok(Input {
+        reader: Box::new(file),
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        total: meta.is_file().then_some(meta.len()),
+        label: shown.to_string(),
+    })
+}
+
+/// Stores `input` through the node, with a progress bar when enabled.
+pub async fn put(node: &Node, input: Input, progress: bool) -> Result<PutReport, Failure> {
+    let bar = output::Progress::new(progress, "put", &input.label, input.total);
+    let report = node.put(input.reader, input.name, input.total, bar.callback()).await?;
+    bar.finish();
+    Ok(report)
+}
+
+/// The status line after a put (the ticket itself goes to stdout).
+pub fn put_summary(label: &str, report: &PutReport) -> String {
+    let mut line = format!(
+        "stored {label} ({}): {} of {} copies confirmed",
+        output::size(report.size),
+        report.copies,
+        report.wanted
+    );
+    if report.copies <= 1 && report.wanted > 1 {
+        line.push_str(" (only this node holds it)");
+    }
+    line
+}
+
+/// Where a get writes.
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Output {
+    /// Checks that `path` can be written before anything is fetched.
+    pub fn file(path: PathBuf) -> Result<Output, Failure> {
+        if path.is_dir() {
+            return Err(Failure::Error(format!(
+                "{} is a directory: give a file name",
+                path.display()
+            )));
+        }
+        let parent = parent_dir(&path);
+        if !parent.is_dir() {
+            return Err(Failure::Error(format!(
+                "cannot write {}: directory {} does not exist",
+                path.display(),
+                parent.display()
+            )));
+        }
+        Ok(Output::File(path))
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A part file that is removed unless the get completes.
+struct PartFile {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Fetches `ticket` into `out`, with a progress bar when enabled (never
+/// while the file itself is being printed on a terminal).
+pub async fn get(
+    node: &Node,
+    ticket: Ticket,
+    out: &Output,
+    progress: bool,
+) -> Result<GetReport, Failure> {
+    match out {
+        Output::Stdout => {
+            let progress = progress && !io::stdout().is_terminal();
+            let bar = output::Progress::new(progress, "get", &short_cid(&ticket), None);
+            let writer = Box::new(BufWriter::with_capacity(1 << 16, io::stdout()));
+            let report = node.get(ticket, writer, bar.callback()).await?;
+            bar.finish();
+            Ok(report)
+        }
+        Output::File(path) => {
+            let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let part_path = parent_dir(path).join(format!(".{name}.{}.part", std::process::id()));
+            let file = File::create(&part_path)
+                .map_err(|e| Failure::io(format!("cannot create {}", part_path.display()), &e))?;
+            let mut part = PartFile { path: part_path, done: false };
+            let bar = output::Progress::new(progress, "get", &path.display().to_string(), None);
+            let writer = Box::new(BufWriter::with_capacity(1 << 16, file));
+            let report = node.get(ticket, writer, bar.callback()).await?;
+            fs::rename(&part.path, path)
+                .map_err(|e| Failure::io(format!("cannot write {}", path.display()), &e))?;
+            part.done = true;
+            bar.finish();
+            Ok(report)
+        }
+    }
+}
+
+/// The status line after a get into a file.
+pub fn get_summary(path: &Path, report: &GetReport) -> String {
+    format!(
+        "wrote {} ({}, {} blocks from the network)",
+        path.display(),
+        output::size(report.size),
+        report.from_network
+    )
+}
+
+fn short_cid(ticket: &Ticket) -> String {
+    let cid = ticket.root.to_string();
+    match cid.len() {
+        n if n > 16 => format!("{}…{}", &cid[..8], &cid[n - 6..]),
+        _ => cid,
+    }
+}

@@ -1,0 +1,322 @@
+//! Black-box tests of the `dfs-p2p` binary on one machine without a
+//! network: one-shot put and get on one data directory, the prompt of a
+//! node, bad input everywhere (one clear line, the right exit code, no
+//! panic), signals, and a data directory already in use.
+
+mod cli_support;
+
+use std::{
+    fs,
+    net::{TcpListener, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use cli_support::*;
+
+fn put_file(dir: &Path, path: &Path) -> String {
+    let out = run(&["put", path.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()], b"");
+    assert!(out.status.success(), "put failed: {}", text(&out.stderr));
+    let ticket = last_line(&out);
+    assert!(is_ticket(&ticket), "not a ticket: {ticket:?}");
+    ticket
+}
+
+#[test]
+fn one_shot_put_and_get_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let d = dir.to_str().unwrap();
+    // 0, 1, a chunk - 1, a chunk, a chunk + 1, several chunks.
+    for (i, len) in
+        [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 777].into_iter().enumerate()
+    {
+        let bytes = data(len, i as u64);
+        let src = tmp.path().join(format!("in-{i}.bin"));
+        fs::write(&src, &bytes).unwrap();
+
+        let out = run(&["put", src.to_str().unwrap(), "--data-dir", d], b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let ticket = last_line(&out);
+        assert!(is_ticket(&ticket), "{ticket:?}");
+        assert!(text(&out.stderr).contains("copies confirmed"), "{}", text(&out.stderr));
+
+        let dst = tmp.path().join(format!("out-{i}.bin"));
+        let out = run(&["get", &ticket, "-o", dst.to_str().unwrap(), "--data-dir", d], b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "get -o prints nothing on stdout");
+        assert_eq!(fs::read(&dst).unwrap(), bytes, "size {len}");
+
+        // The same bytes from stdin give the same content, printed to stdout.
+        let out = run(&["put", "-", "--data-dir", d], &bytes);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdin_ticket = last_line(&out);
+        assert!(is_ticket(&stdin_ticket), "{stdin_ticket:?}");
+        let out = run(&["--data-dir", d, "get", &stdin_ticket], b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(out.stdout == bytes, "get to stdout, size {len}");
+    }
+    // No part files are left behind.
+    let leftovers: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn one_shot_bad_input_fails_with_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.to_str().unwrap();
+    let file = tmp.path().join("file.txt");
+    fs::write(&file, b"hello").unwrap();
+    let missing = tmp.path().join("missing.txt");
+    // A well-formed ticket whose content only another data dir holds.
+    let other = tmp.path().join("other");
+    let foreign = put_file(&other, &file);
+
+    let t = tmp.path().to_str().unwrap();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["frobnicate"], 2, "frobnicate"),
+        (vec!["put"], 2, "<FILE|->"),
+        (vec!["putt", "x"], 2, "'put'"),
+        (vec!["get"], 2, "<TICKET>"),
+        (vec!["bench"], 2, "store, net"),
+        (vec!["put", missing.to_str().unwrap(), "--data-dir", d], 1, "no such file"),
+        (vec!["put", t, "--data-dir", d], 1, "directory"),
+        (vec!["get", "not-a-ticket", "--data-dir", d], 2, "malformed ticket"),
+        (vec!["get", "dfsnotbase32!", "--data-dir", d], 2, "malformed ticket"),
+        (vec!["get", &foreign, "--data-dir", d], 1, ""),
+        (vec!["get", &foreign, "-o", "/nonexistent-dir/x", "--data-dir", d], 1, "does not exist"),
+        (vec!["get", &foreign, "-o", t, "--data-dir", d], 1, "directory"),
+        (vec!["--listen", "nonsense", "--data-dir", d], 2, "--listen"),
+        (vec!["--bootstrap", "/ip4/1.2.3", "put", "-", "--data-dir", d], 2, "--bootstrap"),
+        (vec!["--replicas", "zero", "--data-dir", d], 2, "--replicas"),
+        (vec!["--cache-size", "big", "--data-dir", d], 2, "--cache-size"),
+        (vec!["bench", "store", "--size", "huge"], 2, "--size"),
+    ];
+    for (args, code, needle) in cases {
+        let out = run(&args, b"");
+        let line = assert_one_line_error(&out, code, &format!("{args:?}"));
+        assert!(line.contains(needle), "{args:?}: {line}");
+        assert!(!line.contains("Os {") && !line.contains("kind:"), "Debug form: {line}");
+    }
+
+    if unsafe { libc::geteuid() } != 0 {
+        let locked = tmp.path().join("locked.txt");
+        fs::write(&locked, b"x").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+        let out = run(&["put", locked.to_str().unwrap(), "--data-dir", d], b"");
+        let line = assert_one_line_error(&out, 1, "unreadable file");
+        assert!(line.contains("permission denied"), "{line}");
+    }
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let out = run(&["--help"], b"");
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for word in ["put", "get", "id", "bench", "--listen", "--bootstrap", "--data-dir", "--replicas"]
+    {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+    let out = run(&["--version"], b"");
+    assert!(out.status.success());
+    assert!(text(&out.stdout).starts_with("dfs-p2p "));
+}
+
+#[test]
+fn id_prints_the_peer_id_the_node_uses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let out = run(&["id", "--data-dir", d.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = last_line(&out);
+    assert!(id.starts_with("12D3KooW"), "{id}");
+    let again = run(&["id", "--data-dir", d.to_str().unwrap()], b"");
+    assert_eq!(last_line(&again), id, "the identity is kept");
+
+    let mut node = Node::start("node", &d, &[]);
+    assert_eq!(node.peer_id, id);
+    node.stop();
+}
+
+#[test]
+fn the_data_dir_can_also_be_set_by_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("env-data");
+    let out = dfs(&["id"]).env("DFS_DATA_DIR", &d).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(d.join("identity.key").exists());
+}
+
+#[test]
+fn a_data_dir_in_use_is_refused_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let file = tmp.path().join("f");
+    fs::write(&file, b"x").unwrap();
+    let mut node = Node::start("node", &d, &[]);
+    let ds = d.to_str().unwrap();
+
+    let out = run(&["put", file.to_str().unwrap(), "--data-dir", ds], b"");
+    let line = assert_one_line_error(&out, 1, "put on a dir in use");
+    assert!(line.contains("in use"), "{line}");
+
+    let out = run(&["--data-dir", ds, "--listen", "/ip4/127.0.0.1/tcp/0"], b"");
+    let line = assert_one_line_error(&out, 1, "second node on a dir in use");
+    assert!(line.contains("in use"), "{line}");
+
+    assert!(node.try_wait().is_none(), "the first node keeps running");
+    node.stop();
+}
+
+#[test]
+fn a_listen_address_that_cannot_be_bound_fails_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = format!("/ip4/127.0.0.1/tcp/{}", held.local_addr().unwrap().port());
+    for addr in [busy.as_str(), "/ip4/127.0.0.1/udp/0"] {
+        let d = tmp.path().join("data");
+        let out = run(&["--data-dir", d.to_str().unwrap(), "--listen", addr], b"");
+        let line = assert_one_line_error(&out, 1, addr);
+        assert!(line.contains(addr.split('/').nth(2).unwrap()), "{line}");
+    }
+}
+
+#[test]
+fn the_prompt_reports_bad_commands_and_keeps_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other");
+    let small = tmp.path().join("small file.txt");
+    fs::write(&small, b"hello, world\n").unwrap();
+    let foreign = put_file(&other, &small);
+    let mut node = Node::start("node", &tmp.path().join("data"), &[]);
+
+    let missing = tmp.path().join("missing");
+    let bad = [
+        "frobnicate".to_string(),
+        "put".into(),
+        format!("put {}", missing.display()),
+        format!("put {}", tmp.path().display()),
+        "put \"unterminated".into(),
+        "put -".into(),
+        "get not-a-ticket".into(),
+        "get dfs!!!".into(),
+        format!("get {foreign} /nonexistent-dir/out"),
+        "delete nonsense".into(),
+        "providers nonsense".into(),
+        "ls extra".into(),
+        "x".repeat(70_000),
+        format!("get {foreign} {}", tmp.path().join("never").display()),
+    ];
+    for command in &bad {
+        node.send(command);
+        let line = node.expect_error();
+        assert!(line.len() < 300, "{line}");
+        assert!(node.try_wait().is_none(), "the node exited after {command:?}");
+    }
+    assert!(!tmp.path().join("never").exists(), "a failed get leaves no file");
+
+    // Good commands still work.
+    node.send("help");
+    node.expect_out(|l| l.contains("providers <cid-or-ticket>"));
+    let ticket = node.put(&small);
+    node.send("ls");
+    let root_line = node.expect_out(|l| l.contains("pinned"));
+    assert!(root_line.contains("this node"), "{root_line}");
+    node.expect_out(|l| l.starts_with("1 root,"));
+    let out = tmp.path().join("copy.txt");
+    node.get(&ticket, &out).expect("get at the prompt");
+    assert_eq!(fs::read(&out).unwrap(), b"hello, world\n");
+    node.send(&format!("get {ticket}"));
+    node.expect_out(|l| l == "hello, world");
+    node.send("stat");
+    let id = node.peer_id.clone();
+    node.expect_out(|l| l.starts_with("peer id") && l.contains(&id));
+    node.expect_out(|l| l.starts_with("cache"));
+    node.send("peers");
+    node.expect_out(|l| l.contains("connected"));
+    node.send(&format!("delete {ticket}"));
+    node.outcome(|l| l.starts_with("deleted ")).expect("delete");
+    node.send("ls");
+    node.expect_out(|l| l == "no files stored");
+    node.send(&format!("delete {ticket}"));
+    node.expect_error();
+
+    node.send("quit");
+    let status = node.wait_exit();
+    assert!(status.success(), "quit: {status:?}");
+}
+
+#[test]
+fn end_of_input_does_not_stop_a_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::start("node", &tmp.path().join("data"), &[]);
+    node.close_stdin();
+    node.expect_err(|l| l.starts_with("end of input"));
+    // Still serving: its port accepts connections and the process lives.
+    TcpStream::connect(("127.0.0.1", node.port())).expect("the node still listens");
+    assert!(node.try_wait().is_none());
+    node.stop();
+    assert!(node.seen.iter().any(|l| matches!(l, Line::Err(s) if s == "shutting down")));
+}
+
+#[test]
+fn ctrl_c_stops_a_node_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::start("node", &tmp.path().join("data"), &[]);
+    node.signal(libc::SIGINT);
+    let status = node.wait_exit();
+    assert!(status.success(), "SIGINT: {status:?}");
+}
+
+#[test]
+fn an_interrupted_one_shot_put_exits_130() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    // `put -` whose stdin never ends.
+    let child = dfs(&["put", "-", "--data-dir", d.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The store's lock file appears only after the signal handlers are set.
+    let deadline = Instant::now() + STEP;
+    while !d.join("lock").exists() {
+        assert!(Instant::now() < deadline, "the put never opened its data dir");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("interrupted"));
+    assert!(out.stdout.is_empty(), "no ticket for an interrupted put");
+}
+
+#[test]
+fn bench_store_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(&["bench", "store", "--size", "1MiB", "--chunk-size", "64KiB", "--dir"], b"");
+    assert_eq!(out.status.code(), Some(2), "--dir needs a value");
+    let out = run(
+        &[
+            "bench",
+            "store",
+            "--size",
+            "1MiB",
+            "--chunk-size",
+            "64KiB",
+            "--dir",
+            tmp.path().to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).trim().is_empty());
+}

@@ -1,0 +1,148 @@
+//! Black-box tests of the `dfs-p2p` binary over a real network on
+//! 127.0.0.1: the original three-node demo, and one-shot put and get
+//! against a running network. Every node listens on port 0; the tests read
+//! the addresses the nodes print on stderr.
+
+mod cli_support;
+
+use std::{fs, net::TcpListener, path::Path};
+
+use cli_support::*;
+
+fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// The demo: three nodes, the third bootstrapping from the first two;
+/// files of several sizes put through the third; the third's copies
+/// deleted (it is stopped and its data directory removed); every file
+/// fetched back through the network by a node that never had it, and by
+/// the first node; the bytes identical.
+#[test]
+fn three_node_demo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Node::start("A", &tmp.path().join("a"), &[]);
+    let mut b = Node::start("B", &tmp.path().join("b"), &[]);
+    let (a_addr, b_addr) = (a.addrs[0].clone(), b.addrs[0].clone());
+    let c_dir = tmp.path().join("c");
+    let mut c = Node::start("C", &c_dir, &["--bootstrap", &a_addr, "--bootstrap", &b_addr]);
+    c.wait_for_peers(2);
+
+    // 0, 1, a chunk - 1, a chunk, a chunk + 1, several chunks.
+    let sizes = [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 5 * (1 << 20) + 12_345];
+    let mut files = Vec::new();
+    for (i, len) in sizes.into_iter().enumerate() {
+        let bytes = data(len, 100 + i as u64);
+        let path = tmp.path().join(format!("file {i}.bin"));
+        fs::write(&path, &bytes).unwrap();
+        let (ticket, copies) = c.put_confirmed(&path);
+        assert!(copies >= 2, "size {len}: only {copies} copies confirmed");
+        files.push((ticket, bytes));
+    }
+
+    // Delete the third node's local copies: stop it and remove its data.
+    c.stop();
+    fs::remove_dir_all(&c_dir).unwrap();
+
+    // A node that never had the files fetches them through the network.
+    let mut d = Node::start("D", &tmp.path().join("d"), &["--bootstrap", &a_addr]);
+    d.wait_for_peers(1);
+    for (i, (ticket, bytes)) in files.iter().enumerate() {
+        let out = tmp.path().join(format!("d-{i}.out"));
+        let status = d.get(ticket, &out).unwrap_or_else(|e| panic!("D get {i}: {e}"));
+        assert_eq!(&fs::read(&out).unwrap(), bytes, "D, file {i}");
+        if !bytes.is_empty() {
+            assert!(!status.contains(" 0 blocks from the network"), "D, file {i}: {status}");
+        }
+    }
+    // And so does the first node.
+    for (i, (ticket, bytes)) in files.iter().enumerate() {
+        let out = tmp.path().join(format!("a-{i}.out"));
+        a.get(ticket, &out).unwrap_or_else(|e| panic!("A get {i}: {e}"));
+        assert_eq!(&fs::read(&out).unwrap(), bytes, "A, file {i}");
+    }
+    d.send("stat");
+    d.expect_out(|l| l.starts_with("peers") && !l.ends_with(" 0"));
+
+    for node in [&mut a, &mut b, &mut d] {
+        node.stop();
+    }
+}
+
+/// One-shot put and get against a running network: `put -` from stdin,
+/// `put FILE`, `get` to stdout and to a file, each through its own data
+/// directory; a get of content nobody has fails with one line.
+#[test]
+fn one_shot_put_and_get_against_a_running_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Node::start("A", &tmp.path().join("a"), &[]);
+    let a_addr = a.addrs[0].clone();
+    let mut b = Node::start("B", &tmp.path().join("b"), &["--bootstrap", &a_addr]);
+    let b_addr = b.addrs[0].clone();
+    b.wait_for_peers(1);
+    let dir = |name: &str| tmp.path().join(name);
+
+    // put - (stdin), then get to stdout through another client.
+    let bytes = data(2 * (1 << 20) + 99, 7);
+    let out = run(&["put", "-", "--bootstrap", &a_addr, "--data-dir", arg(&dir("c1"))], &bytes);
+    assert!(out.status.success(), "put -: {}", text(&out.stderr));
+    let ticket = last_line(&out);
+    assert!(is_ticket(&ticket), "{ticket:?}");
+    let stderr = text(&out.stderr);
+    let copies = stderr.lines().find(|l| l.starts_with("stored ")).map(parse_copies);
+    assert!(copies.unwrap_or(0) >= 2, "put - : {stderr}");
+
+    let out = run(&["get", &ticket, "--bootstrap", &b_addr, "--data-dir", arg(&dir("c2"))], b"");
+    assert!(out.status.success(), "get to stdout: {}", text(&out.stderr));
+    assert!(out.stdout == bytes, "get to stdout: wrong bytes");
+
+    // put FILE, then get -o through a bootstrap address without /p2p/.
+    let file = dir("input.bin");
+    let bytes = data(300_000, 8);
+    fs::write(&file, &bytes).unwrap();
+    let out = run(&["put", arg(&file), "--bootstrap", &b_addr, "--data-dir", arg(&dir("c3"))], b"");
+    assert!(out.status.success(), "put FILE: {}", text(&out.stderr));
+    let ticket = last_line(&out);
+    let bare = a_addr.split("/p2p/").next().unwrap().to_string();
+    let dst = dir("output.bin");
+    let out = run(
+        &["get", &ticket, "-o", arg(&dst), "--bootstrap", &bare, "--data-dir", arg(&dir("c4"))],
+        b"",
+    );
+    assert!(out.status.success(), "get -o: {}", text(&out.stderr));
+    assert_eq!(fs::read(&dst).unwrap(), bytes);
+
+    // Content that exists nowhere on the network.
+    let isolated = run(&["put", "-", "--data-dir", arg(&dir("isolated"))], b"only here");
+    let nowhere = last_line(&isolated);
+    assert!(is_ticket(&nowhere));
+    let out = run(&["get", &nowhere, "--bootstrap", &a_addr, "--data-dir", arg(&dir("c5"))], b"");
+    assert_one_line_error(&out, 1, "get of missing content");
+    assert!(out.stdout.is_empty());
+
+    a.stop();
+    b.stop();
+}
+
+/// With no peer reachable, a one-shot put stores the file locally, says so,
+/// and succeeds.
+#[test]
+fn a_one_shot_put_with_no_reachable_peer_stores_locally() {
+    let tmp = tempfile::tempdir().unwrap();
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("/ip4/127.0.0.1/tcp/{}", l.local_addr().unwrap().port())
+    };
+    let d = tmp.path().join("data");
+    let out = run(&["put", "-", "--bootstrap", &closed, "--data-dir", arg(&d)], b"lonely bytes");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ticket = last_line(&out);
+    assert!(is_ticket(&ticket), "{ticket:?}");
+    let stderr = text(&out.stderr);
+    let copies = stderr.lines().find(|l| l.starts_with("stored ")).map(parse_copies);
+    assert_eq!(copies, Some(1), "{stderr}");
+
+    let out = run(&["get", &ticket, "--data-dir", arg(&d)], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"lonely bytes");
+}
