@@ -1,1 +1,468 @@
-//! Network benchmark (todo).
+//! The network benchmark behind `dfs-p2p bench net`: a get of one file from
+//! one peer over loopback, against a raw libp2p stream over the same
+//! transport, with the peak memory of each node.
+//!
+//! Set-up. The serving node holds the file (imported into its data
+//! directory beforehand, not timed). When this runs inside the `dfs-p2p`
+//! binary, the serving node is a child process of the same binary (a plain
+//! `dfs-p2p --listen .. --data-dir ..` node), so each node's peak RSS is
+//! measured on its own (`VmHWM` of the child; of this process for the
+//! getter, reset before the gets where the kernel allows). Elsewhere (tests)
+//! both nodes run in this process and the RSS is the process's.
+//!
+//! The get is timed from the call to its return: discovery, every block
+//! requested (32 in flight), verified, written to the store, decrypted and
+//! streamed in order to a sink. Each run starts from an empty getter store.
+//!
+//! The baseline is one raw libp2p stream over the same TCP(nodelay)+Noise+
+//! Yamux transport, between two swarms in this process: a `request_response`
+//! with a codec that answers a request for N bytes by writing N bytes on
+//! the stream, and counts them on the other side without storing them. No
+//! hashing, no disk, no crypto beyond Noise: what the transport gives.
+
+use std::{
+    fmt, io,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, noise,
+    request_response::{self, ProtocolSupport},
+    swarm::SwarmEvent,
+    tcp, yamux,
+};
+
+use crate::{
+    import::{self, ImportOptions},
+    node::{Node, NodeConfig, NodeError},
+    store::{Store, StoreOptions},
+};
+
+/// Timed runs of each measurement; the report gives their median.
+pub const RUNS: usize = 3;
+/// How long the benchmark waits for the serving node to come up.
+const SERVER_START: Duration = Duration::from_secs(30);
+
+/// What `bench_net` measured. Throughputs are in bytes per second.
+#[derive(Debug, Clone)]
+pub struct NetBenchReport {
+    pub size: u64,
+    /// Throughput of each get.
+    pub get_runs: Vec<f64>,
+    pub get_median: f64,
+    /// Throughput of each raw-stream transfer.
+    pub raw_runs: Vec<f64>,
+    pub raw_median: f64,
+    /// `get_median / raw_median`.
+    pub ratio: f64,
+    /// Peak RSS of the serving node, if it ran in its own process.
+    pub server_peak_rss: Option<u64>,
+    /// Peak RSS of this process during the gets (the getter node, plus the
+    /// serving node when `server_peak_rss` is `None`).
+    pub getter_peak_rss: Option<u64>,
+    /// How the serving node ran.
+    pub server_in_child: bool,
+}
+
+impl fmt::Display for NetBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mbs = |v: f64| v / 1e6;
+        let runs = |r: &[f64]| r.iter().map(|v| format!("{:.0}", mbs(*v))).collect::<Vec<_>>();
+        let mib =
+            |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+        writeln!(f, "network benchmark: get of {} bytes from one peer over loopback", self.size)?;
+        writeln!(
+            f,
+            "  get:        {:.0} MB/s median (runs: {} MB/s)",
+            mbs(self.get_median),
+            runs(&self.get_runs).join(", ")
+        )?;
+        writeln!(
+            f,
+            "  raw stream: {:.0} MB/s median (runs: {} MB/s; one TCP+Noise+Yamux stream)",
+            mbs(self.raw_median),
+            runs(&self.raw_runs).join(", ")
+        )?;
+        writeln!(f, "  get / raw:  {:.2}", self.ratio)?;
+        if self.server_in_child {
+            writeln!(
+                f,
+                "  peak RSS:   serving node {}, getting node {}",
+                mib(self.server_peak_rss),
+                mib(self.getter_peak_rss)
+            )
+        } else {
+            writeln!(f, "  peak RSS:   {} (both nodes in one process)", mib(self.getter_peak_rss))
+        }
+    }
+}
+
+/// Runs the benchmark with a file of `size` bytes, using `dir` for data.
+pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeError> {
+    let server_dir = dir.join("server");
+    let client_dirs: Vec<PathBuf> = (0..RUNS).map(|i| dir.join(format!("getter-{i}"))).collect();
+
+    // The file, imported where the serving node will find it.
+    let (ticket, server_peer) = {
+        let server_dir = server_dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let store = Store::open(&server_dir, StoreOptions::default())?;
+            let options = ImportOptions { name: Some("bench".into()), ..Default::default() };
+            let imported = import::import(&store, BenchData::new(size), &options, None)?;
+            Ok((imported.ticket, store.peer_id()))
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)??
+    };
+
+    let port = free_port()?;
+    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("valid address");
+    let mut server_addr = listen.clone();
+    server_addr.push(libp2p::multiaddr::Protocol::P2p(server_peer));
+
+    let exe = std::env::current_exe().ok();
+    let in_child = exe
+        .as_ref()
+        .and_then(|e| e.file_name())
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("dfs-p2p"));
+    let mut server = if in_child {
+        let exe = exe.expect("checked above");
+        Server::Child(spawn_server(&exe, &listen, &server_dir)?)
+    } else {
+        let mut config = NodeConfig::new(server_dir.clone());
+        config.listen = vec![listen.clone()];
+        config.replicas = 1;
+        Server::InProcess(Node::start(config).await?)
+    };
+
+    let result = async {
+        reset_peak_rss();
+        let mut get_runs = Vec::new();
+        for client_dir in &client_dirs {
+            let mut config = NodeConfig::new(client_dir.clone());
+            config.listen = Vec::new();
+            config.bootstrap = vec![server_addr.clone()];
+            config.replicas = 1;
+            let client = Node::start(config).await?;
+            if client.wait_for_peers(1, SERVER_START).await == 0 {
+                client.shutdown().await;
+                return Err(NodeError::Transport("the serving node did not come up".into()));
+            }
+            let started = Instant::now();
+            let report = client.get(ticket.clone(), Box::new(io::sink()), None).await?;
+            let secs = started.elapsed().as_secs_f64();
+            if report.size != size {
+                return Err(NodeError::Transport(format!("got {} bytes of {size}", report.size)));
+            }
+            get_runs.push(size as f64 / secs);
+            client.shutdown().await;
+            let _ = std::fs::remove_dir_all(client_dir);
+        }
+        let getter_peak_rss = peak_rss(None);
+        Ok((get_runs, getter_peak_rss))
+    }
+    .await;
+
+    let server_peak_rss = match &mut server {
+        Server::Child(child) => {
+            let rss = peak_rss(Some(child.id()));
+            stop_child(child);
+            rss
+        }
+        Server::InProcess(_) => None,
+    };
+    if let Server::InProcess(node) = server {
+        node.shutdown().await;
+    }
+    let (get_runs, getter_peak_rss) = result?;
+
+    let mut raw_runs = Vec::new();
+    for _ in 0..RUNS {
+        raw_runs.push(raw_stream(size).await?);
+    }
+    let get_median = median(&get_runs);
+    let raw_median = median(&raw_runs);
+    Ok(NetBenchReport {
+        size,
+        get_runs,
+        get_median,
+        raw_runs,
+        raw_median,
+        ratio: get_median / raw_median,
+        server_peak_rss,
+        getter_peak_rss,
+        server_in_child: in_child,
+    })
+}
+
+enum Server {
+    Child(Child),
+    InProcess(Node),
+}
+
+fn spawn_server(exe: &Path, listen: &Multiaddr, dir: &Path) -> Result<Child, NodeError> {
+    Command::new(exe)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--replicas")
+        .arg("1")
+        .env_remove("DFS_DATA_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            NodeError::Transport(format!("cannot start the serving node {}: {e}", exe.display()))
+        })
+}
+
+fn stop_child(child: &mut Child) {
+    use std::io::Write;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"quit\n");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn free_port() -> Result<u16, NodeError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| NodeError::Transport(format!("cannot find a free port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| NodeError::Transport(format!("cannot find a free port: {e}")))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Peak resident set (`VmHWM`) of a process (this one for `None`), in bytes.
+fn peak_rss(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".into(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets this process's `VmHWM` (Linux 4.0+; ignored where refused).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `len` bytes of fast pseudo-random data (every chunk differs, so
+/// convergent encryption cannot deduplicate them).
+struct BenchData {
+    left: u64,
+    state: u64,
+}
+
+impl BenchData {
+    fn new(len: u64) -> Self {
+        BenchData { left: len, state: 0x9E37_79B9_7F4A_7C15 }
+    }
+}
+
+impl io::Read for BenchData {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        for word in buf[..n].chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            word.copy_from_slice(&self.state.to_le_bytes()[..word.len()]);
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+// ---- the raw-stream baseline ----
+
+const RAW_PROTOCOL: StreamProtocol = StreamProtocol::new("/dfs-p2p/bench-raw/1.0.0");
+const RAW_BUF: usize = 1024 * 1024;
+
+/// Asks for N bytes (8-byte request); the answer is N bytes on the stream,
+/// counted and dropped by the reader.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = u64;
+    type Response = u64;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<u64> {
+        let mut len = [0u8; 8];
+        io.read_exact(&mut len).await?;
+        Ok(u64::from_be_bytes(len))
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<u64> {
+        let mut buf = vec![0u8; RAW_BUF];
+        let mut total = 0u64;
+        loop {
+            match io.read(&mut buf).await? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        len: u64,
+    ) -> io::Result<()> {
+        io.write_all(&len.to_be_bytes()).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        len: u64,
+    ) -> io::Result<()> {
+        let buf = vec![0x5Au8; RAW_BUF];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(RAW_BUF as u64) as usize;
+            io.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+type RawSwarm = Swarm<request_response::Behaviour<RawCodec>>;
+
+fn raw_swarm() -> Result<RawSwarm, NodeError> {
+    let behaviour = request_response::Behaviour::<RawCodec>::new(
+        [(RAW_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(600)),
+    );
+    Ok(libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+/// One transfer of `size` bytes over one raw stream; returns bytes/s.
+async fn raw_stream(size: u64) -> Result<f64, NodeError> {
+    let mut server = raw_swarm()?;
+    let mut client = raw_swarm()?;
+    server
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid address"))
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_peer = *server.local_peer_id();
+    let server_task = tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            }) = server.select_next_some().await
+            {
+                let _ = server.behaviour_mut().send_response(channel, request);
+            }
+        }
+    });
+    let dial =
+        libp2p::swarm::dial_opts::DialOpts::peer_id(server_peer).addresses(vec![addr]).build();
+    client.dial(dial).map_err(|e| NodeError::Transport(e.to_string()))?;
+    // Connect first (not timed), with a one-byte transfer.
+    let mut timed = None;
+    let mut started = Instant::now();
+    let mut id = client.behaviour_mut().send_request(&server_peer, 1);
+    let result = loop {
+        match client.select_next_some().await {
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { request_id, response },
+                ..
+            }) if request_id == id => {
+                if timed.is_none() {
+                    started = Instant::now();
+                    id = client.behaviour_mut().send_request(&server_peer, size);
+                    timed = Some(());
+                    continue;
+                }
+                if response != size {
+                    break Err(NodeError::Transport(format!(
+                        "raw stream carried {response} of {size} bytes"
+                    )));
+                }
+                break Ok(size as f64 / started.elapsed().as_secs_f64());
+            }
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                break Err(NodeError::Transport(format!("raw stream failed: {error}")));
+            }
+            _ => {}
+        }
+    };
+    server_task.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bench_runs_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = bench_net(4 * 1024 * 1024, dir.path()).await.unwrap();
+        assert_eq!(report.get_runs.len(), RUNS);
+        assert!(report.get_median > 0.0 && report.raw_median > 0.0);
+        assert!(!report.server_in_child);
+        assert!(report.to_string().contains("get / raw"));
+    }
+
+    /// The full benchmark in process (both nodes here):
+    /// `DFS_BENCH_SIZE=1073741824 cargo test --release --lib bench_full -- --ignored --nocapture`
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn bench_full() {
+        let size =
+            std::env::var("DFS_BENCH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(1 << 30);
+        let dir = tempfile::tempdir().unwrap();
+        let report = bench_net(size, dir.path()).await.unwrap();
+        println!("{report}");
+    }
+}
