@@ -146,6 +146,13 @@ async fn put_on_one_get_on_another() {
         assert_eq!(second.from_network, 0);
         let providers = nodes[0].node.providers(report.ticket.root).await.unwrap();
         assert!(providers.contains(&nodes[1].node.peer_id()));
+        assert!(providers.contains(&nodes[2].node.peer_id()), "a completed get provides");
+        let up = nodes[1].node.stat().await.unwrap();
+        assert_eq!((up.pinned_roots, up.cached_roots), (1, 0));
+        assert!(up.peers >= 1 && up.blocks > 0 && !up.listen_addrs.is_empty());
+        let down = nodes[2].node.stat().await.unwrap();
+        assert_eq!((down.pinned_roots, down.cached_roots), (0, 1));
+        assert_eq!(down.cache_used, nodes[2].node.ls()[0].size);
     })
     .await
 }

@@ -65,6 +65,9 @@ pub struct NetBenchReport {
     pub getter_peak_rss: Option<u64>,
     /// How the serving node ran.
     pub server_in_child: bool,
+    /// CPU seconds per GB got: the serving child's, and this process's.
+    pub server_cpu_per_gb: Option<f64>,
+    pub getter_cpu_per_gb: Option<f64>,
 }
 
 impl fmt::Display for NetBenchReport {
@@ -87,6 +90,17 @@ impl fmt::Display for NetBenchReport {
             runs(&self.raw_runs).join(", ")
         )?;
         writeln!(f, "  get / raw:  {:.2}", self.ratio)?;
+        let cpu = |c: Option<f64>| c.map_or("n/a".into(), |c| format!("{c:.2} s"));
+        if self.server_in_child {
+            writeln!(
+                f,
+                "  CPU per GB: serving node {}, getting node {}",
+                cpu(self.server_cpu_per_gb),
+                cpu(self.getter_cpu_per_gb)
+            )?;
+        } else {
+            writeln!(f, "  CPU per GB: {} (both nodes)", cpu(self.getter_cpu_per_gb))?;
+        }
         if self.server_in_child {
             writeln!(
                 f,
@@ -139,6 +153,11 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         Server::InProcess(Node::start(config).await?)
     };
 
+    let child_pid = match &server {
+        Server::Child(child) => Some(child.id()),
+        Server::InProcess(_) => None,
+    };
+    let cpu_before = (child_pid.and_then(|p| cpu_secs(Some(p))), cpu_secs(None));
     let result = async {
         reset_peak_rss();
         let mut get_runs = Vec::new();
@@ -166,6 +185,10 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         Ok((get_runs, getter_peak_rss))
     }
     .await;
+    let gb = (size as f64 * RUNS as f64) / 1e9;
+    let server_cpu_per_gb =
+        cpu_before.0.zip(child_pid.and_then(|p| cpu_secs(Some(p)))).map(|(a, b)| (b - a) / gb);
+    let getter_cpu_per_gb = cpu_before.1.zip(cpu_secs(None)).map(|(a, b)| (b - a) / gb);
 
     let server_peak_rss = match &mut server {
         Server::Child(child) => {
@@ -196,6 +219,8 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         server_peak_rss,
         getter_peak_rss,
         server_in_child: in_child,
+        server_cpu_per_gb,
+        getter_cpu_per_gb,
     })
 }
 
@@ -263,6 +288,21 @@ fn peak_rss(pid: Option<u32>) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// CPU seconds (user + system) a process (this one for `None`) has used.
+fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".into(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
 }
 
 /// Resets this process's `VmHWM` (Linux 4.0+; ignored where refused).
