@@ -150,8 +150,8 @@ impl Node {
             tokio::task::spawn_blocking(move || Store::open(dir, StoreOptions { cache_limit }))
                 .await
                 .map_err(|_| NodeError::Stopped)??;
-        let mut swarm =
-            behaviour::build_swarm(store.identity().clone()).map_err(NodeError::Transport)?;
+        let mut swarm = behaviour::build_swarm(store.identity().clone(), !config.listen.is_empty())
+            .map_err(NodeError::Transport)?;
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -182,6 +182,14 @@ impl Node {
         .unwrap_or_default();
         for root in complete {
             self.inner.net.provide(root).await;
+        }
+    }
+
+    /// A node that was given bootstrap addresses but is not connected yet
+    /// (a one-shot client just started) waits a little for its first peer.
+    async fn wait_for_first_peer(&self) {
+        if !self.inner.config.bootstrap.is_empty() && self.inner.net.connected_now() == 0 {
+            self.inner.net.wait_for_peers(1, get::FIRST_PEER_WAIT).await;
         }
     }
 
@@ -239,6 +247,9 @@ impl Node {
         let root = imported.ticket.root;
         self.inner.net.provide(root).await;
         let wanted = self.inner.config.replicas.max(1);
+        if wanted > 1 {
+            self.wait_for_first_peer().await;
+        }
         let confirmed = replicate::replicate(&self.inner.net, root, wanted - 1).await;
         Ok(PutReport {
             ticket: imported.ticket,
@@ -265,6 +276,9 @@ impl Node {
                 .await
                 .map_err(|_| NodeError::Stopped)?
         };
+        if !complete {
+            self.wait_for_first_peer().await;
+        }
         let discovery = (!complete).then(|| {
             tokio::spawn(get::discover(self.inner.net.clone(), providers.clone(), Vec::new()))
         });

@@ -454,3 +454,31 @@ fn listen_error_is_clear() {
         assert!(err.to_string().contains("cannot listen on"), "{err}");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_client_gets_and_puts_right_after_start() {
+    run(async {
+        let nodes = star(3, 1).await;
+        let bytes = data(3 * CHUNK, 11);
+        let report = put(&nodes[1].node, &bytes).await;
+        // A client that does not listen, started and used at once, as a
+        // one-shot `dfs-p2p get` is; bootstrapped without a peer id.
+        let (entry, _) = dfs_p2p::net::event_loop::split_peer_id(nodes[0].addr.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), vec![entry.clone()], 3);
+        c.listen = vec![];
+        let client = Node::start(c).await.unwrap();
+        assert!(client.listen_addrs().await.is_empty());
+        let (got, _) = get(&client, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        client.shutdown().await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), vec![entry], 3);
+        c.listen = vec![];
+        let client = Node::start(c).await.unwrap();
+        let uploaded = put(&client, &data(2 * CHUNK, 12)).await;
+        assert_eq!(uploaded.copies, 3);
+    })
+    .await
+}

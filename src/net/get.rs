@@ -44,6 +44,11 @@ pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of one DHT provider lookup.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Shortest time between the starts of two discovery rounds.
+pub const ROUND_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a get or put waits for a first peer when the node has
+/// bootstrap addresses but no connection yet (a one-shot client).
+pub const FIRST_PEER_WAIT: Duration = Duration::from_secs(10);
 /// Discovery rounds a download may run (the first one included).
 pub const MAX_DISCOVERY_ROUNDS: u64 = 3;
 /// Export workers for a network get (each has one block in flight).
@@ -229,12 +234,15 @@ pub async fn discover(net: NetHandle, set: Arc<ProviderSet>, seed: Vec<PeerId>) 
         set.add(peer);
     }
     loop {
+        let started = Instant::now();
         discovery_round(&net, &set).await;
         set.round_done();
         set.wake_discovery.notified().await;
         if set.lock().closed {
             return;
         }
+        // Give the DHT time to learn (identify, bootstrap) between rounds.
+        tokio::time::sleep(ROUND_INTERVAL.saturating_sub(started.elapsed())).await;
     }
 }
 
