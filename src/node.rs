@@ -269,7 +269,6 @@ impl Node {
     ) -> Result<GetReport, NodeError> {
         let root = ticket.root;
         let store = self.inner.store.clone();
-        let providers = ProviderSet::new(root);
         let complete = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.is_complete(&root))
@@ -279,25 +278,27 @@ impl Node {
         if !complete {
             self.wait_for_first_peer().await;
         }
-        let discovery = (!complete).then(|| {
-            tokio::spawn(get::discover(self.inner.net.clone(), providers.clone(), Vec::new()))
-        });
+        // A complete local copy needs the network only to repair a block
+        // that turns out corrupt: then discovery starts on demand.
+        let providers = ProviderSet::new(root, !complete);
+        let discovery =
+            tokio::spawn(get::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
         let (net, rt) = (self.inner.net.clone(), tokio::runtime::Handle::current());
         let set = providers.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut out = out;
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let options = ExportOptions { range: None, workers: GET_WORKERS, window: GET_WINDOW };
-            if complete {
-                let size = export::export(&store, &ticket, &mut out, &options, progress)?;
-                store.touch(&root);
-                return Ok((size, 0, Vec::new()));
-            }
             let source = NetSource::new(store.clone(), net, rt, set);
             let exported = export::export(&source, &ticket, &mut out, &options, progress);
             // Keep what arrived even if the export failed: a rerun resumes.
             source.commit()?;
             let size = exported?;
+            if source.fetched() == 0 && complete {
+                source.finish()?;
+                store.touch(&root);
+                return Ok((size, 0, Vec::new()));
+            }
             // The writer still holds off garbage collection while we pin.
             store.pin(&root, PinKind::Cached, None)?;
             source.finish()?;
@@ -306,9 +307,7 @@ impl Node {
         })
         .await
         .map_err(|_| NodeError::Stopped)?;
-        if let Some(discovery) = discovery {
-            discovery.abort();
-        }
+        discovery.abort();
         let (size, from_network, evicted) = match result {
             Ok(done) => done,
             Err(Error::Source(_)) if providers.ever_found() == 0 => {
@@ -316,7 +315,7 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         };
-        if from_network > 0 || !complete {
+        if from_network > 0 {
             self.inner.net.provide(root).await;
         }
         for root in evicted {

@@ -482,3 +482,35 @@ async fn one_shot_client_gets_and_puts_right_after_start() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_local_block_is_fetched_again() {
+    run(async {
+        let nodes = star(2, 1).await;
+        let bytes = data(8 * CHUNK, 13);
+        let report = put(&nodes[0].node, &bytes).await;
+        let getter = &nodes[1];
+        get(&getter.node, &report.ticket).await.unwrap();
+        // Flip a byte of one leaf on the getter's disk.
+        let mut leaf = None;
+        getter
+            .node
+            .store()
+            .walk(&report.ticket.root, &mut |c| {
+                if c.codec() == dfs_p2p::block::RAW {
+                    leaf = Some(*c);
+                }
+                Ok(())
+            })
+            .unwrap();
+        let name = leaf.unwrap().to_string();
+        let path = getter._dir.path().join("blocks").join(&name[name.len() - 2..]).join(&name);
+        let mut block = std::fs::read(&path).unwrap();
+        block[0] ^= 1;
+        std::fs::write(&path, block).unwrap();
+        let (got, r) = get(&getter.node, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        assert_eq!(r.from_network, 1);
+    })
+    .await
+}

@@ -95,11 +95,12 @@ enum Pick {
 }
 
 impl ProviderSet {
-    pub fn new(root: Cid) -> Arc<Self> {
+    /// A set whose first discovery round starts at once (`eager`), or only
+    /// when a block turns out to be missing locally.
+    pub fn new(root: Cid, eager: bool) -> Arc<Self> {
         Arc::new(ProviderSet {
             root,
-            // The first discovery round starts with the download.
-            state: Mutex::new(SetState { rounds_started: 1, ..Default::default() }),
+            state: Mutex::new(SetState { rounds_started: u64::from(eager), ..Default::default() }),
             changed: Condvar::new(),
             wake_discovery: Notify::new(),
         })
@@ -227,11 +228,17 @@ impl ProviderSet {
     }
 }
 
-/// Runs discovery rounds for `set` until it is closed: the first at once,
-/// later ones when a worker runs out of providers.
+/// Runs discovery rounds for `set` until it is closed: the first at once
+/// (for an eager set), later ones when a worker runs out of providers.
 pub async fn discover(net: NetHandle, set: Arc<ProviderSet>, seed: Vec<PeerId>) {
     for peer in seed {
         set.add(peer);
+    }
+    if set.lock().rounds_started == 0 {
+        set.wake_discovery.notified().await;
+        if set.lock().closed {
+            return;
+        }
     }
     loop {
         let started = Instant::now();
@@ -283,7 +290,7 @@ async fn discovery_round(net: &NetHandle, set: &Arc<ProviderSet>) {
 
 /// One discovery round for `root`, collected: the peers that hold it.
 pub async fn find_holders(net: &NetHandle, root: Cid) -> Vec<PeerId> {
-    let set = ProviderSet::new(root);
+    let set = ProviderSet::new(root, true);
     discovery_round(net, &set).await;
     let s = set.lock();
     s.peers.keys().copied().collect()

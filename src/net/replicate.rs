@@ -165,7 +165,7 @@ pub async fn handle_replicate(
 }
 
 async fn pull_and_pin(this: &Responder, peer: PeerId, root: Cid) -> Response {
-    let providers = ProviderSet::new(root);
+    let providers = ProviderSet::new(root, true);
     let discovery = tokio::spawn(get::discover(this.net.clone(), providers.clone(), vec![peer]));
     let (store, net, rt) =
         (this.store.clone(), this.net.clone(), tokio::runtime::Handle::current());
