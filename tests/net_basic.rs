@@ -514,3 +514,27 @@ async fn a_corrupt_local_block_is_fetched_again() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_gets_from_one_provider_share_its_streams() {
+    run(async {
+        let nodes = star(2, 1).await;
+        let mut files = Vec::new();
+        for i in 0..12u64 {
+            let bytes = data(40 * CHUNK, 200 + i);
+            let report = put(&nodes[0].node, &bytes).await;
+            files.push((bytes, report.ticket));
+        }
+        // 12 downloads x 32 requests in flight: more than one connection's
+        // stream limit, so requests must queue, never fail.
+        let gets = files.into_iter().map(|(bytes, ticket)| {
+            let getter = nodes[1].node.clone();
+            async move {
+                let (got, _) = get(&getter, &ticket).await.unwrap();
+                assert_eq!(got, bytes);
+            }
+        });
+        futures::future::join_all(gets).await;
+    })
+    .await
+}

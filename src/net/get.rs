@@ -29,7 +29,7 @@ use crate::{
     error::{Error, Result},
     export::BlockSource,
     net::{
-        codec::{Request, Response},
+        codec::{ErrorCode, Request, Response},
         event_loop::NetHandle,
     },
     store::{BlockWriter, Store},
@@ -40,6 +40,10 @@ use crate::{
 pub const PER_PEER_IN_FLIGHT: usize = 32;
 /// Deadline of one `GetBlock` (the spec's request timeout).
 pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before asking a provider that answered `Busy` again.
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(50);
+/// `Busy` answers one block fetch accepts before it gives up on the peer.
+pub const MAX_BUSY_RETRIES: u32 = 200;
 /// Deadline of a `Have` probe sent to a connected peer during discovery.
 pub const HAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of one DHT provider lookup.
@@ -350,6 +354,7 @@ impl NetSource {
     /// Fetches one block from the providers, retrying others on failure.
     fn fetch(&self, cid: &Cid) -> Result<Vec<u8>> {
         let started = Instant::now();
+        let mut busy = 0;
         loop {
             let peer = self.providers.acquire(cid)?;
             let request = Request::GetBlock { cid: *cid };
@@ -365,6 +370,12 @@ impl NetSource {
                     self.rt.block_on(self.net.block_peer(peer));
                 }
                 Ok(Response::NotFound) => self.providers.lacks(&peer, cid),
+                Ok(Response::Error { code: ErrorCode::Busy, .. }) if busy < MAX_BUSY_RETRIES => {
+                    // Overloaded, not lacking: try again shortly.
+                    busy += 1;
+                    self.providers.release(&peer);
+                    std::thread::sleep(BUSY_BACKOFF);
+                }
                 Ok(Response::Error { code, message }) => {
                     tracing::debug!("peer {peer} cannot send {cid}: {code}: {message}");
                     self.providers.lacks(&peer, cid);
