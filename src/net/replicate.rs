@@ -36,6 +36,9 @@ use crate::{
 pub const REPLICATE_DEADLINE: Duration = Duration::from_secs(600);
 /// Deadline of one `Delete`.
 pub const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Replications running or waiting for a slot; beyond this a new
+/// `Replicate` is answered `Busy`.
+pub const MAX_PENDING_REPLICATIONS: usize = 64;
 /// Threads that pull a DAG during a replication.
 pub const PULL_WORKERS: usize = 16;
 
@@ -151,6 +154,11 @@ pub async fn handle_replicate(
         if let Some(waiting) = in_progress.get_mut(&root) {
             waiting.push(channel);
             return;
+        }
+        if in_progress.len() >= MAX_PENDING_REPLICATIONS {
+            drop(in_progress);
+            let busy = Response::error(ErrorCode::Busy, "too many replications pending");
+            return this.net.respond(channel, busy).await;
         }
         in_progress.insert(root, vec![channel]);
     }
