@@ -150,8 +150,8 @@ impl Node {
             tokio::task::spawn_blocking(move || Store::open(dir, StoreOptions { cache_limit }))
                 .await
                 .map_err(|_| NodeError::Stopped)??;
-        let mut swarm =
-            behaviour::build_swarm(store.identity().clone()).map_err(NodeError::Transport)?;
+        let mut swarm = behaviour::build_swarm(store.identity().clone(), !config.listen.is_empty())
+            .map_err(NodeError::Transport)?;
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -182,6 +182,14 @@ impl Node {
         .unwrap_or_default();
         for root in complete {
             self.inner.net.provide(root).await;
+        }
+    }
+
+    /// A node that was given bootstrap addresses but is not connected yet
+    /// (a one-shot client just started) waits a little for its first peer.
+    async fn wait_for_first_peer(&self) {
+        if !self.inner.config.bootstrap.is_empty() && self.inner.net.connected_now() == 0 {
+            self.inner.net.wait_for_peers(1, get::FIRST_PEER_WAIT).await;
         }
     }
 
@@ -239,6 +247,9 @@ impl Node {
         let root = imported.ticket.root;
         self.inner.net.provide(root).await;
         let wanted = self.inner.config.replicas.max(1);
+        if wanted > 1 {
+            self.wait_for_first_peer().await;
+        }
         let confirmed = replicate::replicate(&self.inner.net, root, wanted - 1).await;
         Ok(PutReport {
             ticket: imported.ticket,
@@ -258,32 +269,36 @@ impl Node {
     ) -> Result<GetReport, NodeError> {
         let root = ticket.root;
         let store = self.inner.store.clone();
-        let providers = ProviderSet::new(root);
         let complete = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.is_complete(&root))
                 .await
                 .map_err(|_| NodeError::Stopped)?
         };
-        let discovery = (!complete).then(|| {
-            tokio::spawn(get::discover(self.inner.net.clone(), providers.clone(), Vec::new()))
-        });
+        if !complete {
+            self.wait_for_first_peer().await;
+        }
+        // A complete local copy needs the network only to repair a block
+        // that turns out corrupt: then discovery starts on demand.
+        let providers = ProviderSet::new(root, !complete);
+        let discovery =
+            tokio::spawn(get::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
         let (net, rt) = (self.inner.net.clone(), tokio::runtime::Handle::current());
         let set = providers.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut out = out;
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let options = ExportOptions { range: None, workers: GET_WORKERS, window: GET_WINDOW };
-            if complete {
-                let size = export::export(&store, &ticket, &mut out, &options, progress)?;
-                store.touch(&root);
-                return Ok((size, 0, Vec::new()));
-            }
             let source = NetSource::new(store.clone(), net, rt, set);
             let exported = export::export(&source, &ticket, &mut out, &options, progress);
             // Keep what arrived even if the export failed: a rerun resumes.
             source.commit()?;
             let size = exported?;
+            if source.fetched() == 0 && complete {
+                source.finish()?;
+                store.touch(&root);
+                return Ok((size, 0, Vec::new()));
+            }
             // The writer still holds off garbage collection while we pin.
             store.pin(&root, PinKind::Cached, None)?;
             source.finish()?;
@@ -292,9 +307,7 @@ impl Node {
         })
         .await
         .map_err(|_| NodeError::Stopped)?;
-        if let Some(discovery) = discovery {
-            discovery.abort();
-        }
+        discovery.abort();
         let (size, from_network, evicted) = match result {
             Ok(done) => done,
             Err(Error::Source(_)) if providers.ever_found() == 0 => {
@@ -302,7 +315,7 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         };
-        if from_network > 0 || !complete {
+        if from_network > 0 {
             self.inner.net.provide(root).await;
         }
         for root in evicted {

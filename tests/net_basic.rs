@@ -454,3 +454,87 @@ fn listen_error_is_clear() {
         assert!(err.to_string().contains("cannot listen on"), "{err}");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_client_gets_and_puts_right_after_start() {
+    run(async {
+        let nodes = star(3, 1).await;
+        let bytes = data(3 * CHUNK, 11);
+        let report = put(&nodes[1].node, &bytes).await;
+        // A client that does not listen, started and used at once, as a
+        // one-shot `dfs-p2p get` is; bootstrapped without a peer id.
+        let (entry, _) = dfs_p2p::net::event_loop::split_peer_id(nodes[0].addr.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), vec![entry.clone()], 3);
+        c.listen = vec![];
+        let client = Node::start(c).await.unwrap();
+        assert!(client.listen_addrs().await.is_empty());
+        let (got, _) = get(&client, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        client.shutdown().await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), vec![entry], 3);
+        c.listen = vec![];
+        let client = Node::start(c).await.unwrap();
+        let uploaded = put(&client, &data(2 * CHUNK, 12)).await;
+        assert_eq!(uploaded.copies, 3);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_local_block_is_fetched_again() {
+    run(async {
+        let nodes = star(2, 1).await;
+        let bytes = data(8 * CHUNK, 13);
+        let report = put(&nodes[0].node, &bytes).await;
+        let getter = &nodes[1];
+        get(&getter.node, &report.ticket).await.unwrap();
+        // Flip a byte of one leaf on the getter's disk.
+        let mut leaf = None;
+        getter
+            .node
+            .store()
+            .walk(&report.ticket.root, &mut |c| {
+                if c.codec() == dfs_p2p::block::RAW {
+                    leaf = Some(*c);
+                }
+                Ok(())
+            })
+            .unwrap();
+        let name = leaf.unwrap().to_string();
+        let path = getter._dir.path().join("blocks").join(&name[name.len() - 2..]).join(&name);
+        let mut block = std::fs::read(&path).unwrap();
+        block[0] ^= 1;
+        std::fs::write(&path, block).unwrap();
+        let (got, r) = get(&getter.node, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        assert_eq!(r.from_network, 1);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_gets_from_one_provider_share_its_streams() {
+    run(async {
+        let nodes = star(2, 1).await;
+        let mut files = Vec::new();
+        for i in 0..12u64 {
+            let bytes = data(40 * CHUNK, 200 + i);
+            let report = put(&nodes[0].node, &bytes).await;
+            files.push((bytes, report.ticket));
+        }
+        // 12 downloads x 32 requests in flight: more than one connection's
+        // stream limit, so requests must queue, never fail.
+        let gets = files.into_iter().map(|(bytes, ticket)| {
+            let getter = nodes[1].node.clone();
+            async move {
+                let (got, _) = get(&getter, &ticket).await.unwrap();
+                assert_eq!(got, bytes);
+            }
+        });
+        futures::future::join_all(gets).await;
+    })
+    .await
+}

@@ -65,7 +65,7 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    fn new(key: &Keypair) -> Self {
+    fn new(key: &Keypair, kad_server: bool) -> Self {
         let peer_id = key.public().to_peer_id();
         let store_config = MemoryStoreConfig {
             max_provided_keys: MAX_PROVIDED_KEYS,
@@ -84,7 +84,9 @@ impl Behaviour {
         );
         // Containers and loopback never confirm an external address, so the
         // automatic mode would leave every node a client.
-        kad.set_mode(Some(kad::Mode::Server));
+        // A node that does not listen (a one-shot client) cannot be dialed,
+        // so it only asks.
+        kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));
 
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(MAX_ESTABLISHED))
@@ -111,15 +113,16 @@ impl Behaviour {
     }
 }
 
-/// Builds the swarm: TCP with nodelay, Noise, Yamux, DNS, and [`Behaviour`].
-pub fn build_swarm(key: Keypair) -> Result<Swarm<Behaviour>, String> {
+/// Builds the swarm: TCP with nodelay, Noise, Yamux, DNS, and [`Behaviour`];
+/// Kademlia answers queries (server mode) only on a node that listens.
+pub fn build_swarm(key: Keypair, listens: bool) -> Result<Swarm<Behaviour>, String> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| format!("cannot set up TCP/Noise/Yamux: {e}"))?
         .with_dns()
         .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
-        .with_behaviour(Behaviour::new)
+        .with_behaviour(|key| Behaviour::new(key, listens))
         .map_err(|e| format!("cannot set up the behaviour: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();

@@ -230,7 +230,17 @@ enum Server {
 }
 
 fn spawn_server(exe: &Path, listen: &Multiaddr, dir: &Path) -> Result<Child, NodeError> {
-    Command::new(exe)
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(exe);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to stop
+    // the child (a node that would otherwise run on) if we die first.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    command
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--data-dir")

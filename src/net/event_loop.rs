@@ -14,7 +14,10 @@
 //! feeds Kademlia with the addresses identify reports, and republishes its
 //! provider records when it (re)joins a network.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use cid::Cid;
 use futures::StreamExt;
@@ -47,6 +50,13 @@ pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(3);
 pub const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(60);
 /// Peers whose addresses the loop remembers (beyond Kademlia's table).
 pub const ADDRESS_BOOK_SIZE: usize = 4096;
+
+/// File-protocol requests in flight to one peer; more wait in a queue. Below
+/// the peer's stream limit ([`crate::net::behaviour::MAX_CONCURRENT_STREAMS`]),
+/// so many concurrent downloads never have streams refused.
+pub const MAX_OUTBOUND_PER_PEER: usize = 128;
+
+type Reply = oneshot::Sender<Result<Response, RequestError>>;
 
 /// Why a request to a peer failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -257,7 +267,10 @@ pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<InboundRequest>,
-    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
+    pending_requests: HashMap<OutboundRequestId, (PeerId, Reply)>,
+    /// Requests in flight per peer, and those waiting for room.
+    outstanding: HashMap<PeerId, usize>,
+    queued: HashMap<PeerId, VecDeque<(Request, Reply)>>,
     provider_queries: HashMap<QueryId, mpsc::Sender<PeerId>>,
     closest_queries: HashMap<QueryId, oneshot::Sender<Vec<PeerId>>>,
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
@@ -297,6 +310,8 @@ impl EventLoop {
             commands: command_rx,
             inbound: inbound_tx,
             pending_requests: HashMap::new(),
+            outstanding: HashMap::new(),
+            queued: HashMap::new(),
             provider_queries: HashMap::new(),
             closest_queries: HashMap::new(),
             addresses: HashMap::new(),
@@ -376,18 +391,11 @@ impl EventLoop {
                     }));
                     return;
                 }
-                if !self.swarm.is_connected(&peer)
-                    && let Some(addrs) = self.addresses.get(&peer)
-                {
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(addrs.clone())
-                        .extend_addresses_through_behaviour()
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    let _ = self.swarm.dial(opts);
+                if self.outstanding.get(&peer).copied().unwrap_or(0) >= MAX_OUTBOUND_PER_PEER {
+                    self.queued.entry(peer).or_default().push_back((request, reply));
+                } else {
+                    self.send_request(peer, request, reply);
                 }
-                let id = self.swarm.behaviour_mut().file.send_request(&peer, request);
-                self.pending_requests.insert(id, reply);
             }
             Command::Respond { channel, response } => {
                 let _ = behaviour.file.send_response(channel, response);
@@ -434,6 +442,49 @@ impl EventLoop {
             }
             Command::Shutdown { .. } => unreachable!("handled by run"),
         }
+    }
+
+    fn send_request(&mut self, peer: PeerId, request: Request, reply: Reply) {
+        if !self.swarm.is_connected(&peer)
+            && let Some(addrs) = self.addresses.get(&peer)
+        {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs.clone())
+                .extend_addresses_through_behaviour()
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let _ = self.swarm.dial(opts);
+        }
+        let id = self.swarm.behaviour_mut().file.send_request(&peer, request);
+        self.pending_requests.insert(id, (peer, reply));
+        *self.outstanding.entry(peer).or_default() += 1;
+    }
+
+    /// Forgets a finished request, sends the next one queued for its peer,
+    /// and returns the finished request's reply channel.
+    fn request_done(&mut self, id: OutboundRequestId) -> Option<Reply> {
+        let (peer, reply) = self.pending_requests.remove(&id)?;
+        if let Some(n) = self.outstanding.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.outstanding.remove(&peer);
+            }
+        }
+        while let Some(queue) = self.queued.get_mut(&peer) {
+            let Some((request, next)) = queue.pop_front() else {
+                self.queued.remove(&peer);
+                break;
+            };
+            if queue.is_empty() {
+                self.queued.remove(&peer);
+            }
+            // Skip requests whose caller stopped waiting.
+            if !next.is_closed() {
+                self.send_request(peer, request, next);
+                break;
+            }
+        }
+        Some(reply)
     }
 
     fn local_peer_id(&self) -> PeerId {
@@ -541,12 +592,12 @@ impl EventLoop {
                 }
             }
             Event::Message { message: Message::Response { request_id, response }, .. } => {
-                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                if let Some(reply) = self.request_done(request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
             Event::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                if let Some(reply) = self.request_done(request_id) {
                     let error = match error {
                         request_response::OutboundFailure::Timeout => RequestError::Timeout {
                             peer,

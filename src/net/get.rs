@@ -29,7 +29,7 @@ use crate::{
     error::{Error, Result},
     export::BlockSource,
     net::{
-        codec::{Request, Response},
+        codec::{ErrorCode, Request, Response},
         event_loop::NetHandle,
     },
     store::{BlockWriter, Store},
@@ -40,10 +40,19 @@ use crate::{
 pub const PER_PEER_IN_FLIGHT: usize = 32;
 /// Deadline of one `GetBlock` (the spec's request timeout).
 pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before asking a provider that answered `Busy` again.
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(50);
+/// `Busy` answers one block fetch accepts before it gives up on the peer.
+pub const MAX_BUSY_RETRIES: u32 = 200;
 /// Deadline of a `Have` probe sent to a connected peer during discovery.
 pub const HAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of one DHT provider lookup.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Shortest time between the starts of two discovery rounds.
+pub const ROUND_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a get or put waits for a first peer when the node has
+/// bootstrap addresses but no connection yet (a one-shot client).
+pub const FIRST_PEER_WAIT: Duration = Duration::from_secs(10);
 /// Discovery rounds a download may run (the first one included).
 pub const MAX_DISCOVERY_ROUNDS: u64 = 3;
 /// Export workers for a network get (each has one block in flight).
@@ -90,11 +99,12 @@ enum Pick {
 }
 
 impl ProviderSet {
-    pub fn new(root: Cid) -> Arc<Self> {
+    /// A set whose first discovery round starts at once (`eager`), or only
+    /// when a block turns out to be missing locally.
+    pub fn new(root: Cid, eager: bool) -> Arc<Self> {
         Arc::new(ProviderSet {
             root,
-            // The first discovery round starts with the download.
-            state: Mutex::new(SetState { rounds_started: 1, ..Default::default() }),
+            state: Mutex::new(SetState { rounds_started: u64::from(eager), ..Default::default() }),
             changed: Condvar::new(),
             wake_discovery: Notify::new(),
         })
@@ -222,19 +232,28 @@ impl ProviderSet {
     }
 }
 
-/// Runs discovery rounds for `set` until it is closed: the first at once,
-/// later ones when a worker runs out of providers.
+/// Runs discovery rounds for `set` until it is closed: the first at once
+/// (for an eager set), later ones when a worker runs out of providers.
 pub async fn discover(net: NetHandle, set: Arc<ProviderSet>, seed: Vec<PeerId>) {
     for peer in seed {
         set.add(peer);
     }
+    if set.lock().rounds_started == 0 {
+        set.wake_discovery.notified().await;
+        if set.lock().closed {
+            return;
+        }
+    }
     loop {
+        let started = Instant::now();
         discovery_round(&net, &set).await;
         set.round_done();
         set.wake_discovery.notified().await;
         if set.lock().closed {
             return;
         }
+        // Give the DHT time to learn (identify, bootstrap) between rounds.
+        tokio::time::sleep(ROUND_INTERVAL.saturating_sub(started.elapsed())).await;
     }
 }
 
@@ -275,7 +294,7 @@ async fn discovery_round(net: &NetHandle, set: &Arc<ProviderSet>) {
 
 /// One discovery round for `root`, collected: the peers that hold it.
 pub async fn find_holders(net: &NetHandle, root: Cid) -> Vec<PeerId> {
-    let set = ProviderSet::new(root);
+    let set = ProviderSet::new(root, true);
     discovery_round(net, &set).await;
     let s = set.lock();
     s.peers.keys().copied().collect()
@@ -335,6 +354,7 @@ impl NetSource {
     /// Fetches one block from the providers, retrying others on failure.
     fn fetch(&self, cid: &Cid) -> Result<Vec<u8>> {
         let started = Instant::now();
+        let mut busy = 0;
         loop {
             let peer = self.providers.acquire(cid)?;
             let request = Request::GetBlock { cid: *cid };
@@ -350,6 +370,12 @@ impl NetSource {
                     self.rt.block_on(self.net.block_peer(peer));
                 }
                 Ok(Response::NotFound) => self.providers.lacks(&peer, cid),
+                Ok(Response::Error { code: ErrorCode::Busy, .. }) if busy < MAX_BUSY_RETRIES => {
+                    // Overloaded, not lacking: try again shortly.
+                    busy += 1;
+                    self.providers.release(&peer);
+                    std::thread::sleep(BUSY_BACKOFF);
+                }
                 Ok(Response::Error { code, message }) => {
                     tracing::debug!("peer {peer} cannot send {cid}: {code}: {message}");
                     self.providers.lacks(&peer, cid);

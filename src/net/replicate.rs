@@ -36,6 +36,9 @@ use crate::{
 pub const REPLICATE_DEADLINE: Duration = Duration::from_secs(600);
 /// Deadline of one `Delete`.
 pub const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Replications running or waiting for a slot; beyond this a new
+/// `Replicate` is answered `Busy`.
+pub const MAX_PENDING_REPLICATIONS: usize = 64;
 /// Threads that pull a DAG during a replication.
 pub const PULL_WORKERS: usize = 16;
 
@@ -152,6 +155,11 @@ pub async fn handle_replicate(
             waiting.push(channel);
             return;
         }
+        if in_progress.len() >= MAX_PENDING_REPLICATIONS {
+            drop(in_progress);
+            let busy = Response::error(ErrorCode::Busy, "too many replications pending");
+            return this.net.respond(channel, busy).await;
+        }
         in_progress.insert(root, vec![channel]);
     }
     let response = match this.replications.clone().acquire_owned().await {
@@ -165,7 +173,7 @@ pub async fn handle_replicate(
 }
 
 async fn pull_and_pin(this: &Responder, peer: PeerId, root: Cid) -> Response {
-    let providers = ProviderSet::new(root);
+    let providers = ProviderSet::new(root, true);
     let discovery = tokio::spawn(get::discover(this.net.clone(), providers.clone(), vec![peer]));
     let (store, net, rt) =
         (this.store.clone(), this.net.clone(), tokio::runtime::Handle::current());
