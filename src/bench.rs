@@ -24,8 +24,10 @@ pub struct StoreBenchReport {
     pub chunk_size: usize,
     pub import: Duration,
     pub import_peak_rss: Option<u64>,
+    pub import_cpu: Duration,
     pub export: Duration,
     pub export_peak_rss: Option<u64>,
+    pub export_cpu: Duration,
     pub blocks: u64,
     /// The same bytes written as one plain file with one fsync: what this
     /// disk can do, for comparison with the synced import.
@@ -56,16 +58,18 @@ impl fmt::Display for StoreBenchReport {
         )?;
         writeln!(
             f,
-            "import (synced): {:>8.1} MB/s  {:>7.2} s  peak RSS {}",
+            "import (synced): {:>8.1} MB/s  {:>7.2} s  CPU {:>5.2} s  peak RSS {}",
             mb_per_s(self.size, self.import),
             self.import.as_secs_f64(),
+            self.import_cpu.as_secs_f64(),
             mib(self.import_peak_rss)
         )?;
         write!(
             f,
-            "export:          {:>8.1} MB/s  {:>7.2} s  peak RSS {}",
+            "export:          {:>8.1} MB/s  {:>7.2} s  CPU {:>5.2} s  peak RSS {}",
             mb_per_s(self.size, self.export),
             self.export.as_secs_f64(),
+            self.export_cpu.as_secs_f64(),
             mib(self.export_peak_rss)
         )
     }
@@ -104,6 +108,18 @@ pub fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// CPU seconds (user + system) this process has used so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Resets the peak resident memory counter (Linux `clear_refs` 5).
@@ -147,19 +163,28 @@ pub fn bench_store(size: u64, chunk_size: usize, dir: &Path) -> Result<StoreBenc
     let store = Store::open(dir.join("store"), StoreOptions::default())?;
 
     reset_peak_rss();
+    let cpu = cpu_time();
     let start = Instant::now();
     let file = File::open(&input).map_err(io_err("cannot open the input"))?;
     let options = ImportOptions { chunk_size, total: Some(size), ..Default::default() };
     let imported = import(&store, file, &options, None)?;
     let import_time = start.elapsed();
     let import_peak_rss = peak_rss();
+    let import_cpu = cpu_time() - cpu;
 
     reset_peak_rss();
+    let cpu = cpu_time();
     let start = Instant::now();
     let mut out = Hashing(blake3::Hasher::new());
-    export(&store, &imported.ticket, &mut out, &ExportOptions::default(), None)?;
+    let options = ExportOptions {
+        workers: std::env::var("W").map(|w| w.parse().unwrap()).unwrap_or(2),
+        window: 16,
+        ..Default::default()
+    };
+    export(&store, &imported.ticket, &mut out, &options, None)?;
     let export_time = start.elapsed();
     let export_peak_rss = peak_rss();
+    let export_cpu = cpu_time() - cpu;
     if out.0.finalize() != expected.finalize() {
         return Err(Error::Source("the exported bytes differ from the input".into()));
     }
@@ -169,8 +194,10 @@ pub fn bench_store(size: u64, chunk_size: usize, dir: &Path) -> Result<StoreBenc
         chunk_size,
         import: import_time,
         import_peak_rss,
+        import_cpu,
         export: export_time,
         export_peak_rss,
+        export_cpu,
         blocks: imported.blocks,
         disk_baseline,
     })

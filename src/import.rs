@@ -13,7 +13,7 @@ use crate::{
     crypto::{self, Domain, TAG_LEN},
     dag::{ChildRef, DEFAULT_MAX_LINKS, FileMeta, MAX_LINKS_LIMIT, MAX_NAME_LEN, TreeBuilder},
     error::{Error, Result},
-    store::{BlockWriter, PinKind, Prepared, Store},
+    store::{BlockWriter, Durability, PinKind, Prepared, Store},
     ticket::Ticket,
 };
 
@@ -152,11 +152,8 @@ pub fn import(
                     let key = secret.derive_key(Domain::Leaf, &buf);
                     crypto::seal(&key, Domain::Leaf, &mut buf);
                     let cid = block::cid_of(RAW, &buf);
-                    let done = BlockWriter::prepare(store, &cid, &buf).map(|prepared| Done {
-                        seq,
-                        leaf: ChildRef { cid, key, size },
-                        prepared,
-                    });
+                    let done = BlockWriter::prepare(store, Durability::Synced, &cid, &buf)
+                        .map(|prepared| Done { seq, leaf: ChildRef { cid, key, size }, prepared });
                     buf.clear();
                     let _ = pool_tx.send(buf);
                     if done_tx.send(done).is_err() {

@@ -289,7 +289,8 @@ impl Node {
             let mut out = out;
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let options = ExportOptions { range: None, workers: GET_WORKERS, window: GET_WINDOW };
-            let source = NetSource::new(store.clone(), net, rt, set);
+            let source =
+                NetSource::new(store.clone(), net, rt, set, crate::store::Durability::Cached);
             let exported = export::export(&source, &ticket, &mut out, &options, progress);
             // Keep what arrived even if the export failed: a rerun resumes.
             source.commit()?;

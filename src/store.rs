@@ -287,13 +287,21 @@ impl Store {
     /// A writer that batches syncs. It holds off garbage collection until it
     /// is dropped. Blocking: call it outside an async context.
     pub fn writer(&self) -> BlockWriter {
-        BlockWriter::new(self.clone(), self.gc_guard())
+        BlockWriter::new(self.clone(), self.gc_guard(), Durability::Synced)
+    }
+
+    /// A writer for copies fetched to be read (a get): blocks go into place
+    /// at once and are never synced. A crash may lose or damage some of
+    /// them; every read verifies, so a damaged one is moved aside and
+    /// fetched again. Blocking, like [`writer`](Self::writer).
+    pub fn cache_writer(&self) -> BlockWriter {
+        BlockWriter::new(self.clone(), self.gc_guard(), Durability::Cached)
     }
 
     /// Like [`writer`](Self::writer), for async callers.
     pub async fn writer_async(&self) -> BlockWriter {
         let guard = self.inner.gc_lock.clone().read_owned().await;
-        BlockWriter::new(self.clone(), guard)
+        BlockWriter::new(self.clone(), guard, Durability::Synced)
     }
 
     /// A guard that keeps garbage collection from running (blocking).
@@ -303,7 +311,12 @@ impl Store {
 
     /// Writes `bytes` to a new temporary file (not synced). Returns `None`
     /// when the block is already stored.
-    fn write_tmp(&self, cid: &Cid, bytes: &[u8]) -> Result<Option<Pending>> {
+    fn write_tmp(
+        &self,
+        cid: &Cid,
+        bytes: &[u8],
+        durability: Durability,
+    ) -> Result<Option<Pending>> {
         let path = self.block_path(cid);
         if path.is_file() {
             return Ok(None);
@@ -320,7 +333,9 @@ impl Store {
             }
             File::create(&tmp).and_then(|mut f| {
                 f.write_all(bytes)?;
-                start_writeback(&f);
+                if durability == Durability::Synced {
+                    start_writeback(&f);
+                }
                 Ok(())
             })
         };
@@ -643,10 +658,20 @@ fn place_batch(store: &Store, batch: Vec<Pending>) -> Result<()> {
 /// dropped is discarded.
 pub struct BlockWriter {
     store: Store,
+    durability: Durability,
     pending: Vec<Pending>,
     written: u64,
     committer: Option<Committer>,
     _guard: OwnedRwLockReadGuard<()>,
+}
+
+/// Whether a writer's blocks must survive a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced before `finish` returns (puts, replicas).
+    Synced,
+    /// Placed at once, never synced (copies fetched for reading).
+    Cached,
 }
 
 /// The background thread that syncs and places full batches.
@@ -656,20 +681,30 @@ struct Committer {
 }
 
 impl BlockWriter {
-    fn new(store: Store, guard: OwnedRwLockReadGuard<()>) -> Self {
-        Self { store, pending: Vec::new(), written: 0, committer: None, _guard: guard }
+    fn new(store: Store, guard: OwnedRwLockReadGuard<()>, durability: Durability) -> Self {
+        Self { store, durability, pending: Vec::new(), written: 0, committer: None, _guard: guard }
     }
 
     /// Stores a block whose CID the caller computed or verified from these
     /// very bytes. Returns whether it was new.
     pub fn put_verified(&mut self, cid: &Cid, bytes: &[u8]) -> Result<bool> {
-        let pending = self.store.write_tmp(cid, bytes)?;
+        let pending = self.store.write_tmp(cid, bytes, self.durability)?;
         self.add(pending)
     }
 
     /// Prepares a block from any thread; hand the result to [`add_prepared`](Self::add_prepared).
-    pub fn prepare(store: &Store, cid: &Cid, bytes: &[u8]) -> Result<Prepared> {
-        Ok(Prepared(store.write_tmp(cid, bytes)?))
+    /// Use the durability of the writer the block is then added to.
+    pub fn prepare(
+        store: &Store,
+        durability: Durability,
+        cid: &Cid,
+        bytes: &[u8],
+    ) -> Result<Prepared> {
+        Ok(Prepared(store.write_tmp(cid, bytes, durability)?))
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// Adds a block prepared by [`prepare`](Self::prepare).
@@ -678,9 +713,15 @@ impl BlockWriter {
     }
 
     fn add(&mut self, pending: Option<Pending>) -> Result<bool> {
-        let Some(pending) = pending else { return Ok(false) };
-        self.pending.push(pending);
+        let Some(mut pending) = pending else { return Ok(false) };
         self.written += 1;
+        if self.durability == Durability::Cached {
+            pending
+                .place()
+                .map_err(|e| Error::io("cannot move block into place", &pending.path, e))?;
+            return Ok(true);
+        }
+        self.pending.push(pending);
         if self.pending.len() >= BATCH_BLOCKS {
             self.commit_in_background()?;
         }
@@ -728,7 +769,10 @@ impl BlockWriter {
     /// holding off garbage collection until dropped, so the caller can pin.
     pub fn finish(&mut self) -> Result<()> {
         self.commit()?;
-        self.store.sync()
+        match self.durability {
+            Durability::Synced => self.store.sync(),
+            Durability::Cached => Ok(()),
+        }
     }
 
     /// New blocks written so far.

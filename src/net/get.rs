@@ -32,7 +32,7 @@ use crate::{
         codec::{ErrorCode, Request, Response},
         event_loop::NetHandle,
     },
-    store::{BlockWriter, Store},
+    store::{BlockWriter, Durability, Store},
 };
 
 /// Block requests in flight to one provider at a time (enough to hide the
@@ -309,19 +309,32 @@ pub struct NetSource {
     rt: Handle,
     providers: Arc<ProviderSet>,
     writer: Mutex<Option<BlockWriter>>,
+    durability: Durability,
     fetched: AtomicU64,
 }
 
 impl NetSource {
     /// Must be called on a blocking thread (it takes the store's GC guard).
-    pub fn new(store: Store, net: NetHandle, rt: Handle, providers: Arc<ProviderSet>) -> Self {
-        let writer = store.writer();
+    /// `durability` says whether what it fetches must survive a crash (a
+    /// replica) or not (a copy fetched to be read).
+    pub fn new(
+        store: Store,
+        net: NetHandle,
+        rt: Handle,
+        providers: Arc<ProviderSet>,
+        durability: Durability,
+    ) -> Self {
+        let writer = match durability {
+            Durability::Synced => store.writer(),
+            Durability::Cached => store.cache_writer(),
+        };
         NetSource {
             store,
             net,
             rt,
             providers,
             writer: Mutex::new(Some(writer)),
+            durability,
             fetched: AtomicU64::new(0),
         }
     }
@@ -403,7 +416,7 @@ impl BlockSource for NetSource {
             Err(e) => return Err(e),
         }
         let bytes = self.fetch(cid)?;
-        let prepared = BlockWriter::prepare(&self.store, cid, &bytes)?;
+        let prepared = BlockWriter::prepare(&self.store, self.durability, cid, &bytes)?;
         if let Some(w) = self.writer.lock().expect("writer lock").as_mut() {
             w.add_prepared(prepared)?;
         }

@@ -178,7 +178,8 @@ async fn pull_and_pin(this: &Responder, peer: PeerId, root: Cid) -> Response {
     let (store, net, rt) =
         (this.store.clone(), this.net.clone(), tokio::runtime::Handle::current());
     let pulled = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let source = NetSource::new(store.clone(), net, rt, providers);
+        let source =
+            NetSource::new(store.clone(), net, rt, providers, crate::store::Durability::Synced);
         let blocks = pull_dag(&source, &root);
         source.commit()?;
         let blocks = blocks?;
