@@ -87,6 +87,15 @@ fn fill_random(state: &mut u64, buf: &mut [u8]) {
     }
 }
 
+/// `len` pseudo-random bytes from `seed`: the benchmark's and the tests'
+/// incompressible, never-deduplicating content.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    fill_random(&mut state, &mut bytes);
+    bytes
+}
+
 /// Writes `size` pseudo-random bytes to `path`.
 pub fn generate_file(path: &Path, size: u64, seed: u64) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);

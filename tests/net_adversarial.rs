@@ -26,15 +26,7 @@ const CHUNK: usize = 64 * 1024;
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    dfs_p2p::bench::pseudo_random(len, seed)
 }
 
 async fn start(bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr, TempDir) {

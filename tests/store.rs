@@ -19,15 +19,7 @@ use dfs_p2p::{
 const CHUNK: usize = MIN_CHUNK_SIZE;
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    dfs_p2p::bench::pseudo_random(len, seed)
 }
 
 fn open(dir: &Path) -> Store {

@@ -82,17 +82,9 @@ pub fn is_ticket(s: &str) -> bool {
     s.len() > 60 && s.starts_with("dfs") && s.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
-/// Deterministic, incompressible-looking test bytes.
+/// Deterministic, incompressible test bytes.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    dfs_p2p::bench::pseudo_random(len, seed)
 }
 
 /// N from a put's status line "stored X (size): N of M copies confirmed".
