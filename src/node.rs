@@ -69,7 +69,8 @@ pub struct PutReport {
     pub size: u64,
     /// Confirmed copies, the local one included.
     pub copies: usize,
-    /// Copies wanted (the replicas setting).
+    /// Copies wanted: the replicas setting, plus the local copy of a node
+    /// that does not listen (which serves nobody).
     pub wanted: usize,
 }
 
@@ -246,7 +247,10 @@ impl Node {
         .map_err(|_| NodeError::Stopped)??;
         let root = imported.ticket.root;
         self.inner.net.provide(root).await;
-        let wanted = self.inner.config.replicas.max(1);
+        // A node that does not listen (a one-shot client) serves nobody, so
+        // its own copy does not count: it asks for all `replicas` elsewhere.
+        let serving = !self.inner.config.listen.is_empty();
+        let wanted = self.inner.config.replicas.max(1) + usize::from(!serving);
         if wanted > 1 {
             self.wait_for_first_peer().await;
         }
