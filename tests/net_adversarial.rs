@@ -3,8 +3,11 @@
 //! garbage, truncated and oversized frames leave a node serving. The hostile
 //! peers are raw libp2p swarms built here, over the same TCP+Noise+Yamux.
 
+mod net_support;
+use net_support::{Sink, data};
+
 use std::{
-    io::{self, Cursor, Write},
+    io::{self, Cursor},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -25,10 +28,6 @@ use tempfile::TempDir;
 const CHUNK: usize = 64 * 1024;
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    dfs_p2p::bench::pseudo_random(len, seed)
-}
-
 async fn start(bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr, TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = NodeConfig::new(dir.path().to_path_buf());
@@ -39,19 +38,6 @@ async fn start(bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr, TempDir) {
     let node = Node::start(c).await.unwrap();
     let addr = node.listen_addrs().await.into_iter().next().unwrap();
     (node, addr, dir)
-}
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> Swarm<B> {

@@ -1,6 +1,9 @@
 //! The peer network end to end: several real nodes on loopback (port 0),
 //! each test bounded by a timeout, conditions polled, never slept for.
 
+mod net_support;
+use net_support::{Sink, data};
+
 use std::{
     io::{self, Cursor, Write},
     path::Path,
@@ -20,10 +23,6 @@ use tempfile::TempDir;
 
 const CHUNK: usize = 64 * 1024;
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    dfs_p2p::bench::pseudo_random(len, seed)
-}
 
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -80,20 +79,6 @@ async fn put(node: &Node, bytes: &[u8]) -> dfs_p2p::node::PutReport {
     )
     .await
     .unwrap()
-}
-
-/// An output that collects what it is given.
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 async fn get(node: &Node, ticket: &Ticket) -> Result<(Vec<u8>, GetReport), NodeError> {
