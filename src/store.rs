@@ -483,8 +483,8 @@ impl Store {
         Ok(size)
     }
 
-    /// Which blocks of the DAG under `root` are not on disk (structure nodes
-    /// that are missing hide their subtrees, which count as unknown).
+    /// Whether every block of the DAG under `root` is on disk (structure
+    /// nodes are read and verified; leaves are only checked to exist).
     pub fn is_complete(&self, root: &Cid) -> bool {
         self.dag_size(root).is_ok()
     }
