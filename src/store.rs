@@ -17,9 +17,11 @@
 //!
 //! Writes go to `tmp/`, are synced (one `syncfs` per batch, not one fsync
 //! per block), then renamed into place, so a block file under a CID name is
-//! always complete. Garbage collection takes an exclusive lock that every
-//! writer holds shared for its whole life, so it never deletes a block that
-//! a concurrent put, get or pin still needs.
+//! always complete. Copies fetched to be read are never synced, and the
+//! bulk of each is written around the page cache (`direct`). Garbage
+//! collection takes an exclusive lock that every writer holds shared for its
+//! whole life, so it never deletes a block that a concurrent put, get or pin
+//! still needs.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -29,7 +31,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -45,6 +47,8 @@ use crate::{
     dag::Node,
     error::{Error, Result},
 };
+
+mod direct;
 
 const IDENTITY_FILE: &str = "identity.key";
 const SECRET_FILE: &str = "convergence.secret";
@@ -136,6 +140,9 @@ struct Inner {
     /// Fault injection: writes fail with ENOSPC once this many more bytes
     /// have been written (u64::MAX: never).
     write_budget: AtomicU64,
+    /// Whether the file system takes direct writes (cleared at the first
+    /// refusal).
+    direct_io: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -202,6 +209,7 @@ impl Store {
                 gc_lock: Arc::new(RwLock::new(())),
                 tmp_seq: AtomicU64::new(0),
                 write_budget: AtomicU64::new(u64::MAX),
+                direct_io: AtomicBool::new(true),
             }),
         };
         let pins = store.load_pins()?;
@@ -331,13 +339,21 @@ impl Store {
             if budget != u64::MAX {
                 self.inner.write_budget.fetch_sub(bytes.len() as u64, Ordering::Relaxed);
             }
-            File::create(&tmp).and_then(|mut f| {
-                f.write_all(bytes)?;
-                if durability == Durability::Synced {
-                    start_writeback(&f);
+            match durability {
+                Durability::Cached
+                    if bytes.len() >= direct::MIN_DIRECT_LEN
+                        && self.inner.direct_io.load(Ordering::Relaxed) =>
+                {
+                    direct::write_new(&tmp, bytes, &self.inner.direct_io)
                 }
-                Ok(())
-            })
+                _ => File::create(&tmp).and_then(|mut f| {
+                    f.write_all(bytes)?;
+                    if durability == Durability::Synced {
+                        start_writeback(&f);
+                    }
+                    Ok(())
+                }),
+            }
         };
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
@@ -670,7 +686,8 @@ pub struct BlockWriter {
 pub enum Durability {
     /// Synced before `finish` returns (puts, replicas).
     Synced,
-    /// Placed at once, never synced (copies fetched for reading).
+    /// Placed at once, never synced, written around the page cache where
+    /// the file system allows (copies fetched for reading).
     Cached,
 }
 
