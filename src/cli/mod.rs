@@ -415,12 +415,19 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
 /// allocations above its mmap threshold with fresh `mmap`s, which cost a
 /// page fault and a page clearing for every 4 KiB of every block; raising
 /// the threshold above the block size keeps them on the heap, where freed
-/// buffers are reused.
+/// buffers are reused. Setting it also pins the trim threshold at 128 KiB,
+/// so a freed block at the top of a heap would go back to the kernel at once
+/// and be faulted in again for the next one: the trim threshold is raised to
+/// a few blocks. Two arenas instead of one per thread keep what each retains
+/// small and let a buffer freed on one thread serve the next allocation on
+/// another.
 fn keep_block_buffers_on_the_heap() {
     // SAFETY: mallopt only changes allocator tuning; it is called before
     // any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
