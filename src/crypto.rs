@@ -6,11 +6,13 @@
 //! of that plaintext and of its domain), so a fixed all-zero nonce is safe.
 //! The domain and a format version are bound in both the key and the AAD, so
 //! a leaf can never be opened as a structure node or the reverse.
+//!
+//! AES-256-GCM is `ring`'s (already linked for libp2p's Noise): on x86-64 it
+//! uses AES-NI with carry-less multiplication and runs about 3x faster than
+//! the RustCrypto `aes-gcm` 0.11, which the tests keep as an independent
+//! implementation the output must match byte for byte.
 
-use aes_gcm::{
-    Aes256Gcm, KeyInit,
-    aead::{AeadInOut, Nonce},
-};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 /// Length of a block key and of the convergence secret.
 pub const KEY_LEN: usize = 32;
@@ -72,23 +74,35 @@ impl std::fmt::Debug for ConvergenceSecret {
     }
 }
 
-fn cipher(key: &Key) -> Aes256Gcm {
-    Aes256Gcm::new(&(*key).into())
+fn cipher(key: &Key) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key"))
+}
+
+/// The fixed nonce: every key seals exactly one plaintext.
+fn nonce() -> Nonce {
+    Nonce::assume_unique_for_key([0; 12])
 }
 
 /// Encrypts `buf` in place and appends the tag.
 pub fn seal(key: &Key, domain: Domain, buf: &mut Vec<u8>) {
     buf.reserve_exact(TAG_LEN);
     cipher(key)
-        .encrypt_in_place(&Nonce::<Aes256Gcm>::default(), domain.aad(), buf)
-        .expect("a Vec grows to hold the tag");
+        .seal_in_place_append_tag(nonce(), Aad::from(domain.aad()), buf)
+        .expect("AES-GCM seals any block-sized input");
 }
 
-/// Checks the tag and decrypts `buf` in place; `false` if the key or the
-/// bytes are wrong (then `buf` is unspecified).
+/// Checks the tag and decrypts `buf` in place, leaving the plaintext;
+/// `false` if the key or the bytes are wrong (then `buf` is unspecified).
 #[must_use]
 pub fn open(key: &Key, domain: Domain, buf: &mut Vec<u8>) -> bool {
-    cipher(key).decrypt_in_place(&Nonce::<Aes256Gcm>::default(), domain.aad(), buf).is_ok()
+    let opened = cipher(key).open_in_place(nonce(), Aad::from(domain.aad()), buf);
+    match opened.map(|plain| plain.len()) {
+        Ok(len) => {
+            buf.truncate(len);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +124,47 @@ mod tests {
         assert!(!open(&key, Domain::Leaf, &mut flipped));
         assert!(open(&key, Domain::Leaf, &mut buf));
         assert_eq!(buf, b"chunk");
+    }
+
+    /// The RustCrypto implementation, independent of `ring`: the same key,
+    /// nonce and AAD must give the same bytes, at every length.
+    fn reference_seal(key: &Key, domain: Domain, plain: &[u8]) -> Vec<u8> {
+        use aes_gcm::{
+            Aes256Gcm, KeyInit,
+            aead::{Aead, Nonce, Payload},
+        };
+        Aes256Gcm::new(&(*key).into())
+            .encrypt(&Nonce::<Aes256Gcm>::default(), Payload { msg: plain, aad: domain.aad() })
+            .expect("reference seal")
+    }
+
+    #[test]
+    fn matches_the_reference_implementation() {
+        let secret = ConvergenceSecret::from_bytes([9; KEY_LEN]);
+        for len in [0, 1, 15, 16, 17, 255, 4096, 65_537, (1 << 20) + 3] {
+            let plain = crate::bench::pseudo_random(len, len as u64);
+            for domain in [Domain::Leaf, Domain::Node] {
+                let key = secret.derive_key(domain, &plain);
+                let mut sealed = plain.clone();
+                seal(&key, domain, &mut sealed);
+                assert_eq!(sealed, reference_seal(&key, domain, &plain), "length {len}");
+                assert!(open(&key, domain, &mut sealed));
+                assert_eq!(sealed, plain);
+            }
+        }
+    }
+
+    #[test]
+    fn short_or_tampered_input_does_not_open() {
+        let key = [3; KEY_LEN];
+        for len in 0..TAG_LEN {
+            assert!(!open(&key, Domain::Leaf, &mut vec![0; len]));
+        }
+        let mut sealed = b"some plaintext".to_vec();
+        seal(&key, Domain::Leaf, &mut sealed);
+        let last = sealed.len() - 1;
+        sealed[last] ^= 0x80;
+        assert!(!open(&key, Domain::Leaf, &mut sealed));
     }
 
     #[test]
