@@ -12,7 +12,10 @@
 //!
 //! The get is timed from the call to its return: discovery, every block
 //! requested (32 in flight), verified, written to the store, decrypted and
-//! streamed in order to a sink. Each run starts from an empty getter store.
+//! streamed in order to a sink. Each run starts from an empty getter store of
+//! its own; they are removed together at the end, so that no run pays for
+//! the previous one's deletes (ext4 without a journal checks every recently
+//! freed inode, one by one, before it reuses it for a new file).
 //!
 //! The baseline is one raw libp2p stream over the same TCP(nodelay)+Noise+
 //! Yamux transport, between two swarms in this process: a `request_response`
@@ -179,7 +182,6 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
             }
             get_runs.push(size as f64 / secs);
             client.shutdown().await;
-            let _ = std::fs::remove_dir_all(client_dir);
         }
         let getter_peak_rss = peak_rss(None);
         Ok((get_runs, getter_peak_rss))
@@ -189,6 +191,9 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
     let server_cpu_per_gb =
         cpu_before.0.zip(child_pid.and_then(|p| cpu_secs(Some(p)))).map(|(a, b)| (b - a) / gb);
     let getter_cpu_per_gb = cpu_before.1.zip(cpu_secs(None)).map(|(a, b)| (b - a) / gb);
+    for client_dir in &client_dirs {
+        let _ = std::fs::remove_dir_all(client_dir);
+    }
 
     let server_peak_rss = match &mut server {
         Server::Child(child) => {
