@@ -66,6 +66,48 @@ fn one_shot_put_and_get_round_trip() {
 }
 
 #[test]
+fn a_get_whose_reader_goes_away_stops_quietly() {
+    use std::{io::Read, os::unix::process::ExitStatusExt, process::Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let src = tmp.path().join("in.bin");
+    fs::write(&src, data(4 << 20, 7)).unwrap();
+    let ticket = put_file(&dir, &src);
+    // `get T | head -c 10`: read a little, then close the pipe.
+    let mut child = dfs(&["get", &ticket, "--data-dir", dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "get did not stop after its reader went away");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!((status.code(), status.signal()), (Some(141), None), "{stderr}");
+    assert!(!stderr.contains("error"), "no error for a closed pipe: {stderr}");
+    // A full disk is an error, though.
+    let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = dfs(&["get", &ticket, "--data-dir", dir.to_str().unwrap()])
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no space left") || text(&out.stderr).contains("No space left")
+    );
+}
+
+#[test]
 fn one_shot_bad_input_fails_with_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("data");

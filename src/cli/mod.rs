@@ -40,6 +40,9 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 pub enum Failure {
     Error(String),
     Interrupted,
+    /// The reader of our output went away (`get T | head`): like any
+    /// filter in a pipeline, stop quietly with the status SIGPIPE gives.
+    OutputClosed,
 }
 
 impl Failure {
@@ -61,12 +64,18 @@ impl fmt::Display for Failure {
         match self {
             Failure::Error(message) => f.write_str(message),
             Failure::Interrupted => f.write_str("interrupted"),
+            Failure::OutputClosed => f.write_str("the output was closed"),
         }
     }
 }
 
 impl From<NodeError> for Failure {
     fn from(e: NodeError) -> Failure {
+        if let NodeError::Store(crate::Error::Io { source, .. }) = &e
+            && source.kind() == io::ErrorKind::BrokenPipe
+        {
+            return Failure::OutputClosed;
+        }
         let hint = match &e {
             NodeError::Store(crate::Error::InUse { .. }) => {
                 " (stop that node, or give this one its own --data-dir)"
@@ -116,6 +125,7 @@ pub fn main() -> ExitCode {
             output::status("interrupted");
             ExitCode::from(130)
         }
+        Err(Failure::OutputClosed) => ExitCode::from(141),
         Err(e) => {
             output::print_error(&e.to_string());
             ExitCode::FAILURE
