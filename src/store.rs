@@ -340,17 +340,10 @@ impl Store {
                 self.inner.write_budget.fetch_sub(bytes.len() as u64, Ordering::Relaxed);
             }
             match durability {
-                Durability::Cached
-                    if bytes.len() >= direct::MIN_DIRECT_LEN
-                        && self.inner.direct_io.load(Ordering::Relaxed) =>
-                {
-                    direct::write_new(&tmp, bytes, &self.inner.direct_io)
-                }
-                _ => File::create(&tmp).and_then(|mut f| {
+                Durability::Cached => direct::write_new(&tmp, bytes, &self.inner.direct_io),
+                Durability::Synced => File::create(&tmp).and_then(|mut f| {
                     f.write_all(bytes)?;
-                    if durability == Durability::Synced {
-                        start_writeback(&f);
-                    }
+                    start_writeback(&f);
                     Ok(())
                 }),
             }

@@ -82,25 +82,18 @@ fn a_get_whose_reader_goes_away_stops_quietly() {
         .unwrap();
     let mut first = [0u8; 10];
     child.stdout.take().unwrap().read_exact(&mut first).unwrap();
-    let deadline = Instant::now() + STEP;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "get did not stop after its reader went away");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert_eq!((status.code(), status.signal()), (Some(141), None), "{stderr}");
+    let out = wait_output(child, "get into a closed pipe");
+    let stderr = text(&out.stderr);
+    assert_eq!((out.status.code(), out.status.signal()), (Some(141), None), "{stderr}");
     assert!(!stderr.contains("error"), "no error for a closed pipe: {stderr}");
     // A full disk is an error, though.
     let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let out = dfs(&["get", &ticket, "--data-dir", dir.to_str().unwrap()])
+    let child = dfs(&["get", &ticket, "--data-dir", dir.to_str().unwrap()])
         .stdout(full)
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .unwrap();
+    let out = wait_output(child, "get into /dev/full");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("no space left") || text(&out.stderr).contains("No space left")

@@ -27,7 +27,7 @@ use crate::block::MAX_BLOCK_SIZE;
 /// block size divides.
 const ALIGN: usize = 4096;
 /// Smaller blocks are written through the page cache: too little to gain.
-pub const MIN_DIRECT_LEN: usize = 64 * 1024;
+const MIN_DIRECT_LEN: usize = 64 * 1024;
 /// Aligned buffers, so at most this many direct writes run at once.
 const BUFFERS: usize = 8;
 
@@ -91,9 +91,13 @@ impl Drop for Lease {
 }
 
 /// Writes `bytes` to a new file at `path`, the aligned part with `O_DIRECT`.
-/// Where the file system refuses direct IO, writes it all through the page
-/// cache and clears `supported`, so later writes do not try again.
+/// A small block, or one on a file system that refuses direct IO, goes all
+/// through the page cache; a refusal clears `supported`, so later writes do
+/// not try again.
 pub fn write_new(path: &Path, bytes: &[u8], supported: &AtomicBool) -> io::Result<()> {
+    if bytes.len() < MIN_DIRECT_LEN || !supported.load(Ordering::Relaxed) {
+        return File::create(path)?.write_all(bytes);
+    }
     let direct_len = bytes.len() / ALIGN * ALIGN;
     let opened = OpenOptions::new()
         .write(true)

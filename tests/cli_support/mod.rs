@@ -40,18 +40,24 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Output {
     let writer = thread::spawn(move || {
         let _ = input.write_all(&stdin);
     });
+    let output = wait_output(child, &format!("{args:?}"));
+    writer.join().unwrap();
+    output
+}
+
+/// Waits for a spawned command and collects what is left of its output;
+/// kills it and fails the test if it takes longer than [`STEP`].
+pub fn wait_output(child: Child, what: &str) -> Output {
     let (tx, rx) = mpsc::channel();
     let id = child.id();
     thread::spawn(move || tx.send(child.wait_with_output()));
-    let output = match rx.recv_timeout(STEP) {
+    match rx.recv_timeout(STEP) {
         Ok(out) => out.expect("wait for dfs-p2p"),
         Err(_) => {
             unsafe { libc::kill(id as i32, libc::SIGKILL) };
-            panic!("dfs-p2p {args:?} did not finish within {STEP:?}");
+            panic!("dfs-p2p {what} did not finish within {STEP:?}");
         }
-    };
-    writer.join().unwrap();
-    output
+    }
 }
 
 pub fn text(bytes: &[u8]) -> String {
