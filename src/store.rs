@@ -17,7 +17,9 @@
 //!
 //! Writes go to `tmp/`, are synced (one `syncfs` per batch, not one fsync
 //! per block), then renamed into place, so a block file under a CID name is
-//! always complete. Copies fetched to be read are never synced, and the
+//! always complete. Every block read is checked against its CID; a block
+//! that passed carries a check tag (`check`), so that later reads cost a
+//! keyed BLAKE3 pass instead of SHA-256. Copies fetched to be read are never synced, and the
 //! bulk of each is written around the page cache (`direct`). Garbage
 //! collection takes an exclusive lock that every writer holds shared for its
 //! whole life, so it never deletes a block that a concurrent put, get or pin
@@ -48,6 +50,7 @@ use crate::{
     error::{Error, Result},
 };
 
+mod check;
 mod direct;
 
 const IDENTITY_FILE: &str = "identity.key";
@@ -143,6 +146,8 @@ struct Inner {
     /// Whether the file system takes direct writes (cleared at the first
     /// refusal).
     direct_io: AtomicBool,
+    /// Check tags of verified blocks.
+    checker: check::Checker,
 }
 
 impl std::fmt::Debug for Store {
@@ -179,6 +184,7 @@ impl Store {
         let identity = load_or_create_secret_file(&dir.join(IDENTITY_FILE), || {
             Keypair::generate_ed25519().to_protobuf_encoding().expect("ed25519 encodes")
         })?;
+        let checker = check::Checker::new(&identity);
         let identity = Keypair::from_protobuf_encoding(&identity).map_err(|e| Error::Io {
             context: format!("identity key {} is unreadable", dir.join(IDENTITY_FILE).display()),
             source: io::Error::new(io::ErrorKind::InvalidData, e),
@@ -210,6 +216,7 @@ impl Store {
                 tmp_seq: AtomicU64::new(0),
                 write_budget: AtomicU64::new(u64::MAX),
                 direct_io: AtomicBool::new(true),
+                checker,
             }),
         };
         let pins = store.load_pins()?;
@@ -252,21 +259,26 @@ impl Store {
         self.block_path(cid).is_file()
     }
 
-    /// Reads a block and verifies it against its CID. A block that fails is
+    /// Reads a block and verifies it against its CID (through its check
+    /// tag, when it has a valid one; see `check`). A block that fails is
     /// moved to `corrupt/` and reported; its bytes are never returned.
     pub fn get(&self, cid: &Cid) -> Result<Vec<u8>> {
         let path = self.block_path(cid);
-        let bytes = match read_bounded(&path, MAX_BLOCK_SIZE) {
-            Ok(Some(bytes)) => bytes,
+        let (file, bytes) = match read_bounded(&path, MAX_BLOCK_SIZE) {
+            Ok(Some(read)) => read,
             Ok(None) => return Err(self.quarantine(cid, &path)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::Missing { cid: *cid });
             }
             Err(e) => return Err(Error::io("cannot read block", &path, e)),
         };
+        if self.inner.checker.matches(&file, cid, &bytes) {
+            return Ok(bytes);
+        }
         if !block::verify(cid, &bytes) {
             return Err(self.quarantine(cid, &path));
         }
+        self.inner.checker.record(&file, cid, &bytes);
         Ok(bytes)
     }
 
@@ -341,8 +353,11 @@ impl Store {
             }
             match durability {
                 Durability::Cached => direct::write_new(&tmp, bytes, &self.inner.direct_io),
+                // Pinned blocks are the ones this node will serve: they get
+                // their check tag now, while the bytes are at hand.
                 Durability::Synced => File::create(&tmp).and_then(|mut f| {
                     f.write_all(bytes)?;
+                    self.inner.checker.record(&f, cid, bytes);
                     start_writeback(&f);
                     Ok(())
                 }),
@@ -842,16 +857,16 @@ fn clear_dir(dir: &Path) -> Result<()> {
 }
 
 /// Reads a file of at most `limit` bytes; `None` if it is larger.
-fn read_bounded(path: &Path, limit: usize) -> io::Result<Option<Vec<u8>>> {
+fn read_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, Vec<u8>)>> {
     use std::io::Read;
-    let file = File::open(path)?;
+    let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     if len > limit as u64 {
         return Ok(None);
     }
     let mut bytes = Vec::with_capacity(len as usize);
-    file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
-    Ok((bytes.len() <= limit).then_some(bytes))
+    (&mut file).take(limit as u64 + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() <= limit).then_some((file, bytes)))
 }
 
 /// Reads a secret file, refusing one other users can read; creates it
