@@ -3,6 +3,8 @@
 //! codecs a dfs-p2p block may carry, the block size limit, and the parsing
 //! of CID strings from users and peers.
 
+pub mod buffers;
+
 use cid::Cid;
 use multihash::Multihash;
 use sha2::{Digest, Sha256};

@@ -156,6 +156,7 @@ pub fn export(
                 let bytes = result?;
                 write(out, &bytes)?;
                 written += bytes.len() as u64;
+                crate::block::buffers::give(bytes);
                 if let Some(progress) = progress {
                     progress(written, Some(len));
                 }

@@ -538,7 +538,7 @@ where
     let mut header = [0u8; FRAME_HEADER_LEN];
     io.read_exact(&mut header).await.map_err(eof_is_truncation)?;
     let (message_type, len) = parse_header(header, direction)?;
-    let mut body = vec![0u8; len];
+    let mut body = crate::block::buffers::take(len);
     io.read_exact(&mut body).await.map_err(eof_is_truncation)?;
     // One frame per stream and direction; the sender closes its side after
     // writing it, so anything else is a protocol violation.
