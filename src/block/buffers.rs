@@ -1,9 +1,11 @@
 //! Recycled block buffers. A block read from the network must land in
 //! initialized memory (`AsyncRead` reads into `&mut [u8]`), so a fresh
 //! buffer is zeroed before the read: about 0.13 CPU-seconds per GB got. A
-//! buffer that has carried a block is initialized already. An export hands
-//! each leaf's buffer back here once its plaintext is written, and the
-//! protocol codec reads the next block into it.
+//! buffer that has carried a block is initialized already. The protocol
+//! codec and the store read blocks into buffers taken here; an export hands
+//! each leaf's buffer back once its plaintext is written, and the serving
+//! side once the block is sent. The pool is small and bounded: a buffer
+//! nobody hands back is simply freed.
 
 use std::sync::Mutex;
 

@@ -467,14 +467,16 @@ impl request_response::Codec for FileCodec {
         T: AsyncWrite + Unpin + Send,
     {
         response.validate()?;
-        match &response {
+        match response {
             Response::Block { data } => {
                 // Header and block go out as two writes so the block is
                 // never copied into a frame buffer.
                 io.write_all(&frame_header(TYPE_BLOCK, data.len())).await?;
-                io.write_all(data).await
+                io.write_all(&data).await?;
+                crate::block::buffers::give(data);
+                Ok(())
             }
-            other => io.write_all(&encode_response(other)).await,
+            other => io.write_all(&encode_response(&other)).await,
         }
     }
 }
