@@ -29,7 +29,7 @@ const ALIGN: usize = 4096;
 /// Smaller blocks are written through the page cache: too little to gain.
 const MIN_DIRECT_LEN: usize = 64 * 1024;
 /// Aligned buffers, so at most this many direct writes run at once.
-const BUFFERS: usize = 8;
+const BUFFERS: usize = 4;
 
 /// A zeroed `Vec` with an `ALIGN`-aligned window of `MAX_BLOCK_SIZE` bytes.
 struct AlignedBuf {
