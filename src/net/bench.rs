@@ -21,7 +21,10 @@
 //! Yamux transport, between two swarms in this process: a `request_response`
 //! with a codec that answers a request for N bytes by writing N bytes on
 //! the stream, and counts them on the other side without storing them. No
-//! hashing, no disk, no crypto beyond Noise: what the transport gives.
+//! hashing, no disk, no crypto beyond Noise: what the transport gives. One
+//! raw transfer runs right before each get, so that each pair sees the same
+//! state of the machine; CPU time and peak memory are counted around the
+//! gets only.
 
 use std::{
     fmt, io,
@@ -160,37 +163,53 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         Server::Child(child) => Some(child.id()),
         Server::InProcess(_) => None,
     };
-    let cpu_before = (child_pid.and_then(|p| cpu_secs(Some(p))), cpu_secs(None));
+    // Each get is paired with a raw-stream transfer right before it, so the
+    // two see the same state of the machine (a VM's speed drifts within a
+    // minute). CPU and peak memory are counted around the gets only.
+    let mut cpu = (0.0, 0.0);
+    let mut getter_peak_rss: Option<u64> = None;
+    let mut raw_runs = Vec::new();
     let result = async {
-        reset_peak_rss();
         let mut get_runs = Vec::new();
         for client_dir in &client_dirs {
+            raw_runs.push(raw_stream(size).await?);
+            // The raw swarms are gone; hand what they freed back to the
+            // kernel, so the getter's peak RSS is the getter's own.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
             let mut config = NodeConfig::new(client_dir.clone());
             config.listen = Vec::new();
             config.bootstrap = vec![server_addr.clone()];
             config.replicas = 1;
+            reset_peak_rss();
             let client = Node::start(config).await?;
             if client.wait_for_peers(1, SERVER_START).await == 0 {
                 client.shutdown().await;
                 return Err(NodeError::Transport("the serving node did not come up".into()));
             }
+            let before = (child_pid.and_then(|p| cpu_secs(Some(p))), cpu_secs(None));
             let started = Instant::now();
             let report = client.get(ticket.clone(), Box::new(io::sink()), None).await?;
             let secs = started.elapsed().as_secs_f64();
+            let after = (child_pid.and_then(|p| cpu_secs(Some(p))), cpu_secs(None));
             if report.size != size {
                 return Err(NodeError::Transport(format!("got {} bytes of {size}", report.size)));
             }
             get_runs.push(size as f64 / secs);
+            cpu.0 += after.0.zip(before.0).map_or(f64::NAN, |(a, b)| a - b);
+            cpu.1 += after.1.zip(before.1).map_or(f64::NAN, |(a, b)| a - b);
+            getter_peak_rss = getter_peak_rss.max(peak_rss(None));
             client.shutdown().await;
         }
-        let getter_peak_rss = peak_rss(None);
-        Ok((get_runs, getter_peak_rss))
+        Ok(get_runs)
     }
     .await;
     let gb = (size as f64 * RUNS as f64) / 1e9;
-    let server_cpu_per_gb =
-        cpu_before.0.zip(child_pid.and_then(|p| cpu_secs(Some(p)))).map(|(a, b)| (b - a) / gb);
-    let getter_cpu_per_gb = cpu_before.1.zip(cpu_secs(None)).map(|(a, b)| (b - a) / gb);
+    let per_gb = |secs: f64| (secs.is_finite()).then_some(secs / gb);
+    let server_cpu_per_gb = child_pid.and_then(|_| per_gb(cpu.0));
+    let getter_cpu_per_gb = per_gb(cpu.1);
     for client_dir in &client_dirs {
         let _ = std::fs::remove_dir_all(client_dir);
     }
@@ -206,12 +225,8 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
     if let Server::InProcess(node) = server {
         node.shutdown().await;
     }
-    let (get_runs, getter_peak_rss) = result?;
+    let get_runs = result?;
 
-    let mut raw_runs = Vec::new();
-    for _ in 0..RUNS {
-        raw_runs.push(raw_stream(size).await?);
-    }
     let get_median = median(&get_runs);
     let raw_median = median(&raw_runs);
     Ok(NetBenchReport {
