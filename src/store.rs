@@ -865,25 +865,12 @@ fn read_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, Vec<u8>)>
     if len > limit as u64 {
         return Ok(None);
     }
-    // A recycled buffer (see `block::buffers`); the export that uses the
-    // block hands it back.
-    let mut bytes = crate::block::buffers::take(len as usize);
-    let mut filled = 0;
-    while filled < bytes.len() {
-        match file.read(&mut bytes[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    bytes.truncate(filled);
-    // A file that grew since its length was taken is not a block we wrote.
-    let mut probe = [0u8; 1];
-    if filled == len as usize && file.read(&mut probe)? != 0 {
-        return Ok(None);
-    }
-    Ok(Some((file, bytes)))
+    // A recycled buffer (see `block::buffers`), which the export or the
+    // serving codec that uses the block hands back; `read_to_end` fills its
+    // spare capacity without zeroing it first.
+    let mut bytes = crate::block::buffers::take_empty(len as usize);
+    (&mut file).take(limit as u64 + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() <= limit).then_some((file, bytes)))
 }
 
 /// Reads a secret file, refusing one other users can read; creates it

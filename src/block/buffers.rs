@@ -36,7 +36,20 @@ pub fn take(len: usize) -> Vec<u8> {
     }
 }
 
-/// Hands a buffer back for a later [`take`].
+/// An empty buffer with room for `capacity` bytes, for a reader that fills
+/// spare capacity itself (`std::io::Read::read_to_end`).
+pub fn take_empty(capacity: usize) -> Vec<u8> {
+    if capacity >= MIN_KEPT
+        && let Some(mut buf) = POOL.lock().ok().and_then(|mut pool| pool.pop())
+        && buf.capacity() >= capacity
+    {
+        buf.clear();
+        return buf;
+    }
+    Vec::with_capacity(capacity)
+}
+
+/// Hands a buffer back for a later [`take`] or [`take_empty`].
 pub fn give(buf: Vec<u8>) {
     if !(MIN_KEPT..=MAX_BLOCK_SIZE + 4096).contains(&buf.capacity()) {
         return;
@@ -58,6 +71,9 @@ mod tests {
         for len in [0, 10, (1 << 20) + 16, MAX_BLOCK_SIZE] {
             let buf = take(len);
             assert_eq!(buf.len(), len);
+            give(buf);
+            let buf = take_empty(len);
+            assert!(buf.is_empty() && buf.capacity() >= len);
             give(buf);
         }
         give(vec![1; 16]);
