@@ -474,25 +474,54 @@ async fn a_corrupt_local_block_is_fetched_again() {
         let getter = &nodes[1];
         get(&getter.node, &report.ticket).await.unwrap();
         // Flip a byte of one leaf on the getter's disk.
-        let mut leaf = None;
-        getter
-            .node
-            .store()
-            .walk(&report.ticket.root, &mut |c| {
-                if c.codec() == dfs_p2p::block::RAW {
-                    leaf = Some(*c);
-                }
-                Ok(())
-            })
-            .unwrap();
-        let name = leaf.unwrap().to_string();
-        let path = getter._dir.path().join("blocks").join(&name[name.len() - 2..]).join(&name);
+        let (_, path) = a_leaf(getter, &report.ticket.root);
         let mut block = std::fs::read(&path).unwrap();
         block[0] ^= 1;
         std::fs::write(&path, block).unwrap();
         let (got, r) = get(&getter.node, &report.ticket).await.unwrap();
         assert_eq!(got, bytes);
         assert_eq!(r.from_network, 1);
+    })
+    .await
+}
+
+/// A leaf of `root` in `node`'s store, and its file.
+fn a_leaf(node: &TestNode, root: &cid::Cid) -> (cid::Cid, std::path::PathBuf) {
+    let mut leaf = None;
+    node.node
+        .store()
+        .walk(root, &mut |c| {
+            if c.codec() == dfs_p2p::block::RAW {
+                leaf = Some(*c);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let leaf = leaf.unwrap();
+    let name = leaf.to_string();
+    (leaf, node._dir.path().join("blocks").join(&name[name.len() - 2..]).join(&name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_block_is_never_served_even_with_its_check_tag() {
+    run(async {
+        let nodes = star(2, 1).await;
+        let bytes = data(4 * CHUNK, 17);
+        let report = put(&nodes[0].node, &bytes).await;
+        // The put tagged the block; rewriting the file in place keeps the
+        // tag but not the bytes it was made for.
+        let (leaf, path) = a_leaf(&nodes[0], &report.ticket.root);
+        let mut block = std::fs::read(&path).unwrap();
+        let mid = block.len() / 2;
+        block[mid] ^= 0x40;
+        std::fs::write(&path, block).unwrap();
+        let err = get(&nodes[1].node, &report.ticket).await.unwrap_err();
+        assert!(!err.to_string().contains('\n'), "{err}");
+        // The server moved the block aside instead of serving it, and the
+        // getter kept nothing under that CID.
+        assert!(!nodes[0].node.store().has(&leaf));
+        assert!(!nodes[1].node.store().has(&leaf));
+        assert_eq!(std::fs::read_dir(nodes[0]._dir.path().join("corrupt")).unwrap().count(), 1);
     })
     .await
 }
