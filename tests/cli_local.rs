@@ -66,6 +66,38 @@ fn one_shot_put_and_get_round_trip() {
 }
 
 #[test]
+fn get_writes_into_a_device_and_through_a_link_without_replacing_them() {
+    use std::os::unix::fs::{FileTypeExt, symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.to_str().unwrap();
+    let bytes = data(3 * (1 << 20) + 5, 41);
+    let src = tmp.path().join("in.bin");
+    fs::write(&src, &bytes).unwrap();
+    let ticket = put_file(Path::new(d), &src);
+
+    // A link to /dev/null: the get writes into the device. Renaming a part
+    // file over the path would turn the link into a regular file (and, had
+    // the path been /dev/null itself, the device).
+    let devnull = tmp.path().join("devnull");
+    symlink("/dev/null", &devnull).unwrap();
+    let out = run(&["get", &ticket, "-o", devnull.to_str().unwrap(), "--data-dir", d], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(fs::symlink_metadata(&devnull).unwrap().file_type().is_symlink());
+    assert!(fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+
+    // A link to a regular file: the file gets the bytes, the link stays.
+    let real = tmp.path().join("real.bin");
+    fs::write(&real, b"old contents").unwrap();
+    let link = tmp.path().join("link.bin");
+    symlink(&real, &link).unwrap();
+    let out = run(&["get", &ticket, "-o", link.to_str().unwrap(), "--data-dir", d], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(fs::read(&real).unwrap(), bytes);
+}
+
+#[test]
 fn a_get_whose_reader_goes_away_stops_quietly() {
     use std::{io::Read, os::unix::process::ExitStatusExt, process::Stdio};
     let tmp = tempfile::tempdir().unwrap();

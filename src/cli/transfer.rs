@@ -1,7 +1,9 @@
 //! Put and get as both the prompt and the one-shot commands do them: open
 //! the input (a file or stdin) with clear errors, draw the progress bar,
 //! and write a get's output whole or not at all (to a hidden part file
-//! renamed into place on success).
+//! renamed into place on success). An output that exists and is not a
+//! regular file (`/dev/null`, a FIFO, a terminal) is written in place, as
+//! standard output would be: renaming over it would replace the device.
 
 use std::{
     fs::{self, File},
@@ -139,19 +141,56 @@ pub async fn get(
             Ok(report)
         }
         Output::File(path) => {
+            let shown = path.display().to_string();
+            let target = match Destination::of(path) {
+                Destination::InPlace => {
+                    let file = fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| Failure::io(format!("cannot open {shown}"), &e))?;
+                    let bar = output::Progress::new(progress, "get", &shown, None);
+                    let writer = Box::new(BufWriter::with_capacity(1 << 16, file));
+                    let report = node.get(ticket, writer, bar.callback()).await?;
+                    bar.finish();
+                    return Ok(report);
+                }
+                Destination::Replace(target) => target,
+            };
+            let path = &target;
             let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
             let part_path = parent_dir(path).join(format!(".{name}.{}.part", std::process::id()));
             let file = File::create(&part_path)
                 .map_err(|e| Failure::io(format!("cannot create {}", part_path.display()), &e))?;
             let mut part = PartFile { path: part_path, done: false };
-            let bar = output::Progress::new(progress, "get", &path.display().to_string(), None);
+            let bar = output::Progress::new(progress, "get", &shown, None);
             let writer = Box::new(BufWriter::with_capacity(1 << 16, file));
             let report = node.get(ticket, writer, bar.callback()).await?;
             fs::rename(&part.path, path)
-                .map_err(|e| Failure::io(format!("cannot write {}", path.display()), &e))?;
+                .map_err(|e| Failure::io(format!("cannot write {shown}"), &e))?;
             part.done = true;
             bar.finish();
             Ok(report)
+        }
+    }
+}
+
+/// How a get's output file is written.
+enum Destination {
+    /// It exists and is not a regular file: write into it.
+    InPlace,
+    /// Write a part file beside this path and rename it over the path. A
+    /// symbolic link to a regular file is resolved, so the link stays.
+    Replace(PathBuf),
+}
+
+impl Destination {
+    fn of(path: &Path) -> Destination {
+        match fs::metadata(path) {
+            Ok(meta) if !meta.is_file() => Destination::InPlace,
+            Ok(_) if path.is_symlink() => {
+                Destination::Replace(fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
+            }
+            _ => Destination::Replace(path.to_path_buf()),
         }
     }
 }
