@@ -106,6 +106,9 @@ pub enum BenchCommand {
         #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
         size: u64,
     },
+    /// The serving end of `bench net`'s raw stream (started by it).
+    #[command(hide = true)]
+    RawServe,
 }
 
 /// Parses a size: plain bytes (`4096`), binary units (`1.5GiB`, `512MiB`,

@@ -417,6 +417,7 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
             let report = crate::net::bench::bench_net(size, &scratch.path).await?;
             output::result(&format!("{report}\n"));
         }
+        BenchCommand::RawServe => crate::net::bench::raw_serve().await?,
     }
     Ok(())
 }

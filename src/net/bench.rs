@@ -18,13 +18,17 @@
 //! freed inode, one by one, before it reuses it for a new file).
 //!
 //! The baseline is one raw libp2p stream over the same TCP(nodelay)+Noise+
-//! Yamux transport, between two swarms in this process: a `request_response`
-//! with a codec that answers a request for N bytes by writing N bytes on
-//! the stream, and counts them on the other side without storing them. No
-//! hashing, no disk, no crypto beyond Noise: what the transport gives. One
-//! raw transfer runs right before each get, so that each pair sees the same
-//! state of the machine; CPU time and peak memory are counted around the
-//! gets only.
+//! Yamux transport: a `request_response` with a codec that answers a
+//! request for N bytes by writing N bytes on the stream, and counts them on
+//! the other side without storing them. No hashing, no disk, no crypto
+//! beyond Noise: what the transport gives. Its ends run like the two nodes:
+//! the serving end in a child process (`dfs-p2p bench raw-serve`) when the
+//! serving node is one, in this process otherwise. With two processes, the
+//! same stream with both ends in this process is measured too and shown for
+//! reference (it skips the wake-ups between processes, about 15% faster).
+//! The raw transfers run right before each get, so that each pair sees the
+//! same state of the machine; CPU time and peak memory are counted around
+//! the gets only.
 
 use std::{
     fmt, io,
@@ -62,6 +66,9 @@ pub struct NetBenchReport {
     /// Throughput of each raw-stream transfer.
     pub raw_runs: Vec<f64>,
     pub raw_median: f64,
+    /// The raw stream with both ends in this process, when the baseline
+    /// ran between two processes (for reference).
+    pub raw_one_process_median: Option<f64>,
     /// `get_median / raw_median`.
     pub ratio: f64,
     /// Peak RSS of the serving node, if it ran in its own process.
@@ -89,12 +96,19 @@ impl fmt::Display for NetBenchReport {
             mbs(self.get_median),
             runs(&self.get_runs).join(", ")
         )?;
+        let ends = match self.raw_one_process_median {
+            Some(_) => "its ends in two processes, as the nodes are",
+            None => "both ends in this process, as the nodes are",
+        };
         writeln!(
             f,
-            "  raw stream: {:.0} MB/s median (runs: {} MB/s; one TCP+Noise+Yamux stream)",
+            "  raw stream: {:.0} MB/s median (runs: {} MB/s; one TCP+Noise+Yamux stream, {ends})",
             mbs(self.raw_median),
             runs(&self.raw_runs).join(", ")
         )?;
+        if let Some(one) = self.raw_one_process_median {
+            writeln!(f, "              {:.0} MB/s median with both ends in one process", mbs(one))?;
+        }
         writeln!(f, "  get / raw:  {:.2}", self.ratio)?;
         let cpu = |c: Option<f64>| c.map_or("n/a".into(), |c| format!("{c:.2} s"));
         if self.server_in_child {
@@ -149,9 +163,9 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         .and_then(|e| e.file_name())
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with("dfs-p2p"));
-    let mut server = if in_child {
-        let exe = exe.expect("checked above");
-        Server::Child(spawn_server(&exe, &listen, &server_dir)?)
+    let exe = exe.filter(|_| in_child);
+    let mut server = if let Some(exe) = &exe {
+        Server::Child(spawn_server(exe, &listen, &server_dir)?)
     } else {
         let mut config = NodeConfig::new(server_dir.clone());
         config.listen = vec![listen.clone()];
@@ -166,13 +180,24 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
     // Each get is paired with a raw-stream transfer right before it, so the
     // two see the same state of the machine (a VM's speed drifts within a
     // minute). CPU and peak memory are counted around the gets only.
+    // The baseline's two ends run like the two nodes: in two processes when
+    // the serving node is a child, in this one otherwise.
+    let raw_server = match (&server, &exe) {
+        (Server::Child(_), Some(exe)) => Some(RawServer::start(exe).await?),
+        _ => None,
+    };
     let mut cpu = (0.0, 0.0);
     let mut getter_peak_rss: Option<u64> = None;
-    let mut raw_runs = Vec::new();
+    let (mut raw_runs, mut raw_one_process_runs) = (Vec::new(), Vec::new());
     let result = async {
         let mut get_runs = Vec::new();
         for client_dir in &client_dirs {
-            raw_runs.push(raw_stream(size).await?);
+            if let Some(raw_server) = &raw_server {
+                raw_runs.push(raw_stream(size, Some(&raw_server.addr)).await?);
+                raw_one_process_runs.push(raw_stream(size, None).await?);
+            } else {
+                raw_runs.push(raw_stream(size, None).await?);
+            }
             // The raw swarms are gone; hand what they freed back to the
             // kernel, so the getter's peak RSS is the getter's own.
             // SAFETY: malloc_trim only releases free heap memory.
@@ -225,6 +250,9 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
     if let Server::InProcess(node) = server {
         node.shutdown().await;
     }
+    if let Some(mut raw_server) = raw_server {
+        stop_child(&mut raw_server.child);
+    }
     let get_runs = result?;
 
     let get_median = median(&get_runs);
@@ -235,6 +263,8 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         get_median,
         raw_runs,
         raw_median,
+        raw_one_process_median: (!raw_one_process_runs.is_empty())
+            .then(|| median(&raw_one_process_runs)),
         ratio: get_median / raw_median,
         server_peak_rss,
         getter_peak_rss,
@@ -250,16 +280,7 @@ enum Server {
 }
 
 fn spawn_server(exe: &Path, listen: &Multiaddr, dir: &Path) -> Result<Child, NodeError> {
-    use std::os::unix::process::CommandExt;
-    let mut command = Command::new(exe);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to stop
-    // the child (a node that would otherwise run on) if we die first.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+    let mut command = child_command(exe);
     command
         .arg("--listen")
         .arg(listen.to_string())
@@ -268,13 +289,62 @@ fn spawn_server(exe: &Path, listen: &Multiaddr, dir: &Path) -> Result<Child, Nod
         .arg("--replicas")
         .arg("1")
         .env_remove("DFS_DATA_DIR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            NodeError::Transport(format!("cannot start the serving node {}: {e}", exe.display()))
+        .stdout(Stdio::null());
+    command.spawn().map_err(|e| {
+        NodeError::Transport(format!("cannot start the serving node {}: {e}", exe.display()))
+    })
+}
+
+/// A command for a child of this benchmark: stopped by the kernel if we
+/// die first, stopped by us through its stdin (see `stop_child`).
+fn child_command(exe: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(exe);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to stop
+    // the child (a process that would otherwise run on) if we die first.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    command.stdin(Stdio::piped()).stderr(Stdio::null());
+    command
+}
+
+/// The serving end of the raw stream in a child process (`bench raw-serve`).
+struct RawServer {
+    child: Child,
+    addr: Multiaddr,
+}
+
+impl RawServer {
+    async fn start(exe: &Path) -> Result<RawServer, NodeError> {
+        let failed = |e: String| NodeError::Transport(format!("cannot start the raw server: {e}"));
+        let mut child = child_command(exe)
+            .args(["bench", "raw-serve"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| failed(e.to_string()))?;
+        let stdout = child.stdout.take().ok_or_else(|| failed("no stdout".into()))?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+                .map(|_| line)
         })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+        let addr = line.map_err(|e| failed(e.to_string())).and_then(|line| {
+            line.trim().parse::<Multiaddr>().map_err(|e| failed(format!("{line:?}: {e}")))
+        });
+        match addr {
+            Ok(addr) => Ok(RawServer { child, addr }),
+            Err(e) => {
+                stop_child(&mut child);
+                Err(e)
+            }
+        }
+    }
 }
 
 fn stop_child(child: &mut Child) {
@@ -450,30 +520,74 @@ fn raw_swarm() -> Result<RawSwarm, NodeError> {
         .build())
 }
 
-/// One transfer of `size` bytes over one raw stream; returns bytes/s.
-async fn raw_stream(size: u64) -> Result<f64, NodeError> {
+/// A raw-stream server listening on loopback, and its full address.
+async fn raw_listener() -> Result<(RawSwarm, Multiaddr), NodeError> {
     let mut server = raw_swarm()?;
-    let mut client = raw_swarm()?;
     server
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid address"))
         .map_err(|e| NodeError::Transport(e.to_string()))?;
-    let addr = loop {
+    loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-            break address;
+            let peer = *server.local_peer_id();
+            return Ok((server, address.with(libp2p::multiaddr::Protocol::P2p(peer))));
+        }
+    }
+}
+
+/// Answers a raw-stream request, if `event` is one.
+fn answer(server: &mut RawSwarm, event: SwarmEvent<request_response::Event<u64, u64>>) {
+    if let SwarmEvent::Behaviour(request_response::Event::Message {
+        message: request_response::Message::Request { request, channel, .. },
+        ..
+    }) = event
+    {
+        let _ = server.behaviour_mut().send_response(channel, request);
+    }
+}
+
+/// The serving end of the raw stream in a process of its own (`dfs-p2p
+/// bench raw-serve`): prints its address on stdout, then answers until its
+/// stdin closes.
+pub async fn raw_serve() -> Result<(), NodeError> {
+    use std::io::Write;
+    let (mut server, addr) = raw_listener().await?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{addr}").and_then(|()| stdout.flush()).map_err(|e| {
+        NodeError::Transport(format!("cannot report the raw server's address: {e}"))
+    })?;
+    let stdin_closed = tokio::task::spawn_blocking(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    });
+    tokio::pin!(stdin_closed);
+    loop {
+        tokio::select! {
+            _ = &mut stdin_closed => return Ok(()),
+            event = server.select_next_some() => answer(&mut server, event),
+        }
+    }
+}
+
+/// One transfer of `size` bytes over one raw stream; returns bytes/s. The
+/// serving end is `remote` (a `raw-serve` process) or, without one, a swarm
+/// in this process.
+async fn raw_stream(size: u64, remote: Option<&Multiaddr>) -> Result<f64, NodeError> {
+    let mut client = raw_swarm()?;
+    let (addr, server_task) = match remote {
+        Some(addr) => (addr.clone(), None),
+        None => {
+            let (mut server, addr) = raw_listener().await?;
+            let task = tokio::spawn(async move {
+                loop {
+                    let event = server.select_next_some().await;
+                    answer(&mut server, event);
+                }
+            });
+            (addr, Some(task))
         }
     };
-    let server_peer = *server.local_peer_id();
-    let server_task = tokio::spawn(async move {
-        loop {
-            if let SwarmEvent::Behaviour(request_response::Event::Message {
-                message: request_response::Message::Request { request, channel, .. },
-                ..
-            }) = server.select_next_some().await
-            {
-                let _ = server.behaviour_mut().send_response(channel, request);
-            }
-        }
-    });
+    let Some(libp2p::multiaddr::Protocol::P2p(server_peer)) = addr.iter().last() else {
+        return Err(NodeError::Transport(format!("no peer id in {addr}")));
+    };
     let dial =
         libp2p::swarm::dial_opts::DialOpts::peer_id(server_peer).addresses(vec![addr]).build();
     client.dial(dial).map_err(|e| NodeError::Transport(e.to_string()))?;
@@ -506,7 +620,9 @@ async fn raw_stream(size: u64) -> Result<f64, NodeError> {
             _ => {}
         }
     };
-    server_task.abort();
+    if let Some(task) = server_task {
+        task.abort();
+    }
     result
 }
 
