@@ -327,16 +327,20 @@ impl RawServer {
             .spawn()
             .map_err(|e| failed(e.to_string()))?;
         let stdout = child.stdout.take().ok_or_else(|| failed("no stdout".into()))?;
-        let line = tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
             std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
                 .map(|_| line)
-        })
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-        let addr = line.map_err(|e| failed(e.to_string())).and_then(|line| {
-            line.trim().parse::<Multiaddr>().map_err(|e| failed(format!("{line:?}: {e}")))
         });
+        // A child that never reports is stopped, which also ends the read.
+        let addr = match tokio::time::timeout(SERVER_START, read).await {
+            Err(_) => Err(failed("it did not report its address".into())),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Ok(Ok(Err(e))) => Err(failed(e.to_string())),
+            Ok(Ok(Ok(line))) => {
+                line.trim().parse::<Multiaddr>().map_err(|e| failed(format!("{line:?}: {e}")))
+            }
+        };
         match addr {
             Ok(addr) => Ok(RawServer { child, addr }),
             Err(e) => {
