@@ -146,3 +146,26 @@ fn a_one_shot_put_with_no_reachable_peer_stores_locally() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, b"lonely bytes");
 }
+
+/// `bench net` through the binary: the serving node and the raw stream's
+/// serving end run as child processes, and the report covers both nodes
+/// and both baselines.
+#[test]
+fn bench_net_reports_both_nodes_and_both_baselines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = dfs(&["bench", "net", "--size", "4MiB"])
+        .env("TMPDIR", tmp.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, "bench net");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    for wanted in ["get:", "two processes", "one process", "get / raw", "serving node"] {
+        assert!(report.contains(wanted), "no {wanted:?} in:\n{report}");
+    }
+    // Everything it made under TMPDIR is gone.
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "{report}");
+}
