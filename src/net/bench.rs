@@ -182,8 +182,14 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
     // minute). CPU and peak memory are counted around the gets only.
     // The baseline's two ends run like the two nodes: in two processes when
     // the serving node is a child, in this one otherwise.
-    let raw_server = match (&server, &exe) {
-        (Server::Child(_), Some(exe)) => Some(RawServer::start(exe).await?),
+    let raw_server = match (&mut server, &exe) {
+        (Server::Child(child), Some(exe)) => match RawServer::start(exe).await {
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                stop_child(child);
+                return Err(e);
+            }
+        },
         _ => None,
     };
     let mut cpu = (0.0, 0.0);
