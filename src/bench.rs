@@ -79,7 +79,7 @@ impl fmt::Display for StoreBenchReport {
 
 /// Fills `buf` with fast pseudo-random bytes (xorshift64*), so that no two
 /// chunks of the generated file are equal and nothing deduplicates.
-fn fill_random(state: &mut u64, buf: &mut [u8]) {
+pub(crate) fn fill_random(state: &mut u64, buf: &mut [u8]) {
     for word in buf.chunks_mut(8) {
         *state ^= *state << 13;
         *state ^= *state >> 7;

@@ -21,10 +21,9 @@
 //! that passed carries a check tag (`check`), so that later reads cost a
 //! keyed BLAKE3 pass instead of SHA-256. Copies fetched to be read are
 //! never synced, and the bulk of each is written around the page cache
-//! (`direct`). Garbage
-//! collection takes an exclusive lock that every writer holds shared for its
-//! whole life, so it never deletes a block that a concurrent put, get or pin
-//! still needs.
+//! (`direct`). Garbage collection takes an exclusive lock that every writer
+//! holds shared for its whole life, so it never deletes a block that a
+//! concurrent put, get or pin still needs.
 
 use std::{
     collections::{BTreeMap, HashSet},

@@ -18,35 +18,38 @@ const MIN_KEPT: usize = 64 * 1024;
 
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+/// A kept buffer with room for `capacity` bytes, if there is one.
+fn recycled(capacity: usize) -> Option<Vec<u8>> {
+    if capacity < MIN_KEPT {
+        return None;
+    }
+    POOL.lock().ok()?.pop().filter(|buf| buf.capacity() >= capacity)
+}
+
 /// A buffer of `len` bytes whose contents are unspecified (zeroes, or what
 /// an earlier block left); the caller overwrites them all.
 pub fn take(len: usize) -> Vec<u8> {
-    if len < MIN_KEPT {
-        return vec![0; len];
-    }
-    let recycled = POOL.lock().ok().and_then(|mut pool| pool.pop());
-    match recycled {
-        Some(mut buf) if buf.capacity() >= len => {
+    match recycled(len) {
+        Some(mut buf) => {
             // Zeroes only what lies beyond the buffer's last length: a few
             // bytes, when blocks have one size.
             buf.resize(len, 0);
             buf
         }
-        _ => vec![0; len],
+        None => vec![0; len],
     }
 }
 
 /// An empty buffer with room for `capacity` bytes, for a reader that fills
 /// spare capacity itself (`std::io::Read::read_to_end`).
 pub fn take_empty(capacity: usize) -> Vec<u8> {
-    if capacity >= MIN_KEPT
-        && let Some(mut buf) = POOL.lock().ok().and_then(|mut pool| pool.pop())
-        && buf.capacity() >= capacity
-    {
-        buf.clear();
-        return buf;
+    match recycled(capacity) {
+        Some(mut buf) => {
+            buf.clear();
+            buf
+        }
+        None => Vec::with_capacity(capacity),
     }
-    Vec::with_capacity(capacity)
 }
 
 /// Hands a buffer back for a later [`take`] or [`take_empty`].

@@ -142,32 +142,34 @@ pub async fn get(
         }
         Output::File(path) => {
             let shown = path.display().to_string();
-            let target = match Destination::of(path) {
+            // The file written, and the part file to rename over `target`
+            // once the get is complete (none when written in place).
+            let (file, part) = match Destination::of(path) {
                 Destination::InPlace => {
                     let file = fs::OpenOptions::new()
                         .write(true)
                         .open(path)
                         .map_err(|e| Failure::io(format!("cannot open {shown}"), &e))?;
-                    let bar = output::Progress::new(progress, "get", &shown, None);
-                    let writer = Box::new(BufWriter::with_capacity(1 << 16, file));
-                    let report = node.get(ticket, writer, bar.callback()).await?;
-                    bar.finish();
-                    return Ok(report);
+                    (file, None)
                 }
-                Destination::Replace(target) => target,
+                Destination::Replace(target) => {
+                    let name = target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+                    let part_path =
+                        parent_dir(&target).join(format!(".{name}.{}.part", std::process::id()));
+                    let file = File::create(&part_path).map_err(|e| {
+                        Failure::io(format!("cannot create {}", part_path.display()), &e)
+                    })?;
+                    (file, Some((PartFile { path: part_path, done: false }, target)))
+                }
             };
-            let path = &target;
-            let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-            let part_path = parent_dir(path).join(format!(".{name}.{}.part", std::process::id()));
-            let file = File::create(&part_path)
-                .map_err(|e| Failure::io(format!("cannot create {}", part_path.display()), &e))?;
-            let mut part = PartFile { path: part_path, done: false };
             let bar = output::Progress::new(progress, "get", &shown, None);
             let writer = Box::new(BufWriter::with_capacity(1 << 16, file));
             let report = node.get(ticket, writer, bar.callback()).await?;
-            fs::rename(&part.path, path)
-                .map_err(|e| Failure::io(format!("cannot write {shown}"), &e))?;
-            part.done = true;
+            if let Some((mut part, target)) = part {
+                fs::rename(&part.path, &target)
+                    .map_err(|e| Failure::io(format!("cannot write {shown}"), &e))?;
+                part.done = true;
+            }
             bar.finish();
             Ok(report)
         }

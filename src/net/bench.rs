@@ -192,7 +192,8 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         },
         _ => None,
     };
-    let mut cpu = (0.0, 0.0);
+    // CPU seconds of each node during the gets; `None` where unreadable.
+    let mut cpu = (Some(0.0), Some(0.0));
     let mut getter_peak_rss: Option<u64> = None;
     let (mut raw_runs, mut raw_one_process_runs) = (Vec::new(), Vec::new());
     let result = async {
@@ -229,8 +230,10 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
                 return Err(NodeError::Transport(format!("got {} bytes of {size}", report.size)));
             }
             get_runs.push(size as f64 / secs);
-            cpu.0 += after.0.zip(before.0).map_or(f64::NAN, |(a, b)| a - b);
-            cpu.1 += after.1.zip(before.1).map_or(f64::NAN, |(a, b)| a - b);
+            let add = |sum: Option<f64>, after: Option<f64>, before: Option<f64>| {
+                sum.zip(after.zip(before)).map(|(sum, (a, b))| sum + a - b)
+            };
+            cpu = (add(cpu.0, after.0, before.0), add(cpu.1, after.1, before.1));
             getter_peak_rss = getter_peak_rss.max(peak_rss(None));
             client.shutdown().await;
         }
@@ -238,9 +241,8 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
     }
     .await;
     let gb = (size as f64 * RUNS as f64) / 1e9;
-    let per_gb = |secs: f64| (secs.is_finite()).then_some(secs / gb);
-    let server_cpu_per_gb = child_pid.and_then(|_| per_gb(cpu.0));
-    let getter_cpu_per_gb = per_gb(cpu.1);
+    let server_cpu_per_gb = child_pid.and(cpu.0).map(|secs| secs / gb);
+    let getter_cpu_per_gb = cpu.1.map(|secs| secs / gb);
     for client_dir in &client_dirs {
         let _ = std::fs::remove_dir_all(client_dir);
     }
@@ -436,12 +438,7 @@ impl BenchData {
 impl io::Read for BenchData {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = (buf.len() as u64).min(self.left) as usize;
-        for word in buf[..n].chunks_mut(8) {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            word.copy_from_slice(&self.state.to_le_bytes()[..word.len()]);
-        }
+        crate::bench::fill_random(&mut self.state, &mut buf[..n]);
         self.left -= n as u64;
         Ok(n)
     }

@@ -32,7 +32,7 @@ const MIN_DIRECT_LEN: usize = 64 * 1024;
 const BUFFERS: usize = 4;
 
 /// A transparent huge page: the window of a buffer is aligned to one, so
-/// that the kernel pins one page per direct write instead of 512.
+/// that the kernel pins one page per direct write instead of one per 4 KiB.
 const HUGE_PAGE: usize = 2 * 1024 * 1024;
 
 /// A zeroed `Vec` with a window of `MAX_BLOCK_SIZE` bytes aligned to a huge
