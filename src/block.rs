@@ -4,6 +4,9 @@
 //! of CID strings from users and peers.
 
 pub mod buffers;
+mod bytes;
+
+pub use bytes::BlockBytes;
 
 use cid::Cid;
 use multihash::Multihash;

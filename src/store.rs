@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use crate::{
-    block::{self, DAG_CBOR, MAX_BLOCK_SIZE},
+    block::{self, BlockBytes, DAG_CBOR, MAX_BLOCK_SIZE},
     crypto::{ConvergenceSecret, KEY_LEN},
     dag::Node,
     error::{Error, Result},
@@ -60,6 +60,8 @@ const LOCK_FILE: &str = "lock";
 
 /// Blocks written between two syncs of a [`BlockWriter`].
 const BATCH_BLOCKS: usize = 256;
+/// Block files smaller than this are read rather than mapped when served.
+const MIN_MAPPED: u64 = 64 * 1024;
 
 /// Options of a store.
 #[derive(Debug, Clone)]
@@ -263,8 +265,23 @@ impl Store {
     /// tag, when it has a valid one; see `check`). A block that fails is
     /// moved to `corrupt/` and reported; its bytes are never returned.
     pub fn get(&self, cid: &Cid) -> Result<Vec<u8>> {
+        self.get_with(cid, read_bounded)
+    }
+
+    /// Like [`get`](Self::get), but maps the block file instead of reading
+    /// it (small blocks are read): for a block that is only passed on, as a
+    /// serving node does, this saves copying it out of the page cache.
+    pub fn get_mapped(&self, cid: &Cid) -> Result<BlockBytes> {
+        self.get_with(cid, map_bounded)
+    }
+
+    fn get_with<B: std::ops::Deref<Target = [u8]>>(
+        &self,
+        cid: &Cid,
+        load: impl FnOnce(&Path, usize) -> io::Result<Option<(File, B)>>,
+    ) -> Result<B> {
         let path = self.block_path(cid);
-        let (file, bytes) = match read_bounded(&path, MAX_BLOCK_SIZE) {
+        let (file, bytes) = match load(&path, MAX_BLOCK_SIZE) {
             Ok(Some(read)) => read,
             Ok(None) => return Err(self.quarantine(cid, &path)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -870,6 +887,30 @@ fn read_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, Vec<u8>)>
     let mut bytes = crate::block::buffers::take_empty(len as usize);
     (&mut file).take(limit as u64 + 1).read_to_end(&mut bytes)?;
     Ok((bytes.len() <= limit).then_some((file, bytes)))
+}
+
+/// Maps a file of at most `limit` bytes read-only (`None` if it is
+/// larger). Files under [`MIN_MAPPED`] are read instead: mapping costs a
+/// system call and a page table update either way, which only pays off for
+/// a large file.
+fn map_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, BlockBytes)>> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > limit as u64 {
+        return Ok(None);
+    }
+    if len < MIN_MAPPED {
+        return Ok(read_bounded(path, limit)?.map(|(file, bytes)| (file, BlockBytes::from(bytes))));
+    }
+    // SAFETY: a mapping is only unsound if the file changes under it. Block
+    // files are written once and renamed into place; the store only ever
+    // renames or unlinks them afterwards, which leaves the mapping intact.
+    // (A file truncated behind the store's back would fault on access.)
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+    if map.len() as u64 != len {
+        return Err(io::Error::other("block file changed while it was mapped"));
+    }
+    Ok(Some((file, BlockBytes::Mapped(std::sync::Arc::new(map)))))
 }
 
 /// Reads a secret file, refusing one other users can read; creates it

@@ -82,7 +82,7 @@ async fn a_peer_sending_wrong_blocks_is_blocked_and_the_file_still_arrives() {
                     let response = match request {
                         Request::GetBlock { .. } => {
                             *served_by_liar.lock().unwrap() += 1;
-                            Response::Block { data: data(CHUNK + 16, 99) }
+                            Response::Block { data: data(CHUNK + 16, 99).into() }
                         }
                         Request::Have { cids } => {
                             Response::Have { present: vec![true; cids.len()] }

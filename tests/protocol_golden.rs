@@ -262,7 +262,7 @@ fn golden_requests() {
 #[test]
 fn golden_responses() {
     let cases = [
-        (BLOCK, Response::Block { data: b"hello".to_vec() }),
+        (BLOCK, Response::Block { data: b"hello".to_vec().into() }),
         (NOT_FOUND, Response::NotFound),
         (HAVE_RESPONSE, Response::Have { present: vec![true, false] }),
         (REPLICATED, Response::Replicated { blocks: 3 }),
@@ -340,12 +340,12 @@ fn largest_legal_messages_fit_and_one_more_does_not() {
     assert_invalid_data(decode_request(&encode_request(&over)), "1025 CIDs");
     assert_eq!(over.validate().unwrap_err().kind(), io::ErrorKind::InvalidInput);
 
-    let block = Response::Block { data: vec![7; MAX_BLOCK_SIZE] };
+    let block = Response::Block { data: vec![7; MAX_BLOCK_SIZE].into() };
     let bytes = encode_response(&block);
     assert_eq!(bytes.len(), MAX_RESPONSE_SIZE);
     assert_eq!(decode_response(&bytes).unwrap(), block);
 
-    let over = Response::Block { data: vec![7; MAX_BLOCK_SIZE + 1] };
+    let over = Response::Block { data: vec![7; MAX_BLOCK_SIZE + 1].into() };
     assert_invalid_data(decode_response(&encode_response(&over)), "block + 1");
     assert_eq!(over.validate().unwrap_err().kind(), io::ErrorKind::InvalidInput);
 
@@ -572,7 +572,7 @@ fn async_codec_exchange() {
     assert_eq!(on_wire, hex(GET_BLOCK));
     assert_eq!(read_request(on_wire).unwrap(), request);
 
-    let response = Response::Block { data: b"hello".to_vec() };
+    let response = Response::Block { data: b"hello".to_vec().into() };
     let on_wire = write_response(response.clone()).unwrap();
     assert_eq!(on_wire, hex(BLOCK));
     assert_eq!(read_response(on_wire).unwrap(), response);
@@ -590,11 +590,11 @@ fn async_codec_exchange() {
 #[test]
 fn async_codec_reads_a_full_block_in_small_pieces() {
     let data: Vec<u8> = (0..=250u8).cycle().take(MAX_BLOCK_SIZE).collect();
-    let on_wire = write_response(Response::Block { data: data.clone() }).unwrap();
+    let on_wire = write_response(Response::Block { data: data.clone().into() }).unwrap();
     assert_eq!(on_wire.len(), MAX_RESPONSE_SIZE);
     let mut io = Trickle(Cursor::new(on_wire));
     let response = block_on(FileCodec.read_response(&STREAM_PROTOCOL, &mut io)).unwrap();
-    assert_eq!(response, Response::Block { data });
+    assert_eq!(response, Response::Block { data: data.into() });
 
     let mut io = Trickle(Cursor::new(hex(HAVE_REQUEST)));
     let request = block_on(FileCodec.read_request(&STREAM_PROTOCOL, &mut io)).unwrap();
@@ -647,7 +647,7 @@ fn async_codec_rejects_a_huge_length_before_allocating_or_reading() {
 #[test]
 fn async_codec_refuses_to_send_what_the_peer_would_reject() {
     let too_many = Request::Have { cids: vec![hello(); MAX_HAVE_CIDS + 1] };
-    let too_big = Response::Block { data: vec![0; MAX_BLOCK_SIZE + 1] };
+    let too_big = Response::Block { data: vec![0; MAX_BLOCK_SIZE + 1].into() };
     let too_long = Response::Error {
         code: ErrorCode::Internal,
         message: "a".repeat(MAX_ERROR_MESSAGE_LEN + 1),
@@ -689,7 +689,7 @@ fn arb_error_code() -> impl Strategy<Value = ErrorCode> {
 
 fn arb_response() -> impl Strategy<Value = Response> {
     prop_oneof![
-        vec(any::<u8>(), 0..4096).prop_map(|data| Response::Block { data }),
+        vec(any::<u8>(), 0..4096).prop_map(|data| Response::Block { data: data.into() }),
         Just(Response::NotFound),
         vec(any::<bool>(), 0..=MAX_HAVE_CIDS).prop_map(|present| Response::Have { present }),
         any::<u64>().prop_map(|blocks| Response::Replicated { blocks }),

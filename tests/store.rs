@@ -10,7 +10,7 @@ use std::{
 
 use dfs_p2p::{
     Error, Ticket,
-    block::{self, DAG_CBOR, RAW},
+    block::{self, BlockBytes, DAG_CBOR, RAW},
     export::{BlockSource, ExportOptions, export},
     import::{ImportOptions, Imported, MIN_CHUNK_SIZE, import},
     store::{PinKind, Store, StoreOptions},
@@ -343,6 +343,28 @@ fn a_corrupt_block_is_moved_aside_and_never_returned() {
     assert!(!store.has(&leaf));
     assert_eq!(fs::read_dir(dir.path().join("corrupt")).unwrap().count(), 1);
     assert!(matches!(store.get(&leaf), Err(Error::Missing { .. })));
+}
+
+#[test]
+fn a_mapped_block_matches_its_read_survives_deletion_and_is_refused_when_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ticket = put(&store, &data(2 * CHUNK, 4), &opts()).ticket;
+    let [kept, changed] = leaves(&store, &ticket)[..] else { panic!("two leaves") };
+
+    // A leaf is large enough to be mapped, as a serving node maps it.
+    let mapped = store.get_mapped(&kept).unwrap();
+    assert!(matches!(mapped, BlockBytes::Mapped(_)), "{mapped:?}");
+    assert_eq!(&*mapped, &store.get(&kept).unwrap()[..]);
+    // Deleting the file (a GC while the block is being sent) leaves the
+    // mapping whole.
+    fs::remove_file(block_path(dir.path(), &kept)).unwrap();
+    assert!(block::verify(&kept, &mapped));
+
+    flip_bit(&block_path(dir.path(), &changed));
+    assert!(matches!(store.get_mapped(&changed), Err(Error::Corrupt { cid }) if cid == changed));
+    assert!(!store.has(&changed));
+    assert_eq!(fs::read_dir(dir.path().join("corrupt")).unwrap().count(), 1);
 }
 
 #[test]

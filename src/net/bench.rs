@@ -81,6 +81,9 @@ pub struct NetBenchReport {
     /// CPU seconds per GB got: the serving child's, and this process's.
     pub server_cpu_per_gb: Option<f64>,
     pub getter_cpu_per_gb: Option<f64>,
+    /// CPU seconds per GB streamed by the two-process raw baseline: its
+    /// serving child's, and this process's (the receiving end).
+    pub raw_cpu_per_gb: Option<(f64, f64)>,
 }
 
 impl fmt::Display for NetBenchReport {
@@ -120,6 +123,14 @@ impl fmt::Display for NetBenchReport {
             )?;
         } else {
             writeln!(f, "  CPU per GB: {} (both nodes)", cpu(self.getter_cpu_per_gb))?;
+        }
+        if let Some((serving, receiving)) = self.raw_cpu_per_gb {
+            writeln!(
+                f,
+                "              raw stream: serving end {}, receiving end {}",
+                cpu(Some(serving)),
+                cpu(Some(receiving))
+            )?;
         }
         if self.server_in_child {
             writeln!(
@@ -194,13 +205,21 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
     };
     // CPU seconds of each node during the gets; `None` where unreadable.
     let mut cpu = (Some(0.0), Some(0.0));
+    let mut raw_cpu = (Some(0.0), Some(0.0));
     let mut getter_peak_rss: Option<u64> = None;
     let (mut raw_runs, mut raw_one_process_runs) = (Vec::new(), Vec::new());
+    let add = |sum: Option<f64>, after: Option<f64>, before: Option<f64>| {
+        sum.zip(after.zip(before)).map(|(sum, (a, b))| sum + a - b)
+    };
     let result = async {
         let mut get_runs = Vec::new();
         for client_dir in &client_dirs {
             if let Some(raw_server) = &raw_server {
+                let raw_pid = Some(raw_server.child.id());
+                let before = (cpu_secs(raw_pid), cpu_secs(None));
                 raw_runs.push(raw_stream(size, Some(&raw_server.addr)).await?);
+                let after = (cpu_secs(raw_pid), cpu_secs(None));
+                raw_cpu = (add(raw_cpu.0, after.0, before.0), add(raw_cpu.1, after.1, before.1));
                 raw_one_process_runs.push(raw_stream(size, None).await?);
             } else {
                 raw_runs.push(raw_stream(size, None).await?);
@@ -230,9 +249,6 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
                 return Err(NodeError::Transport(format!("got {} bytes of {size}", report.size)));
             }
             get_runs.push(size as f64 / secs);
-            let add = |sum: Option<f64>, after: Option<f64>, before: Option<f64>| {
-                sum.zip(after.zip(before)).map(|(sum, (a, b))| sum + a - b)
-            };
             cpu = (add(cpu.0, after.0, before.0), add(cpu.1, after.1, before.1));
             getter_peak_rss = getter_peak_rss.max(peak_rss(None));
             client.shutdown().await;
@@ -243,6 +259,8 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
     let gb = (size as f64 * RUNS as f64) / 1e9;
     let server_cpu_per_gb = child_pid.and(cpu.0).map(|secs| secs / gb);
     let getter_cpu_per_gb = cpu.1.map(|secs| secs / gb);
+    let raw_cpu_per_gb =
+        raw_server.as_ref().and(raw_cpu.0.zip(raw_cpu.1)).map(|(s, r)| (s / gb, r / gb));
     for client_dir in &client_dirs {
         let _ = std::fs::remove_dir_all(client_dir);
     }
@@ -279,6 +297,7 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         server_in_child: in_child,
         server_cpu_per_gb,
         getter_cpu_per_gb,
+        raw_cpu_per_gb,
     })
 }
 

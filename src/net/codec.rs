@@ -19,6 +19,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use crate::block::BlockBytes;
 use cid::Cid;
 use cid::Version;
 use cid::multihash::Multihash;
@@ -130,7 +131,7 @@ pub enum Response {
     /// requester must check them against the CID it asked for.
     Block {
         /// The raw block bytes.
-        data: Vec<u8>,
+        data: BlockBytes,
     },
     /// The peer does not hold the requested block.
     NotFound,
@@ -410,7 +411,7 @@ pub fn decode_request(frame: &[u8]) -> io::Result<Request> {
 pub fn decode_response(frame: &[u8]) -> io::Result<Response> {
     let (message_type, body) = split_frame(frame, Direction::Response)?;
     if message_type == TYPE_BLOCK {
-        return Ok(Response::Block { data: body.to_vec() });
+        return Ok(Response::Block { data: body.to_vec().into() });
     }
     decode_small_response_body(message_type, body)
 }
@@ -439,7 +440,7 @@ impl request_response::Codec for FileCodec {
         let (message_type, body) = read_frame(io, Direction::Response).await?;
         if message_type == TYPE_BLOCK {
             // The buffer the body was read into becomes the block: no copy.
-            return Ok(Response::Block { data: body });
+            return Ok(Response::Block { data: body.into() });
         }
         decode_small_response_body(message_type, &body)
     }
@@ -473,7 +474,7 @@ impl request_response::Codec for FileCodec {
                 // never copied into a frame buffer.
                 io.write_all(&frame_header(TYPE_BLOCK, data.len())).await?;
                 io.write_all(&data).await?;
-                crate::block::buffers::give(data);
+                data.recycle();
                 Ok(())
             }
             other => io.write_all(&encode_response(&other)).await,

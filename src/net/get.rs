@@ -375,7 +375,7 @@ impl NetSource {
             match result {
                 Ok(Response::Block { data }) if block::verify(cid, &data) => {
                     self.providers.release(&peer);
-                    return Ok(data);
+                    return Ok(data.into_vec());
                 }
                 Ok(Response::Block { .. }) => {
                     tracing::warn!("peer {peer} sent a wrong block for {cid}; blocking it");

@@ -72,7 +72,7 @@ impl Responder {
     async fn handle_get_block(self, cid: Cid, channel: ResponseChannel<Response>) {
         let Ok(_permit) = self.reads.clone().acquire_owned().await else { return };
         let store = self.store.clone();
-        let read = tokio::task::spawn_blocking(move || store.get(&cid)).await;
+        let read = tokio::task::spawn_blocking(move || store.get_mapped(&cid)).await;
         let response = match read {
             Ok(Ok(data)) => Response::Block { data },
             // A corrupt block was moved aside by the store: we do not have it.
