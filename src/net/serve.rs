@@ -1,6 +1,7 @@
 //! The responder side of the file protocol: takes the inbound requests the
-//! event loop queues, does the disk work on blocking threads (reading a
-//! block verifies it), and sends each answer back through the handle.
+//! event loop queues, does the disk work on blocking threads (a block is
+//! mapped from its file and verified, never copied), and sends each answer
+//! back through the handle.
 //! `GetBlock` and `Have` are answered here; `Replicate` and `Delete` are
 //! handed to `net::replicate`.
 
@@ -20,8 +21,8 @@ use crate::{
     store::Store,
 };
 
-/// Block reads running at once. Each holds a block of up to 2 MiB until it
-/// is handed to the swarm, so this bounds the memory of serving.
+/// Block reads running at once. Each holds a block of up to 2 MiB (mapped)
+/// until it is handed to the swarm, so this bounds the memory of serving.
 pub const MAX_CONCURRENT_READS: usize = 32;
 /// Replications this node runs at once; more wait their turn.
 pub const MAX_CONCURRENT_REPLICATIONS: usize = 4;
