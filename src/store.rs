@@ -92,8 +92,12 @@ pub enum PinKind {
 pub struct RootInfo {
     pub root: Cid,
     pub kind: PinKind,
-    /// The peer that asked this node to hold the root (None: this node).
-    pub owner: Option<PeerId>,
+    /// The peers whose `Replicate` made this node pin the root, in the
+    /// order they asked; each may drop only its own pin.
+    pub owners: Vec<PeerId>,
+    /// Whether this node pinned the root for itself (a put here): its own
+    /// content, which no network request deletes.
+    pub local: bool,
     /// Bytes of all blocks of the root.
     pub size: u64,
     /// Unix milliseconds of the last put, pin or read.
@@ -104,6 +108,13 @@ pub struct RootInfo {
 struct PinRecord {
     root: String,
     kind: PinKind,
+    #[serde(default)]
+    owners: Vec<String>,
+    #[serde(default)]
+    local: bool,
+    /// The single owner an index written before roots had several; read,
+    /// never written.
+    #[serde(default, skip_serializing)]
     owner: Option<String>,
     size: u64,
     last_access: u64,
@@ -409,7 +420,8 @@ impl Store {
     /// Records `root` as pinned or cached. Every block of the DAG must be
     /// present (the caller holds a writer or a gc guard). A pinned root
     /// stays pinned when it is cached again; a cached root becomes pinned.
-    /// The first owner of a pinned root stays its owner.
+    /// A pin for a peer adds that peer to the root's owners; a pin without
+    /// one makes the root this node's own.
     pub fn pin(&self, root: &Cid, kind: PinKind, owner: Option<PeerId>) -> Result<RootInfo> {
         let size = self.dag_size(root)?;
         let info = {
@@ -418,13 +430,18 @@ impl Store {
             let entry = pins.entry(*root).or_insert(RootInfo {
                 root: *root,
                 kind,
-                owner,
+                owners: Vec::new(),
+                local: false,
                 size,
                 last_access: now,
             });
-            if kind == PinKind::Pinned && entry.kind == PinKind::Cached {
+            if kind == PinKind::Pinned {
                 entry.kind = PinKind::Pinned;
-                entry.owner = owner;
+                match owner {
+                    None => entry.local = true,
+                    Some(peer) if !entry.owners.contains(&peer) => entry.owners.push(peer),
+                    Some(_) => {}
+                }
             }
             entry.size = size;
             entry.last_access = now;
@@ -432,6 +449,29 @@ impl Store {
         };
         self.save_pins()?;
         Ok(info)
+    }
+
+    /// Drops `peer`'s pin on `root`. `None` if `peer` holds no pin on it;
+    /// otherwise whether the root went with it: it stays while other owners
+    /// hold it or it is this node's own, and is otherwise removed like
+    /// [`remove_root`](Self::remove_root).
+    pub fn release(&self, root: &Cid, peer: &PeerId) -> Result<Option<bool>> {
+        let removed = {
+            let mut pins = self.inner.pins.lock().expect("pins lock");
+            let Some(entry) = pins.get_mut(root) else { return Ok(None) };
+            let Some(at) = entry.owners.iter().position(|o| o == peer) else { return Ok(None) };
+            entry.owners.remove(at);
+            let unheld = entry.owners.is_empty() && !entry.local;
+            if unheld {
+                pins.remove(root);
+            }
+            unheld
+        };
+        self.save_pins()?;
+        if removed {
+            self.gc()?;
+        }
+        Ok(Some(removed))
     }
 
     /// Marks a root as just used (for LRU eviction).
@@ -602,16 +642,23 @@ impl Store {
             .into_iter()
             .map(|r| {
                 let root = block::parse_cid(&r.root).map_err(|e| bad(e.to_string()))?;
-                let owner = r
-                    .owner
-                    .map(|o| o.parse::<PeerId>().map_err(|e| bad(e.to_string())))
-                    .transpose()?;
+                let parse = |o: &String| o.parse::<PeerId>().map_err(|e| bad(e.to_string()));
+                let mut owners = r.owners.iter().map(parse).collect::<Result<Vec<_>>>()?;
+                let mut local = r.local;
+                if r.owners.is_empty() && !r.local && r.kind == PinKind::Pinned {
+                    // The older index: one owner, or none for own content.
+                    match &r.owner {
+                        Some(owner) => owners.push(parse(owner)?),
+                        None => local = true,
+                    }
+                }
                 Ok((
                     root,
                     RootInfo {
                         root,
                         kind: r.kind,
-                        owner,
+                        owners,
+                        local,
                         size: r.size,
                         last_access: r.last_access,
                     },
@@ -630,7 +677,9 @@ impl Store {
             .map(|r| PinRecord {
                 root: r.root.to_string(),
                 kind: r.kind,
-                owner: r.owner.map(|o| o.to_string()),
+                owners: r.owners.iter().map(ToString::to_string).collect(),
+                local: r.local,
+                owner: None,
                 size: r.size,
                 last_access: r.last_access,
             })

@@ -149,7 +149,8 @@ async fn put_replicates_to_closest_peers() {
         assert_eq!(holders.len(), 2);
         for info in holders {
             assert_eq!(info.kind, dfs_p2p::store::PinKind::Pinned);
-            assert_eq!(info.owner, Some(nodes[0].node.peer_id()));
+            assert_eq!(info.owners, [nodes[0].node.peer_id()]);
+            assert!(!info.local);
         }
     })
     .await
@@ -321,7 +322,7 @@ async fn only_the_owner_deletes_replicas() {
                 .iter()
                 .find(|(p, _)| p == h)
                 .unwrap_or_else(|| panic!("{h} not asked: {refused:?}"));
-            assert!(reason.contains("only the owner"), "{reason}");
+            assert!(reason.contains("only its owners"), "{reason}");
         }
         for n in &nodes {
             if holders.contains(&n.node.peer_id()) {
@@ -342,6 +343,51 @@ async fn only_the_owner_deletes_replicas() {
         for n in &nodes {
             assert!(n.node.store().root_info(&root).is_none());
         }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_two_owners_goes_only_when_both_delete() {
+    run(async {
+        // Two uploaders that share a convergence secret put the same file,
+        // so both ask the third node to replicate the same root.
+        let holder = start(vec![], 3).await;
+        let first = start(vec![holder.addr.clone()], 3).await;
+        let second_dir = tempfile::tempdir().unwrap();
+        let secret = "convergence.secret";
+        std::fs::copy(first._dir.path().join(secret), second_dir.path().join(secret)).unwrap();
+        let bootstrap = vec![holder.addr.clone(), first.addr.clone()];
+        let second_node = Node::start(config(second_dir.path(), bootstrap, 3)).await.unwrap();
+        for node in [&first.node, &second_node] {
+            assert!(node.wait_for_peers(2, Duration::from_secs(20)).await >= 2);
+        }
+        let bytes = data(2 * CHUNK, 12);
+        let one = put(&first.node, &bytes).await;
+        let two = put(&second_node, &bytes).await;
+        assert_eq!(one.ticket.root, two.ticket.root);
+        assert_eq!((one.copies, two.copies), (3, 3));
+        let root = one.ticket.root;
+        let info = holder.node.store().root_info(&root).unwrap();
+        let mut owners = info.owners.clone();
+        owners.sort();
+        let mut want = vec![first.node.peer_id(), second_node.peer_id()];
+        want.sort();
+        assert_eq!(owners, want);
+
+        // The first owner's delete drops only its own pin.
+        let deleted = first.node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
+        assert!(deleted.remote_deleted.contains(&holder.node.peer_id()), "{deleted:?}");
+        let info = holder.node.store().root_info(&root).expect("kept for the second owner");
+        assert_eq!(info.owners, [second_node.peer_id()]);
+        let (got, _) = get(&holder.node, &one.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+
+        // The second owner's delete removes the replica.
+        let deleted = second_node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
+        assert!(deleted.remote_deleted.contains(&holder.node.peer_id()), "{deleted:?}");
+        assert!(holder.node.store().root_info(&root).is_none());
+        second_node.shutdown().await;
     })
     .await
 }

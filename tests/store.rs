@@ -463,6 +463,75 @@ fn pins_survive_a_restart() {
 }
 
 #[test]
+fn a_pinned_root_keeps_every_owner_and_goes_with_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let cached = ImportOptions { kind: PinKind::Cached, ..opts() };
+    let (a, b, stranger) =
+        (libp2p::PeerId::random(), libp2p::PeerId::random(), libp2p::PeerId::random());
+    let (replica, own) = {
+        let store = open(dir.path());
+        let replica = put(&store, &data(2 * CHUNK, 13), &cached).ticket.root;
+        for owner in [a, b, a] {
+            store.pin(&replica, PinKind::Pinned, Some(owner)).unwrap();
+        }
+        let own = put(&store, &data(CHUNK, 14), &opts()).ticket.root;
+        store.pin(&own, PinKind::Pinned, Some(a)).unwrap();
+        assert_eq!(store.release(&replica, &stranger).unwrap(), None);
+        assert_eq!(store.release(&replica, &a).unwrap(), Some(false));
+        // This node's own content stays when its one other owner lets go.
+        assert_eq!(store.release(&own, &a).unwrap(), Some(false));
+        (replica, own)
+    };
+    let store = open(dir.path());
+    let info = store.root_info(&replica).unwrap();
+    assert_eq!((info.kind, info.owners, info.local), (PinKind::Pinned, vec![b], false));
+    let info = store.root_info(&own).unwrap();
+    assert_eq!((info.owners.len(), info.local), (0, true));
+    let before = block_files(dir.path()).len();
+    assert_eq!(store.release(&replica, &b).unwrap(), Some(true));
+    assert!(store.root_info(&replica).is_none());
+    assert!(block_files(dir.path()).len() < before, "the replica's blocks are collected");
+    assert!(store.root_info(&own).is_some());
+}
+
+#[test]
+fn a_pin_index_with_single_owners_still_reads() {
+    #[derive(serde::Serialize)]
+    struct OldRecord {
+        root: String,
+        kind: PinKind,
+        owner: Option<String>,
+        size: u64,
+        last_access: u64,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let owner = libp2p::PeerId::random();
+    let (replica, own) = {
+        let store = open(dir.path());
+        let replica = put(&store, &data(CHUNK, 15), &opts()).ticket.root;
+        let own = put(&store, &data(CHUNK, 16), &opts()).ticket.root;
+        (replica, own)
+    };
+    let old = |root: &cid::Cid, owner: Option<String>| OldRecord {
+        root: root.to_string(),
+        kind: PinKind::Pinned,
+        owner,
+        size: 1,
+        last_access: 1,
+    };
+    let records = vec![old(&replica, Some(owner.to_string())), old(&own, None)];
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&records, &mut bytes).unwrap();
+    fs::write(dir.path().join("pins.cbor"), bytes).unwrap();
+
+    let store = open(dir.path());
+    let info = store.root_info(&replica).unwrap();
+    assert_eq!((info.owners, info.local), (vec![owner], false));
+    let info = store.root_info(&own).unwrap();
+    assert_eq!((info.owners.len(), info.local), (0, true));
+}
+
+#[test]
 fn a_second_process_on_the_same_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _store = open(dir.path());

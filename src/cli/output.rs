@@ -109,7 +109,11 @@ pub fn roots_table(roots: &[RootInfo]) -> String {
                 PinKind::Pinned => "pinned",
                 PinKind::Cached => "cached",
             };
-            let owner = r.owner.map_or_else(|| "this node".to_string(), |p| p.to_string());
+            let mut owners: Vec<String> = r.owners.iter().map(ToString::to_string).collect();
+            if r.local || owners.is_empty() {
+                owners.insert(0, "this node".into());
+            }
+            let owner = owners.join(", ");
             vec![r.root.to_string(), kind.into(), size(r.size), owner]
         })
         .collect();

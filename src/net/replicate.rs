@@ -274,8 +274,9 @@ pub fn pull_dag(source: &NetSource, root: &Cid) -> Result<u64> {
     }
 }
 
-/// Answers a `Delete` from `peer`: only the owner of a pinned replica may
-/// delete it; this node's own content and its cache are never deleted.
+/// Answers a `Delete` from `peer`: drops `peer`'s pin on a replica, and the
+/// replica with it once no other owner holds it. This node's own content
+/// and its cache are never deleted.
 pub async fn handle_delete(
     this: Responder,
     peer: PeerId,
@@ -283,32 +284,38 @@ pub async fn handle_delete(
     channel: ResponseChannel<Response>,
 ) {
     let store = this.store.clone();
-    let decided = tokio::task::spawn_blocking(move || match store.root_info(&root) {
-        None => Err(Response::error(ErrorCode::NotPinned, format!("{root} is not pinned here"))),
-        Some(info) if info.kind == PinKind::Cached => Err(Response::error(
-            ErrorCode::NotPinned,
-            format!("{root} is only cached here, not pinned for anyone"),
-        )),
-        Some(info) => match info.owner {
-            None => Err(Response::error(
-                ErrorCode::Refused,
-                format!("{root} is this node's own content"),
+    let decided = tokio::task::spawn_blocking(move || {
+        let refused = |message: String| Err(Response::error(ErrorCode::Refused, message));
+        match store.root_info(&root) {
+            None => {
+                Err(Response::error(ErrorCode::NotPinned, format!("{root} is not pinned here")))
+            }
+            Some(info) if info.kind == PinKind::Cached => Err(Response::error(
+                ErrorCode::NotPinned,
+                format!("{root} is only cached here, not pinned for anyone"),
             )),
-            Some(owner) if owner != peer => Err(Response::error(
-                ErrorCode::Refused,
-                format!("only the owner {owner} may delete {root}"),
-            )),
-            Some(_) => match store.remove_root(&root) {
-                Ok(_) => Ok(()),
+            Some(info) if info.owners.is_empty() => {
+                refused(format!("{root} is this node's own content"))
+            }
+            Some(info) => match store.release(&root, &peer) {
+                Ok(Some(removed)) => Ok(removed),
+                Ok(None) => refused(format!(
+                    "only its owners may delete {root} ({})",
+                    owners_list(&info.owners)
+                )),
                 Err(e) => Err(Response::error(ErrorCode::Internal, e.to_string())),
             },
-        },
+        }
     })
     .await;
     let response = match decided {
-        Ok(Ok(())) => {
-            this.net.unprovide(root).await;
-            tracing::info!("deleted the replica of {root} at its owner's request");
+        Ok(Ok(removed)) => {
+            if removed {
+                this.net.unprovide(root).await;
+                tracing::info!("deleted the replica of {root} at its owner's request");
+            } else {
+                tracing::info!("dropped {peer}'s pin on {root}; others still hold it");
+            }
             Response::Deleted
         }
         Ok(Err(refusal)) => {
@@ -318,4 +325,14 @@ pub async fn handle_delete(
         Err(_) => Response::error(ErrorCode::Internal, "delete task failed"),
     };
     this.net.respond(channel, response).await;
+}
+
+/// Owners for an error message: the first few, and how many more.
+fn owners_list(owners: &[PeerId]) -> String {
+    const SHOWN: usize = 3;
+    let mut list: Vec<String> = owners.iter().take(SHOWN).map(ToString::to_string).collect();
+    if owners.len() > SHOWN {
+        list.push(format!("and {} more", owners.len() - SHOWN));
+    }
+    list.join(", ")
 }
