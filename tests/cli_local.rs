@@ -95,6 +95,19 @@ fn get_writes_into_a_device_and_through_a_link_without_replacing_them() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert_eq!(fs::read(&real).unwrap(), bytes);
+
+    // A relative link to a file that does not exist yet, through a second
+    // link: the file is created where the chain ends, both links stay.
+    fs::create_dir(tmp.path().join("sub")).unwrap();
+    symlink("sub/new.bin", tmp.path().join("hop")).unwrap();
+    let dangling = tmp.path().join("dangling.bin");
+    symlink("hop", &dangling).unwrap();
+    let out = run(&["get", &ticket, "-o", dangling.to_str().unwrap(), "--data-dir", d], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for link in [&dangling, &tmp.path().join("hop")] {
+        assert!(fs::symlink_metadata(link).unwrap().file_type().is_symlink());
+    }
+    assert_eq!(fs::read(tmp.path().join("sub/new.bin")).unwrap(), bytes);
 }
 
 #[test]

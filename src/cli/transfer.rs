@@ -181,7 +181,8 @@ enum Destination {
     /// It exists and is not a regular file: write into it.
     InPlace,
     /// Write a part file beside this path and rename it over the path. A
-    /// symbolic link to a regular file is resolved, so the link stays.
+    /// symbolic link is followed to the file it names, which need not exist
+    /// yet (as a shell's `>` does), so the link stays.
     Replace(PathBuf),
 }
 
@@ -189,12 +190,28 @@ impl Destination {
     fn of(path: &Path) -> Destination {
         match fs::metadata(path) {
             Ok(meta) if !meta.is_file() => Destination::InPlace,
-            Ok(_) if path.is_symlink() => {
-                Destination::Replace(fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
+            _ if path.is_symlink() => {
+                Destination::Replace(follow_links(path).unwrap_or_else(|_| path.to_path_buf()))
             }
             _ => Destination::Replace(path.to_path_buf()),
         }
     }
+}
+
+/// The path a chain of symbolic links ends at, whether or not it exists. A
+/// relative link is read relative to the directory that holds it.
+fn follow_links(path: &Path) -> io::Result<PathBuf> {
+    // Linux's own limit on links followed in one lookup.
+    const MAX_LINKS: usize = 40;
+    let mut path = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        if !path.is_symlink() {
+            return Ok(path);
+        }
+        let target = fs::read_link(&path)?;
+        path = parent_dir(&path).join(target);
+    }
+    Err(io::Error::from_raw_os_error(libc::ELOOP))
 }
 
 /// The status line after a get into a file.
