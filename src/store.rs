@@ -924,9 +924,15 @@ fn clear_dir(dir: &Path) -> Result<()> {
 
 /// Reads a file of at most `limit` bytes; `None` if it is larger.
 fn read_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, Vec<u8>)>> {
-    use std::io::Read;
-    let mut file = File::open(path)?;
+    let file = File::open(path)?;
     let len = file.metadata()?.len();
+    read_open(file, len, limit)
+}
+
+/// Reads the open `file` of `len` bytes (as its metadata said), if that is
+/// at most `limit`.
+fn read_open(mut file: File, len: u64, limit: usize) -> io::Result<Option<(File, Vec<u8>)>> {
+    use std::io::Read;
     if len > limit as u64 {
         return Ok(None);
     }
@@ -945,11 +951,11 @@ fn read_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, Vec<u8>)>
 fn map_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, BlockBytes)>> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
+    if len < MIN_MAPPED {
+        return Ok(read_open(file, len, limit)?.map(|(file, bytes)| (file, bytes.into())));
+    }
     if len > limit as u64 {
         return Ok(None);
-    }
-    if len < MIN_MAPPED {
-        return Ok(read_bounded(path, limit)?.map(|(file, bytes)| (file, BlockBytes::from(bytes))));
     }
     // SAFETY: a mapping is only unsound if the file changes under it. Block
     // files are written once and renamed into place; the store only ever

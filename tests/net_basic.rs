@@ -49,7 +49,11 @@ struct TestNode {
 }
 
 async fn start(bootstrap: Vec<Multiaddr>, replicas: usize) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), bootstrap, replicas).await
+}
+
+/// A node in `dir`, which may hold files for it already.
+async fn start_in(dir: TempDir, bootstrap: Vec<Multiaddr>, replicas: usize) -> TestNode {
     let node = Node::start(config(dir.path(), bootstrap, replicas)).await.unwrap();
     let addr = node.listen_addrs().await.into_iter().next().unwrap();
     TestNode { node, addr, _dir: dir }
@@ -358,20 +362,20 @@ async fn a_replica_with_two_owners_goes_only_when_both_delete() {
         let secret = "convergence.secret";
         std::fs::copy(first._dir.path().join(secret), second_dir.path().join(secret)).unwrap();
         let bootstrap = vec![holder.addr.clone(), first.addr.clone()];
-        let second_node = Node::start(config(second_dir.path(), bootstrap, 3)).await.unwrap();
-        for node in [&first.node, &second_node] {
+        let second = start_in(second_dir, bootstrap, 3).await;
+        for node in [&first.node, &second.node] {
             assert!(node.wait_for_peers(2, Duration::from_secs(20)).await >= 2);
         }
         let bytes = data(2 * CHUNK, 12);
         let one = put(&first.node, &bytes).await;
-        let two = put(&second_node, &bytes).await;
+        let two = put(&second.node, &bytes).await;
         assert_eq!(one.ticket.root, two.ticket.root);
         assert_eq!((one.copies, two.copies), (3, 3));
         let root = one.ticket.root;
         let info = holder.node.store().root_info(&root).unwrap();
         let mut owners = info.owners.clone();
         owners.sort();
-        let mut want = vec![first.node.peer_id(), second_node.peer_id()];
+        let mut want = vec![first.node.peer_id(), second.node.peer_id()];
         want.sort();
         assert_eq!(owners, want);
 
@@ -379,15 +383,14 @@ async fn a_replica_with_two_owners_goes_only_when_both_delete() {
         let deleted = first.node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
         assert!(deleted.remote_deleted.contains(&holder.node.peer_id()), "{deleted:?}");
         let info = holder.node.store().root_info(&root).expect("kept for the second owner");
-        assert_eq!(info.owners, [second_node.peer_id()]);
+        assert_eq!(info.owners, [second.node.peer_id()]);
         let (got, _) = get(&holder.node, &one.ticket).await.unwrap();
         assert_eq!(got, bytes);
 
         // The second owner's delete removes the replica.
-        let deleted = second_node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
+        let deleted = second.node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
         assert!(deleted.remote_deleted.contains(&holder.node.peer_id()), "{deleted:?}");
         assert!(holder.node.store().root_info(&root).is_none());
-        second_node.shutdown().await;
     })
     .await
 }

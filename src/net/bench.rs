@@ -203,23 +203,19 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         },
         _ => None,
     };
-    // CPU seconds of each node during the gets; `None` where unreadable.
-    let mut cpu = (Some(0.0), Some(0.0));
-    let mut raw_cpu = (Some(0.0), Some(0.0));
+    // CPU seconds of each node during the gets, and of each end of the
+    // two-process raw stream during its transfers.
+    let (mut cpu, mut raw_cpu) = (CpuSpent::ZERO, CpuSpent::ZERO);
     let mut getter_peak_rss: Option<u64> = None;
     let (mut raw_runs, mut raw_one_process_runs) = (Vec::new(), Vec::new());
-    let add = |sum: Option<f64>, after: Option<f64>, before: Option<f64>| {
-        sum.zip(after.zip(before)).map(|(sum, (a, b))| sum + a - b)
-    };
     let result = async {
         let mut get_runs = Vec::new();
         for client_dir in &client_dirs {
             if let Some(raw_server) = &raw_server {
                 let raw_pid = Some(raw_server.child.id());
-                let before = (cpu_secs(raw_pid), cpu_secs(None));
+                let before = CpuSpent::now(raw_pid);
                 raw_runs.push(raw_stream(size, Some(&raw_server.addr)).await?);
-                let after = (cpu_secs(raw_pid), cpu_secs(None));
-                raw_cpu = (add(raw_cpu.0, after.0, before.0), add(raw_cpu.1, after.1, before.1));
+                raw_cpu.add_since(before, CpuSpent::now(raw_pid));
                 raw_one_process_runs.push(raw_stream(size, None).await?);
             } else {
                 raw_runs.push(raw_stream(size, None).await?);
@@ -240,16 +236,15 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
                 client.shutdown().await;
                 return Err(NodeError::Transport("the serving node did not come up".into()));
             }
-            let before = (child_pid.and_then(|p| cpu_secs(Some(p))), cpu_secs(None));
+            let before = CpuSpent::now(child_pid);
             let started = Instant::now();
             let report = client.get(ticket.clone(), Box::new(io::sink()), None).await?;
             let secs = started.elapsed().as_secs_f64();
-            let after = (child_pid.and_then(|p| cpu_secs(Some(p))), cpu_secs(None));
+            cpu.add_since(before, CpuSpent::now(child_pid));
             if report.size != size {
                 return Err(NodeError::Transport(format!("got {} bytes of {size}", report.size)));
             }
             get_runs.push(size as f64 / secs);
-            cpu = (add(cpu.0, after.0, before.0), add(cpu.1, after.1, before.1));
             getter_peak_rss = getter_peak_rss.max(peak_rss(None));
             client.shutdown().await;
         }
@@ -257,10 +252,12 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
     }
     .await;
     let gb = (size as f64 * RUNS as f64) / 1e9;
-    let server_cpu_per_gb = child_pid.and(cpu.0).map(|secs| secs / gb);
-    let getter_cpu_per_gb = cpu.1.map(|secs| secs / gb);
-    let raw_cpu_per_gb =
-        raw_server.as_ref().and(raw_cpu.0.zip(raw_cpu.1)).map(|(s, r)| (s / gb, r / gb));
+    let server_cpu_per_gb = cpu.child.map(|secs| secs / gb);
+    let getter_cpu_per_gb = cpu.this.map(|secs| secs / gb);
+    let raw_cpu_per_gb = raw_server
+        .as_ref()
+        .and(raw_cpu.child.zip(raw_cpu.this))
+        .map(|(serving, receiving)| (serving / gb, receiving / gb));
     for client_dir in &client_dirs {
         let _ = std::fs::remove_dir_all(client_dir);
     }
@@ -419,6 +416,33 @@ fn peak_rss(pid: Option<u32>) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// CPU seconds spent by a child process and by this one, summed over the
+/// spans counted; `None` where a reading failed (or, for the child, where
+/// there is none).
+#[derive(Clone, Copy)]
+struct CpuSpent {
+    child: Option<f64>,
+    this: Option<f64>,
+}
+
+impl CpuSpent {
+    const ZERO: CpuSpent = CpuSpent { child: Some(0.0), this: Some(0.0) };
+
+    /// The totals so far of `child` (if any) and of this process.
+    fn now(child: Option<u32>) -> CpuSpent {
+        CpuSpent { child: child.and_then(|pid| cpu_secs(Some(pid))), this: cpu_secs(None) }
+    }
+
+    /// Adds what was spent between two readings.
+    fn add_since(&mut self, before: CpuSpent, after: CpuSpent) {
+        let add = |sum: Option<f64>, before: Option<f64>, after: Option<f64>| {
+            sum.zip(before.zip(after)).map(|(sum, (b, a))| sum + a - b)
+        };
+        self.child = add(self.child, before.child, after.child);
+        self.this = add(self.this, before.this, after.this);
+    }
 }
 
 /// CPU seconds (user + system) a process (this one for `None`) has used.

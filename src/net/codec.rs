@@ -19,13 +19,14 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use crate::block::BlockBytes;
 use cid::Cid;
 use cid::Version;
 use cid::multihash::Multihash;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
+
+use crate::block::BlockBytes;
 
 /// The protocol id negotiated by multistream-select.
 /// Must not change: a different wire format gets a different id.
