@@ -9,7 +9,8 @@
 //! lock                  exclusive lock held while a process uses the dir
 //! identity.key          libp2p ed25519 keypair (protobuf), mode 0600
 //! convergence.secret    32 random bytes, mode 0600
-//! pins.cbor             the pin index (atomically rewritten)
+//! pins.cbor             the pinned roots (atomically rewritten, synced)
+//! cache.cbor            the cached roots (atomically rewritten, not synced)
 //! blocks/<xy>/<cid>     a block; <xy> = the CID string's last two characters
 //! tmp/                  blocks being written (cleared when the dir is opened)
 //! corrupt/              blocks that failed verification, moved aside
@@ -56,6 +57,7 @@ mod direct;
 const IDENTITY_FILE: &str = "identity.key";
 const SECRET_FILE: &str = "convergence.secret";
 const PINS_FILE: &str = "pins.cbor";
+const CACHE_FILE: &str = "cache.cbor";
 const LOCK_FILE: &str = "lock";
 
 /// Blocks written between two syncs of a [`BlockWriter`].
@@ -232,8 +234,13 @@ impl Store {
                 checker,
             }),
         };
-        let pins = store.load_pins()?;
+        let (pins, legacy) = store.load_pins()?;
         *store.inner.pins.lock().expect("pins lock") = pins;
+        if legacy {
+            // Move the cached roots out of `pins.cbor`, so that it never
+            // again lists a root `cache.cbor` has dropped.
+            store.save_pins(true)?;
+        }
         Ok(store)
     }
 
@@ -447,7 +454,7 @@ impl Store {
             entry.last_access = now;
             entry.clone()
         };
-        self.save_pins()?;
+        self.save_pins(kind == PinKind::Pinned)?;
         Ok(info)
     }
 
@@ -467,7 +474,7 @@ impl Store {
             }
             unheld
         };
-        self.save_pins()?;
+        self.save_pins(true)?;
         if removed {
             self.gc()?;
         }
@@ -494,12 +501,12 @@ impl Store {
     /// Forgets a root and removes the blocks no other root needs. Returns
     /// whether the root was in the index.
     pub fn remove_root(&self, root: &Cid) -> Result<bool> {
-        let removed = self.inner.pins.lock().expect("pins lock").remove(root).is_some();
-        if removed {
-            self.save_pins()?;
+        let removed = self.inner.pins.lock().expect("pins lock").remove(root);
+        if let Some(info) = &removed {
+            self.save_pins(info.kind == PinKind::Pinned)?;
             self.gc()?;
         }
-        Ok(removed)
+        Ok(removed.is_some())
     }
 
     /// Evicts least recently used cached roots until they fit the cache
@@ -524,7 +531,7 @@ impl Store {
             evicted
         };
         if !evicted.is_empty() {
-            self.save_pins()?;
+            self.save_pins(false)?;
             self.gc()?;
         }
         Ok(evicted)
@@ -625,8 +632,32 @@ impl Store {
         Ok(())
     }
 
-    fn load_pins(&self) -> Result<BTreeMap<Cid, RootInfo>> {
-        let path = self.inner.dir.join(PINS_FILE);
+    /// Reads the index: the pinned roots, then the cached ones. A cached
+    /// root that `pins.cbor` also lists (a crash between the two writes)
+    /// stays pinned; one whose root block is gone is dropped. A damaged
+    /// `cache.cbor` (a crash while it was written: it is never synced) only
+    /// forgets the cached roots, whose blocks garbage collection then
+    /// removes. Returns whether `pins.cbor` still lists cached roots, as an
+    /// index written before the split does.
+    fn load_pins(&self) -> Result<(BTreeMap<Cid, RootInfo>, bool)> {
+        let mut pins = self.read_index(PINS_FILE)?;
+        let legacy = pins.values().any(|r| r.kind == PinKind::Cached);
+        match self.read_index(CACHE_FILE) {
+            Ok(cached) => {
+                for (root, info) in cached {
+                    if info.kind == PinKind::Cached && self.block_path(&root).is_file() {
+                        pins.entry(root).or_insert(info);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("forgetting the cached roots: {e}"),
+        }
+        Ok((pins, legacy))
+    }
+
+    /// Reads one index file (empty if it does not exist).
+    fn read_index(&self, name: &str) -> Result<BTreeMap<Cid, RootInfo>> {
+        let path = self.inner.dir.join(name);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -667,37 +698,54 @@ impl Store {
             .collect()
     }
 
-    /// Rewrites the pin index atomically (tmp file, fsync, rename, dir fsync).
+    /// Rewrites the index: `cache.cbor` always, `pins.cbor` only when
+    /// `pinned_changed`. Each file is replaced atomically (tmp file,
+    /// rename); `pins.cbor` is synced first (file and directory), so a
+    /// pinned root survives a crash, while `cache.cbor` is not: cached
+    /// copies are never synced either, and a sync here would wait for the
+    /// disk to flush every block just fetched (a second or more per GB).
     /// The index lock is held throughout, so concurrent saves neither share
-    /// the tmp file nor write an older snapshot over a newer one.
-    fn save_pins(&self) -> Result<()> {
+    /// a tmp file nor write an older snapshot over a newer one.
+    fn save_pins(&self, pinned_changed: bool) -> Result<()> {
         let pins = self.inner.pins.lock().expect("pins lock");
-        let records: Vec<PinRecord> = pins
-            .values()
-            .map(|r| PinRecord {
-                root: r.root.to_string(),
-                kind: r.kind,
-                owners: r.owners.iter().map(ToString::to_string).collect(),
-                local: r.local,
-                owner: None,
-                size: r.size,
-                last_access: r.last_access,
-            })
-            .collect();
+        let records = |kind: PinKind| -> Vec<PinRecord> {
+            pins.values()
+                .filter(|r| r.kind == kind)
+                .map(|r| PinRecord {
+                    root: r.root.to_string(),
+                    kind: r.kind,
+                    owners: r.owners.iter().map(ToString::to_string).collect(),
+                    local: r.local,
+                    owner: None,
+                    size: r.size,
+                    last_access: r.last_access,
+                })
+                .collect()
+        };
+        if pinned_changed {
+            self.write_index(PINS_FILE, &records(PinKind::Pinned), true)?;
+        }
+        self.write_index(CACHE_FILE, &records(PinKind::Cached), false)
+    }
+
+    fn write_index(&self, name: &str, records: &[PinRecord], synced: bool) -> Result<()> {
         let mut bytes = Vec::new();
-        ciborium::into_writer(&records, &mut bytes).expect("writing to a Vec cannot fail");
-        let path = self.inner.dir.join(PINS_FILE);
-        let tmp = self.inner.dir.join(format!("{PINS_FILE}.tmp"));
+        ciborium::into_writer(records, &mut bytes).expect("writing to a Vec cannot fail");
+        let path = self.inner.dir.join(name);
+        let tmp = self.inner.dir.join(format!("{name}.tmp"));
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&bytes)?;
-            f.sync_all()?;
+            if synced {
+                f.sync_all()?;
+            }
             fs::rename(&tmp, &path)?;
-            self.inner.dir_handle.sync_all()
+            if synced {
+                self.inner.dir_handle.sync_all()?;
+            }
+            Ok(())
         };
-        let result = write().map_err(|e| Error::io("cannot write pin index", &path, e));
-        drop(pins);
-        result
+        write().map_err(|e| Error::io("cannot write pin index", &path, e))
     }
 }
 
@@ -791,7 +839,16 @@ impl BlockWriter {
         cid: &Cid,
         bytes: &[u8],
     ) -> Result<Prepared> {
-        Ok(Prepared(store.write_tmp(cid, bytes, durability)?))
+        let mut pending = store.write_tmp(cid, bytes, durability)?;
+        // A copy fetched for reading goes into place at once, on the thread
+        // that wrote it: threads sharing a writer never wait for each
+        // other's renames.
+        if durability == Durability::Cached
+            && let Some(p) = pending.as_mut()
+        {
+            p.place().map_err(|e| Error::io("cannot move block into place", &p.path, e))?;
+        }
+        Ok(Prepared(pending))
     }
 
     pub fn durability(&self) -> Durability {
@@ -807,9 +864,11 @@ impl BlockWriter {
         let Some(mut pending) = pending else { return Ok(false) };
         self.written += 1;
         if self.durability == Durability::Cached {
-            pending
-                .place()
-                .map_err(|e| Error::io("cannot move block into place", &pending.path, e))?;
+            if !pending.placed {
+                pending
+                    .place()
+                    .map_err(|e| Error::io("cannot move block into place", &pending.path, e))?;
+            }
             return Ok(true);
         }
         self.pending.push(pending);

@@ -531,6 +531,107 @@ fn a_pin_index_with_single_owners_still_reads() {
     assert_eq!((info.owners.len(), info.local), (0, true));
 }
 
+/// The roots an index file lists, with their kinds.
+fn index_kinds(path: &Path) -> Vec<(String, PinKind)> {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        root: String,
+        kind: PinKind,
+    }
+    let records: Vec<Record> = ciborium::from_reader(fs::read(path).unwrap().as_slice()).unwrap();
+    records.into_iter().map(|r| (r.root, r.kind)).collect()
+}
+
+#[test]
+fn a_cached_root_is_indexed_apart_and_a_damaged_cache_index_loses_only_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = dir.path().join("pins.cbor");
+    let (pinned, cached) = {
+        let store = open(dir.path());
+        let pinned = put(&store, &data(2 * CHUNK, 40), &opts()).ticket;
+        let synced = fs::read(&pins).unwrap();
+        let cached_opts = ImportOptions { kind: PinKind::Cached, ..opts() };
+        let cached = put(&store, &data(2 * CHUNK, 41), &cached_opts).ticket;
+        // Caching a root, or caching a pinned one again, leaves the synced
+        // index as it was.
+        store.pin(&pinned.root, PinKind::Cached, None).unwrap();
+        assert_eq!(fs::read(&pins).unwrap(), synced);
+        assert_eq!(index_kinds(&pins), vec![(pinned.root.to_string(), PinKind::Pinned)]);
+        let cache_index = index_kinds(&dir.path().join("cache.cbor"));
+        assert_eq!(cache_index, vec![(cached.root.to_string(), PinKind::Cached)]);
+        (pinned, cached)
+    };
+    let store = open(dir.path());
+    assert_eq!(store.root_info(&pinned.root).unwrap().kind, PinKind::Pinned);
+    assert_eq!(store.root_info(&cached.root).unwrap().kind, PinKind::Cached);
+    drop(store);
+
+    // A crash while the unsynced cache index was written.
+    fs::write(dir.path().join("cache.cbor"), b"\xff\x00 torn").unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.root_info(&pinned.root).unwrap().kind, PinKind::Pinned);
+    assert!(store.root_info(&cached.root).is_none());
+    store.gc().unwrap();
+    assert!(!block_path(dir.path(), &cached.root).exists(), "its blocks are collected");
+    assert_eq!(get(&store, &pinned, None).unwrap(), data(2 * CHUNK, 40));
+}
+
+#[test]
+fn a_cached_root_whose_blocks_went_is_not_indexed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cached = {
+        let store = open(dir.path());
+        let cached_opts = ImportOptions { kind: PinKind::Cached, ..opts() };
+        put(&store, &data(CHUNK, 42), &cached_opts).ticket
+    };
+    // The cache index is not synced: after a crash it may still list a root
+    // whose removal and collection had reached the disk.
+    fs::remove_file(block_path(dir.path(), &cached.root)).unwrap();
+    assert!(open(dir.path()).root_info(&cached.root).is_none());
+}
+
+#[test]
+fn an_index_that_lists_cached_roots_with_pinned_ones_is_split_at_open() {
+    #[derive(serde::Serialize)]
+    struct Record {
+        root: String,
+        kind: PinKind,
+        owners: Vec<String>,
+        local: bool,
+        size: u64,
+        last_access: u64,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (pinned, cached) = {
+        let store = open(dir.path());
+        let pinned = put(&store, &data(CHUNK, 43), &opts()).ticket.root;
+        let cached = put(&store, &data(CHUNK, 44), &opts()).ticket.root;
+        (pinned, cached)
+    };
+    let record = |root: &cid::Cid, kind| Record {
+        root: root.to_string(),
+        kind,
+        owners: Vec::new(),
+        local: kind == PinKind::Pinned,
+        size: 1,
+        last_access: 1,
+    };
+    let records = vec![record(&pinned, PinKind::Pinned), record(&cached, PinKind::Cached)];
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&records, &mut bytes).unwrap();
+    fs::write(dir.path().join("pins.cbor"), bytes).unwrap();
+    fs::remove_file(dir.path().join("cache.cbor")).ok();
+
+    for _ in 0..2 {
+        let store = open(dir.path());
+        assert_eq!(store.root_info(&pinned).unwrap().kind, PinKind::Pinned);
+        assert_eq!(store.root_info(&cached).unwrap().kind, PinKind::Cached);
+        drop(store);
+        let pins = index_kinds(&dir.path().join("pins.cbor"));
+        assert_eq!(pins, vec![(pinned.to_string(), PinKind::Pinned)]);
+    }
+}
+
 #[test]
 fn a_second_process_on_the_same_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
