@@ -7,6 +7,11 @@
 //! is handed back to the host, every fresh page also costs a trip to the
 //! host. A direct write hands the disk an aligned copy instead. The part of
 //! a block past the last full 4 KiB goes through the page cache as usual.
+//!
+//! A direct write waits for the disk, and disks stall: a journal commit, a
+//! cache flush or a latency spike holds every write in flight for 0.1–1 s.
+//! So when every aligned buffer is in use, a block goes through the page
+//! cache instead of waiting for one, and a slow disk never stops a download.
 
 use std::{
     fs::{File, OpenOptions},
@@ -76,21 +81,19 @@ fn pool() -> &'static Pool {
 struct Lease(Option<AlignedBuf>);
 
 impl Lease {
-    fn take() -> Lease {
+    /// A free buffer, or a new one while fewer than [`BUFFERS`] exist;
+    /// `None` when every buffer is lent (the disk is behind).
+    fn try_take() -> Option<Lease> {
         let pool = pool();
         if let Ok(buf) = pool.free.1.try_recv() {
-            return Lease(Some(buf));
+            return Some(Lease(Some(buf)));
         }
-        {
-            let mut created = pool.created.lock().expect("pool lock");
-            if *created < BUFFERS {
-                *created += 1;
-                return Lease(Some(AlignedBuf::new()));
-            }
+        let mut created = pool.created.lock().expect("pool lock");
+        if *created < BUFFERS {
+            *created += 1;
+            return Some(Lease(Some(AlignedBuf::new())));
         }
-        // Every buffer exists and is lent: wait for one (the sender lives
-        // in the static pool, so this cannot fail).
-        Lease(pool.free.1.recv().ok())
+        None
     }
 }
 
@@ -103,13 +106,18 @@ impl Drop for Lease {
 }
 
 /// Writes `bytes` to a new file at `path`, the aligned part with `O_DIRECT`.
-/// A small block, or one on a file system that refuses direct IO, goes all
-/// through the page cache; a refusal clears `supported`, so later writes do
-/// not try again.
+/// A small block, one written while every aligned buffer is in use, or one
+/// on a file system that refuses direct IO, goes all through the page
+/// cache; a refusal clears `supported`, so later writes do not try again.
 pub fn write_new(path: &Path, bytes: &[u8], supported: &AtomicBool) -> io::Result<()> {
-    if bytes.len() < MIN_DIRECT_LEN || !supported.load(Ordering::Relaxed) {
+    let lease = if bytes.len() < MIN_DIRECT_LEN || !supported.load(Ordering::Relaxed) {
+        None
+    } else {
+        Lease::try_take()
+    };
+    let Some(mut lease) = lease else {
         return File::create(path)?.write_all(bytes);
-    }
+    };
     let direct_len = bytes.len() / ALIGN * ALIGN;
     let opened = OpenOptions::new()
         .write(true)
@@ -127,7 +135,6 @@ pub fn write_new(path: &Path, bytes: &[u8], supported: &AtomicBool) -> io::Resul
     };
     let mut written = 0;
     if direct_len > 0 {
-        let mut lease = Lease::take();
         let buf = lease.0.as_mut().expect("a leased buffer").window(direct_len);
         buf.copy_from_slice(&bytes[..direct_len]);
         match file.write(buf) {
@@ -169,6 +176,23 @@ mod tests {
             write_new(&path, &bytes, &supported).unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), bytes, "length {len}");
         }
+    }
+
+    #[test]
+    fn a_write_while_every_buffer_is_lent_goes_through_the_page_cache() {
+        let held: Vec<Lease> = std::iter::from_fn(Lease::try_take).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes = crate::bench::pseudo_random((1 << 20) + 16, 9);
+        let (done, finished) = std::sync::mpsc::channel();
+        let (p, b) = (path.clone(), bytes.clone());
+        // Detached: a write that waited for a buffer would fail the test
+        // instead of hanging it.
+        std::thread::spawn(move || done.send(write_new(&p, &b, &AtomicBool::new(true))));
+        let written = finished.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(written.expect("the write does not wait for a buffer").is_ok());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        drop(held);
     }
 
     #[test]
