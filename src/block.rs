@@ -6,6 +6,7 @@
 pub mod buffers;
 mod bytes;
 
+pub use buffers::BlockBuf;
 pub use bytes::BlockBytes;
 
 use cid::Cid;

@@ -95,14 +95,18 @@ pub fn seal(key: &Key, domain: Domain, buf: &mut Vec<u8>) {
 /// `false` if the key or the bytes are wrong (then `buf` is unspecified).
 #[must_use]
 pub fn open(key: &Key, domain: Domain, buf: &mut Vec<u8>) -> bool {
+    let len = open_in_place(key, domain, buf);
+    buf.truncate(len.unwrap_or(0));
+    len.is_some()
+}
+
+/// Checks the tag and decrypts `buf` in place; returns the length of the
+/// plaintext, which is then `buf[..len]`, or `None` if the key or the bytes
+/// are wrong (then `buf` is unspecified).
+#[must_use]
+pub fn open_in_place(key: &Key, domain: Domain, buf: &mut [u8]) -> Option<usize> {
     let opened = cipher(key).open_in_place(nonce(), Aad::from(domain.aad()), buf);
-    match opened.map(|plain| plain.len()) {
-        Ok(len) => {
-            buf.truncate(len);
-            true
-        }
-        Err(_) => false,
-    }
+    opened.ok().map(|plain| plain.len())
 }
 
 #[cfg(test)]

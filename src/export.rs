@@ -14,7 +14,7 @@ use cid::Cid;
 use crossbeam_channel::bounded;
 
 use crate::{
-    block::{DAG_CBOR, RAW},
+    block::{BlockBuf, DAG_CBOR, RAW},
     crypto::{self, Domain, Key},
     dag::{FileMeta, Node, Opened},
     error::{Error, Result},
@@ -26,17 +26,17 @@ use crate::{
 /// Where export gets blocks from. Every block returned must already be
 /// verified against its CID.
 pub trait BlockSource: Sync {
-    fn block(&self, cid: &Cid) -> Result<Vec<u8>>;
+    fn block(&self, cid: &Cid) -> Result<BlockBuf>;
 }
 
 impl BlockSource for Store {
-    fn block(&self, cid: &Cid) -> Result<Vec<u8>> {
+    fn block(&self, cid: &Cid) -> Result<BlockBuf> {
         self.get(cid)
     }
 }
 
 impl<S: BlockSource + ?Sized> BlockSource for &S {
-    fn block(&self, cid: &Cid) -> Result<Vec<u8>> {
+    fn block(&self, cid: &Cid) -> Result<BlockBuf> {
         (**self).block(cid)
     }
 }
@@ -113,7 +113,7 @@ pub fn export(
         credit_tx.send(()).expect("room for every credit");
     }
     let (task_tx, task_rx) = bounded::<Task>(window);
-    let (done_tx, done_rx) = bounded::<(u64, Result<Vec<u8>>)>(window + 1);
+    let (done_tx, done_rx) = bounded::<(u64, Result<BlockBuf>)>(window + 1);
 
     std::thread::scope(|scope| {
         // Owned by this closure, so that an early return (an output error)
@@ -156,7 +156,8 @@ pub fn export(
                 let bytes = result?;
                 write(out, &bytes)?;
                 written += bytes.len() as u64;
-                crate::block::buffers::give(bytes);
+                // Dropping the leaf hands its buffer back for a later block.
+                drop(bytes);
                 if let Some(progress) = progress {
                     progress(written, Some(len));
                 }
@@ -173,11 +174,12 @@ pub fn export(
     })
 }
 
-fn fetch_leaf(source: &impl BlockSource, task: &Task) -> Result<Vec<u8>> {
+fn fetch_leaf(source: &impl BlockSource, task: &Task) -> Result<BlockBuf> {
     let mut bytes = source.block(&task.cid)?;
-    if !crypto::open(&task.key, Domain::Leaf, &mut bytes) {
+    let Some(len) = crypto::open_in_place(&task.key, Domain::Leaf, &mut bytes) else {
         return Err(Error::Decrypt { cid: task.cid });
-    }
+    };
+    bytes.truncate(len);
     if bytes.len() as u64 != task.size {
         return Err(Error::Malformed {
             cid: task.cid,
@@ -185,8 +187,7 @@ fn fetch_leaf(source: &impl BlockSource, task: &Task) -> Result<Vec<u8>> {
         });
     }
     if task.skip > 0 || task.take < bytes.len() {
-        bytes.drain(..task.skip);
-        bytes.truncate(task.take);
+        bytes.keep(task.skip, task.take);
     }
     Ok(bytes)
 }

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use crate::{
-    block::{self, BlockBytes, DAG_CBOR, MAX_BLOCK_SIZE},
+    block::{self, BlockBuf, BlockBytes, DAG_CBOR, MAX_BLOCK_SIZE},
     crypto::{ConvergenceSecret, KEY_LEN},
     dag::Node,
     error::{Error, Result},
@@ -282,7 +282,7 @@ impl Store {
     /// Reads a block and verifies it against its CID (through its check
     /// tag, when it has a valid one; see `check`). A block that fails is
     /// moved to `corrupt/` and reported; its bytes are never returned.
-    pub fn get(&self, cid: &Cid) -> Result<Vec<u8>> {
+    pub fn get(&self, cid: &Cid) -> Result<BlockBuf> {
         self.get_with(cid, read_bounded)
     }
 
@@ -982,25 +982,37 @@ fn clear_dir(dir: &Path) -> Result<()> {
 }
 
 /// Reads a file of at most `limit` bytes; `None` if it is larger.
-fn read_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, Vec<u8>)>> {
+fn read_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, BlockBuf)>> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     read_open(file, len, limit)
 }
 
 /// Reads the open `file` of `len` bytes (as its metadata said), if that is
-/// at most `limit`.
-fn read_open(mut file: File, len: u64, limit: usize) -> io::Result<Option<(File, Vec<u8>)>> {
+/// at most `limit`; `None` also if the file turns out longer than `len`.
+fn read_open(mut file: File, len: u64, limit: usize) -> io::Result<Option<(File, BlockBuf)>> {
     use std::io::Read;
-    if len > limit as u64 {
+    let Some(len) = usize::try_from(len).ok().filter(|&len| len <= limit) else {
+        return Ok(None);
+    };
+    // A recycled buffer (see `block::buffers`), filled without zeroing it
+    // first. A file shorter than its metadata said (changed under us)
+    // gives fewer bytes, which then fail their check.
+    let mut bytes = BlockBuf::with_len(len);
+    let mut filled = 0;
+    while filled < len {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.truncate(filled);
+    if filled == len && file.read(&mut [0u8; 1])? != 0 {
         return Ok(None);
     }
-    // A recycled buffer (see `block::buffers`), which the export or the
-    // serving codec that uses the block hands back; `read_to_end` fills its
-    // spare capacity without zeroing it first.
-    let mut bytes = crate::block::buffers::take_empty(len as usize);
-    (&mut file).take(limit as u64 + 1).read_to_end(&mut bytes)?;
-    Ok((bytes.len() <= limit).then_some((file, bytes)))
+    Ok(Some((file, bytes)))
 }
 
 /// Maps a file of at most `limit` bytes read-only (`None` if it is

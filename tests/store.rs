@@ -142,7 +142,7 @@ fn byte_ranges_at_and_across_chunk_edges() {
 struct Counting<'a>(&'a Store, std::sync::Mutex<Vec<cid::Cid>>);
 
 impl BlockSource for Counting<'_> {
-    fn block(&self, cid: &cid::Cid) -> dfs_p2p::Result<Vec<u8>> {
+    fn block(&self, cid: &cid::Cid) -> dfs_p2p::Result<dfs_p2p::block::BlockBuf> {
         self.1.lock().unwrap().push(*cid);
         self.0.get(cid)
     }

@@ -6,10 +6,12 @@
 
 use std::{fmt, ops::Deref, sync::Arc};
 
+use super::buffers::BlockBuf;
+
 /// The bytes of one block. Compares, prints and derefs as a byte slice.
 #[derive(Clone)]
 pub enum BlockBytes {
-    Owned(Vec<u8>),
+    Owned(BlockBuf),
     /// A whole block file, mapped read-only. Block files are written once
     /// and renamed into place; the store never changes or truncates one, it
     /// only unlinks or renames it, which leaves a mapping intact.
@@ -17,18 +19,12 @@ pub enum BlockBytes {
 }
 
 impl BlockBytes {
-    /// The bytes as a vector: the owned one itself, or a copy of a map.
-    pub fn into_vec(self) -> Vec<u8> {
+    /// The bytes as a buffer of their own: the owned one itself, or a copy
+    /// of a map.
+    pub fn into_buf(self) -> BlockBuf {
         match self {
             BlockBytes::Owned(bytes) => bytes,
-            BlockBytes::Mapped(map) => map.to_vec(),
-        }
-    }
-
-    /// Hands an owned buffer back to the pool (see `block::buffers`).
-    pub fn recycle(self) {
-        if let BlockBytes::Owned(bytes) = self {
-            super::buffers::give(bytes);
+            BlockBytes::Mapped(map) => BlockBuf::copy_from(&map),
         }
     }
 }
@@ -50,9 +46,16 @@ impl AsRef<[u8]> for BlockBytes {
     }
 }
 
+impl From<BlockBuf> for BlockBytes {
+    fn from(bytes: BlockBuf) -> Self {
+        BlockBytes::Owned(bytes)
+    }
+}
+
+/// A copy of `bytes`, for blocks built in memory (tests, examples).
 impl From<Vec<u8>> for BlockBytes {
     fn from(bytes: Vec<u8>) -> Self {
-        BlockBytes::Owned(bytes)
+        BlockBytes::Owned(BlockBuf::copy_from(&bytes))
     }
 }
 

@@ -17,6 +17,7 @@
 
 use std::fmt;
 use std::io;
+use std::ops::DerefMut;
 use std::time::Duration;
 
 use cid::Cid;
@@ -26,7 +27,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 
-use crate::block::BlockBytes;
+use crate::block::{BlockBuf, BlockBytes};
 
 /// The protocol id negotiated by multistream-select.
 /// Must not change: a different wire format gets a different id.
@@ -412,7 +413,7 @@ pub fn decode_request(frame: &[u8]) -> io::Result<Request> {
 pub fn decode_response(frame: &[u8]) -> io::Result<Response> {
     let (message_type, body) = split_frame(frame, Direction::Response)?;
     if message_type == TYPE_BLOCK {
-        return Ok(Response::Block { data: body.to_vec().into() });
+        return Ok(Response::Block { data: BlockBuf::copy_from(body).into() });
     }
     decode_small_response_body(message_type, body)
 }
@@ -430,7 +431,8 @@ impl request_response::Codec for FileCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let (message_type, body) = read_frame(io, Direction::Request).await?;
+        let (message_type, len) = read_header(io, Direction::Request).await?;
+        let body = read_body(io, vec![0; len]).await?;
         decode_request_body(message_type, &body)
     }
 
@@ -438,11 +440,13 @@ impl request_response::Codec for FileCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let (message_type, body) = read_frame(io, Direction::Response).await?;
+        let (message_type, len) = read_header(io, Direction::Response).await?;
         if message_type == TYPE_BLOCK {
-            // The buffer the body was read into becomes the block: no copy.
-            return Ok(Response::Block { data: body.into() });
+            // The buffer the body is read into becomes the block: no copy.
+            let data = read_body(io, BlockBuf::with_len(len)).await?;
+            return Ok(Response::Block { data: data.into() });
         }
+        let body = read_body(io, vec![0; len]).await?;
         decode_small_response_body(message_type, &body)
     }
 
@@ -474,9 +478,7 @@ impl request_response::Codec for FileCodec {
                 // Header and block go out as two writes so the block is
                 // never copied into a frame buffer.
                 io.write_all(&frame_header(TYPE_BLOCK, data.len())).await?;
-                io.write_all(&data).await?;
-                data.recycle();
-                Ok(())
+                io.write_all(&data).await
             }
             other => io.write_all(&encode_response(&other)).await,
         }
@@ -534,22 +536,31 @@ fn split_frame(frame: &[u8], direction: Direction) -> io::Result<(u8, &[u8])> {
     }
 }
 
-/// Reads one frame and the end of stream after it.
-async fn read_frame<T>(io: &mut T, direction: Direction) -> io::Result<(u8, Vec<u8>)>
+/// Reads a frame header; returns the type and the body length, which is
+/// within that type's limit (so the caller may allocate it).
+async fn read_header<T>(io: &mut T, direction: Direction) -> io::Result<(u8, usize)>
 where
     T: AsyncRead + Unpin + Send,
 {
     let mut header = [0u8; FRAME_HEADER_LEN];
     io.read_exact(&mut header).await.map_err(eof_is_truncation)?;
-    let (message_type, len) = parse_header(header, direction)?;
-    let mut body = crate::block::buffers::take(len);
+    parse_header(header, direction)
+}
+
+/// Fills `body` (the frame's body length) from `io`, then reads the end of
+/// stream.
+async fn read_body<T, B>(io: &mut T, mut body: B) -> io::Result<B>
+where
+    T: AsyncRead + Unpin + Send,
+    B: DerefMut<Target = [u8]>,
+{
     io.read_exact(&mut body).await.map_err(eof_is_truncation)?;
     // One frame per stream and direction; the sender closes its side after
     // writing it, so anything else is a protocol violation.
     let mut probe = [0u8; 1];
     loop {
         match io.read(&mut probe).await {
-            Ok(0) => return Ok((message_type, body)),
+            Ok(0) => return Ok(body),
             Ok(_) => return Err(invalid_data("trailing bytes after frame")),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

@@ -25,7 +25,7 @@ use libp2p::PeerId;
 use tokio::{runtime::Handle, sync::Notify};
 
 use crate::{
-    block,
+    block::{self, BlockBuf},
     error::{Error, Result},
     export::BlockSource,
     net::{
@@ -365,7 +365,7 @@ impl NetSource {
     }
 
     /// Fetches one block from the providers, retrying others on failure.
-    fn fetch(&self, cid: &Cid) -> Result<Vec<u8>> {
+    fn fetch(&self, cid: &Cid) -> Result<BlockBuf> {
         let started = Instant::now();
         let mut busy = 0;
         loop {
@@ -375,7 +375,7 @@ impl NetSource {
             match result {
                 Ok(Response::Block { data }) if block::verify(cid, &data) => {
                     self.providers.release(&peer);
-                    return Ok(data.into_vec());
+                    return Ok(data.into_buf());
                 }
                 Ok(Response::Block { .. }) => {
                     tracing::warn!("peer {peer} sent a wrong block for {cid}; blocking it");
@@ -409,7 +409,7 @@ impl NetSource {
 }
 
 impl BlockSource for NetSource {
-    fn block(&self, cid: &Cid) -> Result<Vec<u8>> {
+    fn block(&self, cid: &Cid) -> Result<BlockBuf> {
         match self.store.get(cid) {
             Ok(bytes) => return Ok(bytes),
             Err(Error::Missing { .. } | Error::Corrupt { .. }) => {}
