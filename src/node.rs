@@ -67,11 +67,15 @@ pub type ProgressFn = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
 pub struct PutReport {
     pub ticket: Ticket,
     pub size: u64,
-    /// Confirmed copies, the local one included.
+    /// Confirmed copies on nodes that serve the file: the replicas other
+    /// nodes confirmed, and this node's own copy when it listens (a node
+    /// that does not, a one-shot client, serves nobody, so its copy does
+    /// not count).
     pub copies: usize,
-    /// Copies wanted: the replicas setting, plus the local copy of a node
-    /// that does not listen (which serves nobody).
+    /// Copies wanted: the replicas setting.
     pub wanted: usize,
+    /// Whether `copies` counts this node's own copy.
+    pub counts_local: bool,
 }
 
 /// What a get did.
@@ -250,16 +254,18 @@ impl Node {
         // A node that does not listen (a one-shot client) serves nobody, so
         // its own copy does not count: it asks for all `replicas` elsewhere.
         let serving = !self.inner.config.listen.is_empty();
-        let wanted = self.inner.config.replicas.max(1) + usize::from(!serving);
-        if wanted > 1 {
+        let wanted = self.inner.config.replicas.max(1);
+        let elsewhere = wanted - usize::from(serving);
+        if elsewhere > 0 {
             self.wait_for_first_peer().await;
         }
-        let confirmed = replicate::replicate(&self.inner.net, root, wanted - 1).await;
+        let confirmed = replicate::replicate(&self.inner.net, root, elsewhere).await;
         Ok(PutReport {
             ticket: imported.ticket,
             size: imported.size,
-            copies: 1 + confirmed.len(),
+            copies: usize::from(serving) + confirmed.len(),
             wanted,
+            counts_local: serving,
         })
     }
 

@@ -505,8 +505,9 @@ async fn one_shot_client_gets_and_puts_right_after_start() {
         let client = Node::start(c).await.unwrap();
         let uploaded = put(&client, &data(2 * CHUNK, 12)).await;
         // The client serves nobody: all three replicas live on the nodes,
-        // and its own copy comes on top.
-        assert_eq!((uploaded.copies, uploaded.wanted), (4, 4));
+        // and only they count.
+        assert_eq!((uploaded.copies, uploaded.wanted), (3, 3));
+        assert!(!uploaded.counts_local);
         for n in &nodes {
             assert!(n.node.store().root_info(&uploaded.ticket.root).is_some());
         }

@@ -69,7 +69,9 @@ pub fn put_summary(label: &str, report: &PutReport) -> String {
         report.copies,
         report.wanted
     );
-    if report.copies <= 1 && report.wanted > 1 {
+    if report.copies == 0 {
+        line.push_str(" (no node serves it yet: only this data directory holds it)");
+    } else if report.counts_local && report.copies == 1 && report.wanted > 1 {
         line.push_str(" (only this node holds it)");
     }
     line
