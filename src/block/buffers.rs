@@ -15,6 +15,7 @@
 //! memory is bounded whatever the traffic.
 
 use std::{
+    alloc::{self, Layout},
     fmt,
     ops::{Deref, DerefMut},
     ptr::NonNull,
@@ -33,8 +34,12 @@ const KEEP: usize = 64;
 /// Buffers smaller than this are not worth keeping.
 const MIN_KEPT: usize = 64 * 1024;
 
-/// A mapping of `cap` bytes (a non-zero multiple of [`ALIGN`], so the
-/// mapping is aligned to it), every byte initialized.
+/// `cap` bytes (a non-zero multiple of [`ALIGN`]) aligned to [`ALIGN`],
+/// every byte initialized. Below [`MIN_KEPT`] they come from the heap;
+/// from there on, each is a mapping of its own, so that a buffer never
+/// splits the heap around it (aligned heap allocations of a MiB left
+/// fragments that grew a getter's heap by 30 MiB), and its memory goes back
+/// to the system when it is freed.
 struct Allocation {
     ptr: NonNull<u8>,
     cap: usize,
@@ -45,12 +50,19 @@ struct Allocation {
 unsafe impl Send for Allocation {}
 
 impl Allocation {
-    /// Room for at least `len` bytes, zeroed: a mapping of its own, so that
-    /// a buffer never splits the heap around it (aligned heap allocations
-    /// of a MiB leave fragments that grew a getter's heap by 30 MiB), and
-    /// its memory goes back to the system when it is freed.
+    fn small_layout(cap: usize) -> Option<Layout> {
+        (cap < MIN_KEPT).then(|| Layout::from_size_align(cap, ALIGN).expect("a small layout"))
+    }
+
+    /// Room for at least `len` bytes, zeroed.
     fn new(len: usize) -> Allocation {
         let cap = len.max(1).next_multiple_of(ALIGN);
+        if let Some(layout) = Self::small_layout(cap) {
+            // SAFETY: the layout's size is non-zero.
+            let ptr = unsafe { alloc::alloc_zeroed(layout) };
+            let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+            return Allocation { ptr, cap };
+        }
         // SAFETY: an anonymous private mapping of `cap` bytes at an address
         // of the kernel's choosing; it touches no existing memory.
         let ptr = unsafe {
@@ -64,19 +76,23 @@ impl Allocation {
             )
         };
         if ptr == libc::MAP_FAILED {
-            let layout =
-                std::alloc::Layout::from_size_align(cap, ALIGN).expect("a block-sized layout");
-            std::alloc::handle_alloc_error(layout);
+            alloc::handle_alloc_error(Layout::from_size_align(cap, ALIGN).expect("a layout"));
         }
         let ptr = NonNull::new(ptr.cast()).expect("mmap never maps address 0 here");
         Allocation { ptr, cap }
     }
 
     fn free(self) {
-        // SAFETY: `ptr` and `cap` are exactly the mapping made in `new`, and
-        // `self` is consumed, so it is unmapped once.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.cap);
+        match Self::small_layout(self.cap) {
+            // SAFETY: `ptr` was allocated in `new` with this very layout (the
+            // capacity decides it), and `self` is consumed, so it is released
+            // once.
+            Some(layout) => unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) },
+            // SAFETY: `ptr` and `cap` are exactly the mapping made in `new`,
+            // and `self` is consumed, so it is unmapped once.
+            None => unsafe {
+                libc::munmap(self.ptr.as_ptr().cast(), self.cap);
+            },
         }
     }
 }
