@@ -10,9 +10,9 @@
 //!
 //! Recycled, because a fresh buffer's pages are zeroed by the kernel at
 //! first touch (and on a virtual machine may first come from the host),
-//! while a buffer that has carried a block is ready at once. A buffer goes back to the pool
-//! when it is dropped; the pool keeps a few and frees the rest, so its
-//! memory is bounded whatever the traffic.
+//! while a buffer that has carried a block is ready at once. A buffer goes
+//! back to the pool when it is dropped; the pool keeps a few dozen and
+//! frees the rest, so its memory is bounded whatever the traffic.
 
 use std::{
     alloc::{self, Layout},
