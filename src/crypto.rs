@@ -31,12 +31,21 @@ pub enum Domain {
     Node,
 }
 
+/// The associated data of a leaf, format version 1. Must not change.
+pub const LEAF_AAD: &[u8] = b"dfs-p2p/v1/leaf";
+/// The associated data of a sealed part, format version 1. Must not change.
+pub const NODE_AAD: &[u8] = b"dfs-p2p/v1/node";
+/// The AES-GCM nonce: 12 zero bytes (each key seals one plaintext). Must
+/// not change.
+pub const NONCE: [u8; 12] = [0; 12];
+
 impl Domain {
-    /// The associated data of this domain, format version 1. Must not change.
-    fn aad(self) -> &'static [u8] {
+    /// The associated data of this domain; also the prefix of its key
+    /// derivation (see `protocols/data-format.md`).
+    pub fn aad(self) -> &'static [u8] {
         match self {
-            Domain::Leaf => b"dfs-p2p/v1/leaf",
-            Domain::Node => b"dfs-p2p/v1/node",
+            Domain::Leaf => LEAF_AAD,
+            Domain::Node => NODE_AAD,
         }
     }
 }
@@ -80,7 +89,7 @@ fn cipher(key: &Key) -> LessSafeKey {
 
 /// The fixed nonce: every key seals exactly one plaintext.
 fn nonce() -> Nonce {
-    Nonce::assume_unique_for_key([0; 12])
+    Nonce::assume_unique_for_key(NONCE)
 }
 
 /// Encrypts `buf` in place and appends the tag.

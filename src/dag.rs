@@ -29,6 +29,11 @@ pub const DEFAULT_MAX_LINKS: usize = 8192;
 pub const MAX_LINKS_LIMIT: usize = 16384;
 /// Longest file name kept in the metadata, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
+/// Most structure nodes on any path from a root to a block, the root
+/// included. The deepest tree a writer can make holds 2^64 bytes in 64 KiB
+/// chunks under nodes of 2 children: 48 levels. A reader refuses a deeper
+/// DAG before it reads it, so no walk depends on a peer's honesty.
+pub const MAX_DEPTH: usize = 64;
 
 /// What the root records about the file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
