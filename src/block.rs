@@ -23,6 +23,11 @@ pub const RAW: u64 = 0x55;
 pub const DAG_CBOR: u64 = 0x71;
 /// Multihash code of SHA2-256. Must not change.
 pub const SHA2_256: u64 = 0x12;
+/// Bytes of a SHA2-256 digest.
+pub const DIGEST_LEN: usize = 32;
+/// Bytes of a supported CID in binary form: version, codec, hash code and
+/// digest length (one byte each), then the digest. Must not change.
+pub const CID_LEN: usize = 4 + DIGEST_LEN;
 
 /// The CID of `bytes` stored under `codec`.
 pub fn cid_of(codec: u64, bytes: &[u8]) -> Cid {
@@ -39,10 +44,15 @@ pub fn verify(cid: &Cid, bytes: &[u8]) -> bool {
 }
 
 /// Whether the CID is one dfs-p2p can store: v1, SHA-256, raw or dag-cbor.
+pub fn is_supported(cid: &Cid) -> bool {
+    check_supported(cid).is_ok()
+}
+
+/// Why a CID is not one dfs-p2p can store, if it is not.
 pub fn check_supported(cid: &Cid) -> Result<(), ParseError> {
     let reason = if cid.version() != cid::Version::V1 {
         "only CIDv1 is supported"
-    } else if cid.hash().code() != SHA2_256 || cid.hash().size() != 32 {
+    } else if cid.hash().code() != SHA2_256 || usize::from(cid.hash().size()) != DIGEST_LEN {
         "only SHA2-256 multihashes are supported"
     } else if cid.codec() != RAW && cid.codec() != DAG_CBOR {
         "only raw and dag-cbor blocks are supported"
@@ -53,20 +63,29 @@ pub fn check_supported(cid: &Cid) -> Result<(), ParseError> {
 }
 
 /// Parses a CID string given by a user or a peer; rejects anything that is
-/// not a supported CID (so a crafted string can never name a path).
+/// not a supported CID (so a crafted string can never name a path). The
+/// `cid` crate also reads `<anything>/ipfs/<cid>`; only a bare CID is one.
 pub fn parse_cid(input: &str) -> Result<Cid, ParseError> {
-    let cid = Cid::try_from(input)
-        .map_err(|e| ParseError::Cid { input: truncate(input), reason: e.to_string() })?;
+    let bad = |reason: String| ParseError::Cid { input: truncate(input), reason };
+    if input.contains('/') {
+        return Err(bad("not a bare CID".into()));
+    }
+    let cid = Cid::try_from(input).map_err(|e| bad(e.to_string()))?;
     check_supported(&cid)?;
     Ok(cid)
 }
 
 /// Decodes a binary CID (exactly `bytes`, nothing trailing) and checks it.
 pub fn cid_from_bytes(bytes: &[u8]) -> Result<Cid, ParseError> {
-    let cid = Cid::try_from(bytes).map_err(|e| ParseError::Cid {
+    let bad = |reason: String| ParseError::Cid {
         input: data_encoding::HEXLOWER.encode(&bytes[..bytes.len().min(48)]),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    // The `cid` crate reads a CID off the front and ignores the rest.
+    if bytes.len() != CID_LEN {
+        return Err(bad(format!("{} bytes, not {CID_LEN}", bytes.len())));
+    }
+    let cid = Cid::try_from(bytes).map_err(|e| bad(e.to_string()))?;
     check_supported(&cid)?;
     Ok(cid)
 }
@@ -100,10 +119,21 @@ mod tests {
             "b",
             "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
             "bafy/../x",
+            "junk/ipfs/bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq",
         ] {
             assert!(parse_cid(bad).is_err(), "{bad} parsed");
         }
         let other_codec = Cid::new_v1(0x70, *cid_of(RAW, b"x").hash());
         assert!(parse_cid(&other_codec.to_string()).is_err());
+    }
+
+    #[test]
+    fn binary_cids_are_exactly_their_bytes() {
+        let cid = cid_of(RAW, b"x");
+        let mut bytes = cid.to_bytes();
+        assert_eq!(cid_from_bytes(&bytes).unwrap(), cid);
+        bytes.push(0);
+        assert!(cid_from_bytes(&bytes).is_err(), "a trailing byte");
+        assert!(cid_from_bytes(&bytes[..CID_LEN - 1]).is_err(), "a short one");
     }
 }

@@ -155,7 +155,7 @@ mod tests {
     fn matches_the_reference_implementation() {
         let secret = ConvergenceSecret::from_bytes([9; KEY_LEN]);
         for len in [0, 1, 15, 16, 17, 255, 4096, 65_537, (1 << 20) + 3] {
-            let plain = crate::bench::pseudo_random(len, len as u64);
+            let plain = crate::testdata::pseudo_random(len, len as u64);
             for domain in [Domain::Leaf, Domain::Node] {
                 let key = secret.derive_key(domain, &plain);
                 let mut sealed = plain.clone();

@@ -10,7 +10,9 @@
 //! into nodes of `max_links` each, bottom-up, so no block exceeds
 //! [`MAX_BLOCK_SIZE`](crate::block::MAX_BLOCK_SIZE) whatever the file size.
 
-use ciborium::Value;
+use std::collections::HashSet;
+
+use ciborium_ll::Header;
 use cid::Cid;
 
 use crate::{
@@ -34,6 +36,44 @@ pub const MAX_NAME_LEN: usize = 255;
 /// chunks under nodes of 2 children: 48 levels. A reader refuses a deeper
 /// DAG before it reads it, so no walk depends on a peer's honesty.
 pub const MAX_DEPTH: usize = 64;
+
+/// The CBOR tag of an IPLD link in dag-cbor. Must not change.
+pub const DAG_CBOR_LINK_TAG: u64 = 42;
+/// Encoded bytes of one link: the tag (2), the byte string header (2), the
+/// identity multibase prefix (1) and the 36-byte CID.
+const LINK_LEN: usize = 2 + 2 + 1 + block::CID_LEN;
+
+/// A cursor over a node's bytes that reads one CBOR header at a time.
+struct Cbor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cbor<'a> {
+    fn header(&mut self) -> Option<Header> {
+        let mut dec = ciborium_ll::Decoder::from(self.bytes.get(self.pos..)?);
+        let header = dec.pull().ok()?;
+        self.pos += dec.offset();
+        Some(header)
+    }
+
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(len)?;
+        let taken = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(taken)
+    }
+
+    /// Reads a text item that must be `key`.
+    fn key(&mut self, key: &str) -> Option<()> {
+        match self.header()? {
+            Header::Text(Some(len)) if len == key.len() => {
+                (self.take(len)? == key.as_bytes()).then_some(())
+            }
+            _ => None,
+        }
+    }
+}
 
 /// What the root records about the file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -63,64 +103,84 @@ pub struct Node {
 }
 
 impl Node {
-    /// Encodes the node as canonical dag-cbor (keys sorted by length).
+    /// Encodes the node in its one canonical dag-cbor form (see
+    /// `protocols/data-format.md`): a map of `v`, `links`, `sealed`, keys
+    /// shortest first, every length in its shortest form.
     pub fn encode(&self) -> Vec<u8> {
-        let links = self
-            .links
-            .iter()
-            .map(|cid| {
-                let mut bytes = Vec::with_capacity(40);
-                bytes.push(0); // multibase identity prefix of a dag-cbor link
-                bytes.extend_from_slice(&cid.to_bytes());
-                Value::Tag(42, Box::new(Value::Bytes(bytes)))
-            })
-            .collect();
-        let map = Value::Map(vec![
-            (Value::Text("v".into()), Value::Integer(NODE_VERSION.into())),
-            (Value::Text("links".into()), Value::Array(links)),
-            (Value::Text("sealed".into()), Value::Bytes(self.sealed.clone())),
-        ]);
-        let mut out = Vec::with_capacity(64 + self.links.len() * 41 + self.sealed.len());
-        ciborium::into_writer(&map, &mut out).expect("writing to a Vec cannot fail");
+        let mut out = Vec::with_capacity(32 + self.links.len() * LINK_LEN + self.sealed.len());
+        let mut enc = ciborium_ll::Encoder::from(&mut out);
+        let write = |enc: &mut ciborium_ll::Encoder<&mut Vec<u8>>| -> std::io::Result<()> {
+            enc.push(Header::Map(Some(3)))?;
+            enc.text("v", None)?;
+            enc.push(Header::Positive(NODE_VERSION))?;
+            enc.text("links", None)?;
+            enc.push(Header::Array(Some(self.links.len())))?;
+            let mut link = [0u8; 1 + block::CID_LEN];
+            for cid in &self.links {
+                // The multibase identity prefix, then the binary CID.
+                link[1..].copy_from_slice(&cid.to_bytes());
+                enc.push(Header::Tag(DAG_CBOR_LINK_TAG))?;
+                enc.bytes(&link, None)?;
+            }
+            enc.text("sealed", None)?;
+            enc.bytes(&self.sealed, None)
+        };
+        write(&mut enc).expect("writing to a Vec cannot fail");
         out
     }
 
-    /// Decodes a structure block; `cid` names it in errors.
+    /// Decodes a structure block; `cid` names it in errors. Schema first:
+    /// each header is checked against the one layout a node may have before
+    /// anything is allocated, so a block of junk costs no more memory than
+    /// its own bytes; and only the canonical encoding is accepted.
     pub fn decode(cid: &Cid, bytes: &[u8]) -> Result<Node> {
         let bad = |reason: &str| Error::Malformed { cid: *cid, reason: reason.to_string() };
-        let value: Value =
-            ciborium::from_reader(bytes).map_err(|e| bad(&format!("not dag-cbor: {e}")))?;
-        let Value::Map(entries) = value else { return Err(bad("not a map")) };
-        let (mut version, mut links, mut sealed) = (None, None, None);
-        for (k, v) in entries {
-            match (k.as_text(), v) {
-                (Some("v"), Value::Integer(i)) if version.is_none() => {
-                    version = Some(i128::from(i))
-                }
-                (Some("links"), Value::Array(a)) if links.is_none() => links = Some(a),
-                (Some("sealed"), Value::Bytes(b)) if sealed.is_none() => sealed = Some(b),
-                _ => return Err(bad("unexpected field")),
-            }
+        if bytes.len() > block::MAX_BLOCK_SIZE {
+            return Err(bad("larger than a block"));
         }
-        if version != Some(NODE_VERSION as i128) {
-            return Err(bad("unsupported node version"));
-        }
-        let (Some(links), Some(sealed)) = (links, sealed) else {
-            return Err(bad("missing field"));
+        let mut cbor = Cbor { bytes, pos: 0 };
+        let expect = |cbor: &mut Cbor<'_>, want: Header, what: &str| match cbor.header() {
+            Some(h) if h == want => Ok(()),
+            _ => Err(bad(what)),
         };
-        let links = links
-            .into_iter()
-            .map(|link| match link {
-                Value::Tag(42, inner) => match *inner {
-                    Value::Bytes(b) if b.first() == Some(&0) => {
-                        block::cid_from_bytes(&b[1..]).map_err(|e| bad(&e.to_string()))
-                    }
-                    _ => Err(bad("bad link")),
-                },
-                _ => Err(bad("bad link")),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Node { links, sealed })
+        expect(&mut cbor, Header::Map(Some(3)), "not a map of three fields")?;
+        cbor.key("v").ok_or_else(|| bad("missing field `v`"))?;
+        expect(&mut cbor, Header::Positive(NODE_VERSION), "unsupported node version")?;
+        cbor.key("links").ok_or_else(|| bad("missing field `links`"))?;
+        let count = match cbor.header() {
+            Some(Header::Array(Some(n))) => n,
+            _ => return Err(bad("`links` is not an array")),
+        };
+        if count > MAX_LINKS_LIMIT {
+            return Err(bad(&format!("{count} links (at most {MAX_LINKS_LIMIT})")));
+        }
+        if count.saturating_mul(LINK_LEN) > bytes.len() - cbor.pos {
+            return Err(bad("`links` runs past the end"));
+        }
+        let mut links = Vec::with_capacity(count);
+        for _ in 0..count {
+            expect(&mut cbor, Header::Tag(DAG_CBOR_LINK_TAG), "a link is not a CID")?;
+            expect(&mut cbor, Header::Bytes(Some(1 + block::CID_LEN)), "a link is not a CID")?;
+            let link = cbor.take(1 + block::CID_LEN).ok_or_else(|| bad("truncated link"))?;
+            if link[0] != 0 {
+                return Err(bad("a link lacks the identity multibase prefix"));
+            }
+            links.push(block::cid_from_bytes(&link[1..]).map_err(|e| bad(&e.to_string()))?);
+        }
+        cbor.key("sealed").ok_or_else(|| bad("missing field `sealed`"))?;
+        let sealed = match cbor.header() {
+            Some(Header::Bytes(Some(len))) => cbor.take(len).ok_or_else(|| bad("truncated"))?,
+            _ => return Err(bad("`sealed` is not a byte string")),
+        };
+        if cbor.pos != bytes.len() {
+            return Err(bad("trailing bytes"));
+        }
+        let node = Node { links, sealed: sealed.to_vec() };
+        // Shortest lengths and integers: exactly one encoding per node.
+        if node.encode() != bytes {
+            return Err(bad("not in canonical dag-cbor form"));
+        }
+        Ok(node)
     }
 
     /// Opens the sealed part with `key` and pairs it with the links.
@@ -208,6 +268,9 @@ impl SealedPart {
             let size = u64::from_be_bytes(be(&mut bytes)?);
             let chunk_size = u32::from_be_bytes(be(&mut bytes)?);
             let name_len = u16::from_be_bytes(be(&mut bytes)?) as usize;
+            if name_len > MAX_NAME_LEN {
+                return None;
+            }
             let name = std::str::from_utf8(take(&mut bytes, name_len)?).ok()?;
             Some(FileMeta { size, chunk_size, name: (!name.is_empty()).then(|| name.to_string()) })
         } else {
@@ -227,6 +290,110 @@ impl SealedPart {
         Some(SealedPart { children, meta })
     }
 }
+
+/// A CID as a walk remembers it: 16 bytes of its digest, mixed with its
+/// codec. Two different blocks share a key only if their SHA-256 digests
+/// share 128 bits, which nobody can arrange; a walk of a million blocks
+/// remembers 16 MiB or so.
+fn walk_key(cid: &Cid) -> u128 {
+    let digest = cid.hash().digest();
+    let mut prefix = [0u8; 16];
+    let n = digest.len().min(16);
+    prefix[..n].copy_from_slice(&digest[..n]);
+    u128::from_le_bytes(prefix) ^ u128::from(cid.codec())
+}
+
+/// The frontier of a walk over a DAG that may come from anywhere: an
+/// explicit stack (never recursion), each distinct CID once however often
+/// it is linked (identical chunks share a leaf), a depth limit of
+/// [`MAX_DEPTH`], and an optional budget of distinct blocks. A CID enters
+/// the stack at most once, so the stack and the set of seen CIDs are both
+/// bounded by the distinct blocks of the DAG.
+pub struct Frontier {
+    root: Cid,
+    stack: Vec<(Cid, u8)>,
+    seen: HashSet<u128>,
+    max_blocks: u64,
+}
+
+impl Frontier {
+    /// A walk from `root` that fails once it meets more than `max_blocks`
+    /// distinct blocks.
+    pub fn new(root: Cid, max_blocks: u64) -> Frontier {
+        let mut frontier = Frontier::new_empty(max_blocks);
+        frontier.add_root(root);
+        frontier
+    }
+
+    /// A walk with no root yet: add them with [`add_root`](Self::add_root)
+    /// to walk several DAGs, each block of all of them once.
+    pub fn new_empty(max_blocks: u64) -> Frontier {
+        Frontier {
+            root: block::cid_of(DAG_CBOR, &[]),
+            stack: Vec::new(),
+            seen: HashSet::new(),
+            max_blocks,
+        }
+    }
+
+    /// Walks `root` next (if it was not met already); errors name it.
+    pub fn add_root(&mut self, root: Cid) {
+        self.root = root;
+        if self.seen.insert(walk_key(&root)) {
+            self.stack.push((root, 1));
+        }
+    }
+
+    /// Whether the walk met `cid`.
+    pub fn contains(&self, cid: &Cid) -> bool {
+        self.seen.contains(&walk_key(cid))
+    }
+
+    /// The next block to visit and its depth (the structure nodes on its
+    /// path, root included, for a structure node; that of its parent plus
+    /// one for a leaf).
+    pub fn pop(&mut self) -> Option<(Cid, usize)> {
+        self.stack.pop().map(|(cid, depth)| (cid, usize::from(depth)))
+    }
+
+    /// Adds the links of the structure node at `depth` that were not seen
+    /// yet, so that they are visited in order.
+    pub fn push_links(&mut self, depth: usize, links: &[Cid]) -> Result<()> {
+        if depth >= MAX_DEPTH && links.iter().any(|l| l.codec() == DAG_CBOR) {
+            return Err(Error::Limit {
+                root: self.root,
+                reason: format!("is deeper than {MAX_DEPTH} levels"),
+            });
+        }
+        let at = self.stack.len();
+        for link in links {
+            if self.seen.insert(walk_key(link)) {
+                if self.seen.len() as u64 > self.max_blocks {
+                    return Err(Error::Limit {
+                        root: self.root,
+                        reason: format!("has more than {} blocks", self.max_blocks),
+                    });
+                }
+                // Depth fits a u8: MAX_DEPTH is checked above.
+                self.stack.push((*link, (depth + 1) as u8));
+            }
+        }
+        self.stack[at..].reverse();
+        Ok(())
+    }
+
+    /// Distinct blocks met so far (visited or waiting).
+    pub fn seen(&self) -> u64 {
+        self.seen.len() as u64
+    }
+
+    /// Whether nothing is left to visit.
+    pub fn is_empty(&self) -> bool {
+        self.stack.is_empty()
+    }
+}
+
+const _: () = assert!(MAX_DEPTH < u8::MAX as usize);
 
 /// Builds and encrypts one structure node; returns its CID, key and bytes.
 pub fn build_node(

@@ -24,6 +24,10 @@ pub enum Error {
     /// A structure block decoded but does not describe a valid file.
     #[error("block {cid} is malformed: {reason}")]
     Malformed { cid: Cid, reason: String },
+    /// A DAG that breaks a limit: the format's depth, or what was declared
+    /// or allowed for it.
+    #[error("the DAG under {root} {reason}")]
+    Limit { root: Cid, reason: String },
     /// A ticket or CID string that does not parse.
     #[error("{0}")]
     Parse(#[from] ParseError),
@@ -60,8 +64,9 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
-    #[error("malformed ticket: it must start with `{prefix}`", prefix = crate::ticket::TICKET_PREFIX)]
-    TicketPrefix,
+    /// A ticket without its prefix (the prefix it must start with).
+    #[error("malformed ticket: it must start with `{0}`")]
+    TicketPrefix(&'static str),
     #[error("malformed ticket: {0}")]
     TicketEncoding(String),
     #[error("malformed ticket: wrong version {0}")]

@@ -16,9 +16,9 @@ use crossbeam_channel::bounded;
 use crate::{
     block::{BlockBuf, DAG_CBOR, RAW},
     crypto::{self, Domain, Key},
-    dag::{FileMeta, Node, Opened},
+    dag::{ChildRef, FileMeta, MAX_DEPTH, Node, Opened},
     error::{Error, Result},
-    import::Progress,
+    progress::Progress,
     store::Store,
     ticket::Ticket,
 };
@@ -135,9 +135,16 @@ pub fn export(
         drop(task_rx);
         let walker_done = done_tx.clone();
         scope.spawn(move || {
-            let mut walk =
-                Walk { source, offset, end, seq: 0, credits: &credit_rx, tasks: &task_tx };
-            if let Err(e) = walk.children(&root, 0) {
+            let mut walk = Walk {
+                source,
+                root: ticket.root,
+                offset,
+                end,
+                seq: 0,
+                credits: &credit_rx,
+                tasks: &task_tx,
+            };
+            if let Err(e) = walk.run(&root) {
                 let _ = walker_done.send((walk.seq, Err(e)));
             }
         });
@@ -193,9 +200,13 @@ fn fetch_leaf(source: &impl BlockSource, task: &Task) -> Result<BlockBuf> {
 }
 
 /// The walker: descends the tree in order, only into children that overlap
-/// `offset..end`, and hands out one task per overlapping leaf.
+/// `offset..end`, and hands out one task per overlapping leaf. It keeps an
+/// explicit stack of the opened nodes on the current path (never
+/// recursion), at most [`MAX_DEPTH`] of them. A node linked several times
+/// is opened each time: the file's bytes repeat with it.
 struct Walk<'a, S> {
     source: &'a S,
+    root: Cid,
     offset: u64,
     end: u64,
     seq: u64,
@@ -203,47 +214,72 @@ struct Walk<'a, S> {
     tasks: &'a crossbeam_channel::Sender<Task>,
 }
 
+/// An opened node on the walker's path: its children, the next one to
+/// look at, and the file offset where that child starts.
+struct Frame {
+    children: Vec<ChildRef>,
+    next: usize,
+    start: u64,
+}
+
 impl<S: BlockSource> Walk<'_, S> {
-    fn children(&mut self, node: &Opened, mut start: u64) -> Result<()> {
-        for child in &node.children {
+    fn run(&mut self, root: &Opened) -> Result<()> {
+        let mut path = vec![Frame { children: root.children.clone(), next: 0, start: 0 }];
+        while let Some(frame) = path.last_mut() {
+            let Some(child) = frame.children.get(frame.next) else {
+                path.pop();
+                continue;
+            };
+            let start = frame.start;
+            if start >= self.end {
+                // Past the range: so is everything after it here.
+                path.pop();
+                continue;
+            }
             let child_end = start.saturating_add(child.size);
-            if child_end > self.offset && start < self.end {
-                match child.cid.codec() {
-                    RAW => {
-                        let skip = self.offset.saturating_sub(start) as usize;
-                        let take = (self.end.min(child_end) - start.max(self.offset)) as usize;
-                        if self.credits.recv().is_err() {
-                            return Err(Error::Cancelled);
-                        }
-                        let task = Task {
-                            seq: self.seq,
-                            cid: child.cid,
-                            key: child.key,
-                            size: child.size,
-                            skip,
-                            take,
-                        };
-                        self.seq += 1;
-                        if self.tasks.send(task).is_err() {
-                            return Err(Error::Cancelled);
-                        }
+            frame.next += 1;
+            frame.start = child_end;
+            if child_end <= self.offset {
+                continue;
+            }
+            let child = child.clone();
+            match child.cid.codec() {
+                RAW => {
+                    let skip = self.offset.saturating_sub(start) as usize;
+                    let take = (self.end.min(child_end) - start.max(self.offset)) as usize;
+                    if self.credits.recv().is_err() {
+                        return Err(Error::Cancelled);
                     }
-                    _ => {
-                        let opened = open_node(self.source, &child.cid, &child.key)?;
-                        if opened.meta.is_some() || opened.size() != Some(child.size) {
-                            return Err(Error::Malformed {
-                                cid: child.cid,
-                                reason: "inner node's size differs from its parent's record".into(),
-                            });
-                        }
-                        self.children(&opened, start)?;
+                    let task = Task {
+                        seq: self.seq,
+                        cid: child.cid,
+                        key: child.key,
+                        size: child.size,
+                        skip,
+                        take,
+                    };
+                    self.seq += 1;
+                    if self.tasks.send(task).is_err() {
+                        return Err(Error::Cancelled);
                     }
                 }
+                _ => {
+                    if path.len() >= MAX_DEPTH {
+                        return Err(Error::Limit {
+                            root: self.root,
+                            reason: format!("is deeper than {MAX_DEPTH} levels"),
+                        });
+                    }
+                    let opened = open_node(self.source, &child.cid, &child.key)?;
+                    if opened.meta.is_some() || opened.size() != Some(child.size) {
+                        return Err(Error::Malformed {
+                            cid: child.cid,
+                            reason: "inner node's size differs from its parent's record".into(),
+                        });
+                    }
+                    path.push(Frame { children: opened.children, next: 0, start });
+                }
             }
-            if child_end >= self.end {
-                break;
-            }
-            start = child_end;
         }
         Ok(())
     }

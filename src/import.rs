@@ -13,6 +13,7 @@ use crate::{
     crypto::{self, Domain, TAG_LEN},
     dag::{ChildRef, DEFAULT_MAX_LINKS, FileMeta, MAX_LINKS_LIMIT, MAX_NAME_LEN, TreeBuilder},
     error::{Error, Result},
+    progress::Progress,
     store::{BlockWriter, Durability, PinKind, Prepared, Store},
     ticket::Ticket,
 };
@@ -26,9 +27,6 @@ pub const MAX_CHUNK_SIZE: usize = 4 * 1024 * 1024;
 /// Most plaintext one leaf block holds (a block is at most 2 MiB including
 /// the tag). A chunk larger than this is cut into equal leaves.
 pub const MAX_LEAF_PLAINTEXT: usize = MAX_BLOCK_SIZE - TAG_LEN;
-
-/// A progress report: bytes done, and bytes in all when known.
-pub type Progress<'a> = &'a (dyn Fn(u64, Option<u64>) + Sync);
 
 /// How to import.
 #[derive(Debug, Clone)]

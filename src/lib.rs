@@ -1,8 +1,20 @@
 //! dfs-p2p: a decentralized, end-to-end encrypted, content-addressed file
-//! store. The storage core is [`crypto`] (convergent AES-256-GCM), [`block`]
-//! (CIDs), [`dag`] (the file tree), [`ticket`] (read capabilities),
-//! [`store`] (the data directory), and [`import`] / [`export`] (streaming
-//! files in and out in constant memory).
+//! store. The modules, lowest layer first; none imports one above it:
+//!
+//! - [`testdata`] (deterministic pseudo-random bytes) and [`error`];
+//! - [`crypto`] (convergent keys, AES-256-GCM) and [`block`] (CIDs, block
+//!   buffers);
+//! - [`dag`] (structure nodes, the file tree, bounded walks) and [`ticket`]
+//!   (read capabilities);
+//! - [`store`] (the data directory);
+//! - [`import`] and [`export`] (streaming files in and out in constant
+//!   memory, reporting through [`progress`]);
+//! - [`net`] (the swarm and the file protocol);
+//! - [`node`] (a running node: the API the command line uses);
+//! - [`bench`] (the benchmarks) and [`cli`] (the `dfs-p2p` command).
+//!
+//! The data format is specified in `protocols/data-format.md`, the wire
+//! protocol in `protocols/file-protocol.md`.
 
 pub mod bench;
 pub mod block;
@@ -14,7 +26,9 @@ pub mod export;
 pub mod import;
 pub mod net;
 pub mod node;
+pub mod progress;
 pub mod store;
+pub mod testdata;
 pub mod ticket;
 
 pub use error::{Error, ParseError, Result};

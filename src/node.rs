@@ -1,8 +1,9 @@
 //! A running node: the store, the swarm's event loop, and the responder,
-//! behind one cheap cloneable [`Node`] handle — the API the CLI uses (see
-//! `NODE_API.md`). Put, get and delete are composed here from the storage
-//! core (`import`, `export`, `store`) and the network layer (`net::*`);
-//! disk and crypto work run on blocking threads, never on the swarm task.
+//! behind one cheap cloneable [`Node`] handle — the API the command line
+//! and the benchmarks use. Put, get and delete are composed here from the
+//! storage core (`import`, `export`, `store`) and the network layer
+//! (`net::*`); disk and crypto work run on blocking threads, never on the
+//! swarm task.
 
 use std::{
     io::{Read, Write},
@@ -20,13 +21,14 @@ use crate::{
     export::{self, ExportOptions},
     import::{self, ImportOptions},
     net::{
-        behaviour,
+        behaviour, discover,
         event_loop::{EventLoop, NetHandle},
-        get::{self, GET_WINDOW, GET_WORKERS, NetSource, ProviderSet},
-        replicate,
-        serve::Responder,
+        get::{self, GET_WINDOW, GET_WORKERS, NetSource},
+        inbound::Responder,
+        providers::ProviderSet,
+        replicas,
     },
-    store::{PinKind, RootInfo, Store, StoreOptions},
+    store::{Durability, PinKind, RootInfo, Store, StoreOptions},
     ticket::TicketOrCid,
 };
 
@@ -259,7 +261,7 @@ impl Node {
         if elsewhere > 0 {
             self.wait_for_first_peer().await;
         }
-        let confirmed = replicate::replicate(&self.inner.net, root, elsewhere).await;
+        let confirmed = replicas::replicate(&self.inner.net, root, elsewhere).await;
         Ok(PutReport {
             ticket: imported.ticket,
             size: imported.size,
@@ -292,15 +294,15 @@ impl Node {
         // that turns out corrupt: then discovery starts on demand.
         let providers = ProviderSet::new(root, !complete);
         let discovery =
-            tokio::spawn(get::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
+            tokio::spawn(discover::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
         let (net, rt) = (self.inner.net.clone(), tokio::runtime::Handle::current());
         let set = providers.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut out = out;
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let options = ExportOptions { range: None, workers: GET_WORKERS, window: GET_WINDOW };
-            let source =
-                NetSource::new(store.clone(), net, rt, set, crate::store::Durability::Cached);
+            // A complete copy is indexed: its blocks need no claim.
+            let source = NetSource::new(store.clone(), net, rt, set, Durability::Cached, !complete);
             let exported = export::export(&source, &ticket, &mut out, &options, progress);
             // Keep what arrived even if the export failed: a rerun resumes.
             source.commit()?;
@@ -310,7 +312,7 @@ impl Node {
                 store.touch(&root);
                 return Ok((size, 0, Vec::new()));
             }
-            // The writer still holds off garbage collection while we pin.
+            // The writer's guard still covers every block while we pin.
             store.pin(&root, PinKind::Cached, None)?;
             source.finish()?;
             let evicted = store.enforce_cache_limit()?;
@@ -344,8 +346,7 @@ impl Node {
             .await
             .map_err(|_| NodeError::Stopped)??;
         self.inner.net.unprovide(root).await;
-        let (remote_deleted, remote_refused) =
-            replicate::delete_remote(&self.inner.net, root).await;
+        let (remote_deleted, remote_refused) = replicas::delete_remote(&self.inner.net, root).await;
         Ok(DeleteReport { local, remote_deleted, remote_refused })
     }
 
@@ -366,7 +367,7 @@ impl Node {
 
     /// Peers that hold `root`: DHT providers and connected peers that have it.
     pub async fn providers(&self, root: Cid) -> Result<Vec<PeerId>, NodeError> {
-        Ok(get::find_holders(&self.inner.net, root).await)
+        Ok(discover::find_holders(&self.inner.net, root).await)
     }
 
     /// Peers this node blocked (for sending wrong blocks).

@@ -20,6 +20,9 @@ use crate::{
 pub const TICKET_PREFIX: &str = "dfs";
 /// Ticket format version. Must not change.
 pub const TICKET_VERSION: u8 = 1;
+/// Longest ticket body (after the prefix) a parser reads, in characters: a
+/// version-1 ticket is 110.
+pub const MAX_TICKET_BODY: usize = 256;
 
 /// A root CID and the key of its sealed part.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -55,8 +58,9 @@ impl FromStr for Ticket {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, ParseError> {
-        let body = s.trim().strip_prefix(TICKET_PREFIX).ok_or(ParseError::TicketPrefix)?;
-        if body.len() > 256 {
+        let body =
+            s.trim().strip_prefix(TICKET_PREFIX).ok_or(ParseError::TicketPrefix(TICKET_PREFIX))?;
+        if body.len() > MAX_TICKET_BODY {
             return Err(ParseError::TicketEncoding("too long".into()));
         }
         let bytes = BASE32_NOPAD
@@ -153,7 +157,7 @@ mod tests {
     #[test]
     fn malformed_tickets_give_clear_errors() {
         let good = Ticket::new(root(b"x"), [1; 32]).to_string();
-        assert_eq!("xyz".parse::<Ticket>(), Err(ParseError::TicketPrefix));
+        assert_eq!("xyz".parse::<Ticket>(), Err(ParseError::TicketPrefix(TICKET_PREFIX)));
         assert!(matches!("dfs!!!".parse::<Ticket>(), Err(ParseError::TicketEncoding(_))));
         assert!(matches!(good[..20].parse::<Ticket>(), Err(ParseError::TicketEncoding(_))));
         let raw = Ticket::new(block::cid_of(block::RAW, b"x"), [1; 32]).to_string();

@@ -14,8 +14,9 @@ use cid::Cid;
 use cid::multihash::Multihash;
 use dfs_p2p::net::codec::{
     ErrorCode, FRAME_HEADER_LEN, FileCodec, MAX_BLOCK_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_HAVE_CIDS,
-    MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE, PROTOCOL, Request, Response, STREAM_PROTOCOL,
-    decode_request, decode_response, encode_request, encode_response, is_supported_cid,
+    MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE, PROTOCOL, Request, RequestFrame, Response,
+    STREAM_PROTOCOL, decode_request, decode_response, encode_request, encode_response,
+    is_supported_cid,
 };
 use futures::executor::block_on;
 use futures::io::{AsyncRead, Cursor};
@@ -546,7 +547,7 @@ impl AsyncRead for Trickle {
 
 fn write_request(request: Request) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    block_on(FileCodec.write_request(&STREAM_PROTOCOL, &mut out, request))?;
+    block_on(FileCodec.write_request(&STREAM_PROTOCOL, &mut out, RequestFrame::Valid(request)))?;
     Ok(out)
 }
 
@@ -556,8 +557,17 @@ fn write_response(response: Response) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Reads a request as a responder does; a malformed one (which the node
+/// answers `Error BadRequest`) as an `InvalidData` error with its reason.
 fn read_request(bytes: Vec<u8>) -> io::Result<Request> {
-    block_on(FileCodec.read_request(&STREAM_PROTOCOL, &mut Cursor::new(bytes)))
+    read_request_from(&mut Cursor::new(bytes))
+}
+
+fn read_request_from(io: &mut (impl AsyncRead + Unpin + Send)) -> io::Result<Request> {
+    match block_on(FileCodec.read_request(&STREAM_PROTOCOL, io))? {
+        RequestFrame::Valid(request) => Ok(request),
+        RequestFrame::Malformed(reason) => Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+    }
 }
 
 fn read_response(bytes: Vec<u8>) -> io::Result<Response> {
@@ -597,7 +607,7 @@ fn async_codec_reads_a_full_block_in_small_pieces() {
     assert_eq!(response, Response::Block { data: data.into() });
 
     let mut io = Trickle(Cursor::new(hex(HAVE_REQUEST)));
-    let request = block_on(FileCodec.read_request(&STREAM_PROTOCOL, &mut io)).unwrap();
+    let request = read_request_from(&mut io).unwrap();
     assert_eq!(request, decode_request(&hex(HAVE_REQUEST)).unwrap());
 }
 
@@ -633,8 +643,7 @@ fn async_codec_rejects_a_huge_length_before_allocating_or_reading() {
         header.extend_from_slice(&len.to_be_bytes());
         let mut io = ThenFail { bytes: Cursor::new(header), read_past_end: false };
         if is_request {
-            let result = block_on(FileCodec.read_request(&STREAM_PROTOCOL, &mut io));
-            assert_invalid_data(result, "huge request length");
+            assert_invalid_data(read_request_from(&mut io), "huge request length");
         } else {
             let result = block_on(FileCodec.read_response(&STREAM_PROTOCOL, &mut io));
             assert_invalid_data(result, "huge response length");

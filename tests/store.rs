@@ -19,7 +19,7 @@ use dfs_p2p::{
 const CHUNK: usize = MIN_CHUNK_SIZE;
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    dfs_p2p::bench::pseudo_random(len, seed)
+    dfs_p2p::testdata::pseudo_random(len, seed)
 }
 
 fn open(dir: &Path) -> Store {
@@ -490,6 +490,7 @@ fn a_pinned_root_keeps_every_owner_and_goes_with_the_last() {
     let before = block_files(dir.path()).len();
     assert_eq!(store.release(&replica, &b).unwrap(), Some(true));
     assert!(store.root_info(&replica).is_none());
+    store.gc().unwrap(); // waits for the one the release asked for
     assert!(block_files(dir.path()).len() < before, "the replica's blocks are collected");
     assert!(store.root_info(&own).is_some());
 }
@@ -665,6 +666,7 @@ fn cached_roots_are_evicted_lru_and_pinned_ones_never() {
     let c = put(&store, &data(CHUNK, 33), &cached).ticket;
     let evicted = store.enforce_cache_limit().unwrap();
     assert_eq!(evicted, vec![b.root]);
+    store.gc().unwrap();
     assert!(!store.has(&b.root));
     assert!(matches!(get(&store, &b, None), Err(Error::Missing { .. })));
     for t in [&pinned, &a, &c] {
@@ -683,56 +685,118 @@ fn gc_removes_unreachable_blocks_only() {
     let a = put(&store, &shared, &opts()).ticket;
     let b = put(&store, &with_extra, &opts()).ticket;
     assert!(store.remove_root(&a.root).unwrap());
+    store.gc().unwrap();
     assert!(!store.has(&a.root));
     assert_eq!(get(&store, &b, None).unwrap(), with_extra, "shared leaves survive");
     assert!(store.remove_root(&b.root).unwrap());
+    store.gc().unwrap();
     assert_eq!(store.usage().unwrap().blocks, 0);
 }
 
-#[test]
-fn gc_waits_for_a_concurrent_put() {
-    /// A reader that pauses halfway until told to go on.
-    struct Gated {
-        data: Vec<u8>,
-        pos: usize,
-        reached: Option<mpsc::Sender<()>>,
-        go: mpsc::Receiver<()>,
-    }
-    impl Read for Gated {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            if self.pos >= self.data.len() / 2
-                && let Some(tx) = self.reached.take()
-            {
-                tx.send(()).unwrap();
-                self.go.recv().unwrap();
-            }
-            let n = buf.len().min(self.data.len() - self.pos);
-            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
-            self.pos += n;
-            Ok(n)
+/// A reader that pauses halfway until told to go on.
+struct Gated {
+    data: Vec<u8>,
+    pos: usize,
+    reached: Option<mpsc::Sender<()>>,
+    go: mpsc::Receiver<()>,
+}
+
+impl Read for Gated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.data.len() / 2
+            && let Some(tx) = self.reached.take()
+        {
+            tx.send(()).unwrap();
+            self.go.recv().unwrap();
         }
+        let n = buf.len().min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let bytes = data(6 * CHUNK, 50);
+}
+
+/// Runs a put of `bytes` that stops halfway, runs a garbage collection
+/// meanwhile (which must finish while the put waits), lets the put finish,
+/// and returns the collection's figures and the put's ticket.
+fn gc_during_a_put(store: &Store, bytes: &[u8]) -> (dfs_p2p::store::GcStats, Ticket) {
     let (reached_tx, reached_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel();
-    let reader = Gated { data: bytes.clone(), pos: 0, reached: Some(reached_tx), go: go_rx };
-    let store = &store;
+    let reader = Gated { data: bytes.to_vec(), pos: 0, reached: Some(reached_tx), go: go_rx };
     std::thread::scope(|s| {
         let putter = s.spawn(move || import(store, reader, &opts(), None));
         reached_rx.recv().unwrap();
-        let (gc_done_tx, gc_done_rx) = mpsc::channel();
-        let gc = s.spawn(move || {
-            let stats = store.gc().unwrap();
-            gc_done_tx.send(()).unwrap();
-            stats
-        });
-        // The put is half done and holds the GC off.
-        assert!(gc_done_rx.recv_timeout(std::time::Duration::from_millis(200)).is_err());
+        let collect = || {
+            // Some of what the put wrote is in place (its first synced
+            // batch), or some earlier block is.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while block_files(store.dir()).is_empty() {
+                if std::time::Instant::now() > deadline {
+                    return Err("no block was placed");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let (done_tx, done_rx) = mpsc::channel();
+            s.spawn(move || done_tx.send(store.gc().unwrap()).unwrap());
+            // The collection does not wait for the put, which is half done.
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .map_err(|_| "the collection waited for the put")
+        };
+        let stats = collect();
+        // Let the put go on whatever happened, so the scope can end.
         go_tx.send(()).unwrap();
-        let ticket = putter.join().unwrap().unwrap().ticket;
-        gc.join().unwrap();
-        assert_eq!(get(store, &ticket, None).unwrap(), bytes);
-    });
+        let stats = stats.unwrap();
+        (stats, putter.join().unwrap().unwrap().ticket)
+    })
+}
+
+#[test]
+fn gc_never_waits_for_a_put_nor_removes_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // More than two batches of blocks, so that one is in place halfway.
+    let bytes = data(600 * CHUNK, 50);
+    let (stats, ticket) = gc_during_a_put(&store, &bytes);
+    assert!(stats.kept_recent > 0, "the put's first blocks were kept: {stats:?}");
+    assert_eq!(stats.removed_blocks, 0);
+    assert_eq!(get(&store, &ticket, None).unwrap(), bytes);
+}
+
+#[test]
+fn gc_keeps_the_stored_blocks_a_running_put_reuses() {
+    // Blocks of the file are on disk, but no root holds them (a put that
+    // was interrupted, a root dropped and not yet collected).
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(6 * CHUNK, 51);
+    let orphans = {
+        let scratch = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        drop(store);
+        // The same secret in a scratch store gives the same blocks.
+        let secret = fs::read(dir.path().join("convergence.secret")).unwrap();
+        fs::create_dir_all(scratch.path()).unwrap();
+        let path = scratch.path().join("convergence.secret");
+        fs::write(&path, secret).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let other = open(scratch.path());
+        let root = put(&other, &bytes, &opts()).ticket.root;
+        let mut blocks = Vec::new();
+        other.walk(&root, &mut |c| Ok(blocks.push((*c, other.get(c)?.to_vec())))).unwrap();
+        blocks
+    };
+    let store = open(dir.path());
+    for (cid, block) in &orphans {
+        store.put(cid, block).unwrap();
+    }
+    // The put finds the first half already stored and claims it; the
+    // collection then removes the orphans the put has not reached (and the
+    // put writes them again), never one it relies on.
+    let (stats, ticket) = gc_during_a_put(&store, &bytes);
+    assert!(stats.removed_blocks > 0, "unclaimed orphans are collected: {stats:?}");
+    assert!(stats.kept_recent > 0, "claimed ones are kept: {stats:?}");
+    assert_eq!(get(&store, &ticket, None).unwrap(), bytes);
+    store.gc().unwrap();
+    assert_eq!(get(&store, &ticket, None).unwrap(), bytes);
 }

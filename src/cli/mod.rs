@@ -102,7 +102,7 @@ pub struct Ctx {
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
     install_panic_hook();
-    keep_block_buffers_on_the_heap();
+    keep_large_allocations_on_the_heap();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -406,7 +406,7 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
             let scratch = ScratchDir::new(dir)?;
             let path = scratch.path.clone();
             let report = tokio::task::spawn_blocking(move || {
-                crate::bench::bench_store(size, chunk_size, &path)
+                crate::bench::store::bench_store(size, chunk_size, &path)
             })
             .await
             .map_err(|e| Failure::Error(format!("the benchmark stopped: {e}")))??;
@@ -414,25 +414,27 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
         }
         BenchCommand::Net { size } => {
             let scratch = ScratchDir::new(None)?;
-            let report = crate::net::bench::bench_net(size, &scratch.path).await?;
+            let report = crate::bench::net::bench_net(size, &scratch.path).await?;
             output::result(&format!("{report}\n"));
         }
-        BenchCommand::RawServe => crate::net::bench::raw_serve().await?,
+        BenchCommand::RawServe => crate::bench::raw::raw_serve().await?,
     }
     Ok(())
 }
 
-/// Blocks are up to 2 MiB and allocated and freed constantly. glibc serves
-/// allocations above its mmap threshold with fresh `mmap`s, which cost a
-/// page fault and a page clearing for every 4 KiB of every block; raising
-/// the threshold above the block size keeps them on the heap, where freed
-/// buffers are reused. Setting it also pins the trim threshold at 128 KiB,
-/// so a freed block at the top of a heap would go back to the kernel at once
-/// and be faulted in again for the next one: the trim threshold is raised to
-/// a few blocks. Two arenas instead of one per thread keep what each retains
-/// small and let a buffer freed on one thread serve the next allocation on
-/// another.
-fn keep_block_buffers_on_the_heap() {
+/// Blocks themselves live in buffers of their own (`block::buffers`), but
+/// much else of a megabyte or two is allocated and freed constantly: an
+/// import's chunk buffers, structure nodes being built or decoded, the
+/// codec's frames. glibc serves allocations above its mmap threshold with
+/// fresh `mmap`s, which cost a page fault and a page clearing for every
+/// 4 KiB; raising the threshold above the block size keeps them on the
+/// heap, where freed memory is reused. Setting it also pins the trim
+/// threshold at 128 KiB, so freed memory at the top of a heap would go back
+/// to the kernel at once and be faulted in again: the trim threshold is
+/// raised to a few blocks. Two arenas instead of one per thread keep what
+/// each retains small and let memory freed on one thread serve the next
+/// allocation on another.
+fn keep_large_allocations_on_the_heap() {
     // SAFETY: mallopt only changes allocator tuning; it is called before
     // any other thread exists.
     unsafe {

@@ -45,13 +45,24 @@ pub const MAX_ESTABLISHED_PER_PEER: u32 = 2;
 /// Connections being set up, per direction.
 pub const MAX_PENDING: u32 = 128;
 
-/// Provider records this node may publish for itself (libp2p default 1,024,
-/// far too few for a store). One per root, never per block.
+/// Keys the DHT record store holds provider records for: this node's own
+/// roots and the keys other peers published here alike (libp2p's store
+/// counts both against one limit; its default of 1,024 is far too few for
+/// a store). One key per root, never per block.
 pub const MAX_PROVIDED_KEYS: usize = 1 << 20;
 /// Providers remembered per key (libp2p default 20).
 pub const MAX_PROVIDERS_PER_KEY: usize = 64;
 /// Kademlia query timeout (libp2p default 60 s): bounds a provider lookup.
 pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Kademlia's replication factor: the peers a provider record is stored on
+/// and a lookup converges to (libp2p's default, the `k` of the paper).
+pub const KAD_REPLICATION: usize = 20;
+
+/// The DHT key of the provider records of `root`: its whole binary CID
+/// (see `protocols/data-format.md` for why not the multihash).
+pub fn provider_key(root: &cid::Cid) -> kad::RecordKey {
+    kad::RecordKey::new(&root.to_bytes())
+}
 
 /// Everything a node speaks.
 #[derive(NetworkBehaviour)]
@@ -76,7 +87,7 @@ impl Behaviour {
         kad_config
             .set_query_timeout(KAD_QUERY_TIMEOUT)
             .set_periodic_bootstrap_interval(Some(Duration::from_secs(120)))
-            .set_replication_factor(NonZeroUsize::new(20).expect("non-zero"));
+            .set_replication_factor(NonZeroUsize::new(KAD_REPLICATION).expect("non-zero"));
         let mut kad = kad::Behaviour::with_config(
             peer_id,
             MemoryStore::with_config(peer_id, store_config),

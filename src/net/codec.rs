@@ -9,25 +9,25 @@
 //! `tests/protocol_golden.rs` holds this code to those bytes.
 //!
 //! Every frame is `type: u8 | body_len: u32 big-endian | body`. A reader
-//! checks the type and the length against that type's limit before it
-//! allocates, reads exactly the body into one buffer (which becomes a block's
-//! `data` without another copy), and insists on end of stream afterwards.
-//! Anything malformed is an [`io::ErrorKind::InvalidData`] error, on which
-//! `request_response` resets the stream.
+//! checks the type and the length against that type's limit before it reads
+//! the body, reads the body as it arrives (a block's into one buffer, which
+//! becomes its `data` without another copy), and insists on end of stream
+//! afterwards. A malformed request is read as [`RequestFrame::Malformed`],
+//! which the node answers with `Error BadRequest` and a clean close (spec
+//! §7); a malformed response is an [`io::ErrorKind::InvalidData`] error, on
+//! which `request_response` drops the stream and fails the request.
 
 use std::fmt;
 use std::io;
-use std::ops::DerefMut;
 use std::time::Duration;
 
 use cid::Cid;
-use cid::Version;
 use cid::multihash::Multihash;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 
-use crate::block::{BlockBuf, BlockBytes};
+use crate::block::{self, BlockBuf, BlockBytes, DAG_CBOR, RAW, SHA2_256};
 
 /// The protocol id negotiated by multistream-select.
 /// Must not change: a different wire format gets a different id.
@@ -40,9 +40,9 @@ pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(PROTOCOL);
 /// big-endian body length. Must not change.
 pub const FRAME_HEADER_LEN: usize = 5;
 
-/// Largest block, in bytes, that a `Block` response carries (2 MiB).
-/// Must not change: it is the block size limit of the whole system.
-pub const MAX_BLOCK_SIZE: usize = 2 * 1024 * 1024;
+/// Largest block, in bytes, that a `Block` response carries: the block size
+/// limit of the whole system, [`block::MAX_BLOCK_SIZE`] (2 MiB).
+pub const MAX_BLOCK_SIZE: usize = block::MAX_BLOCK_SIZE;
 
 /// Largest request frame, header included (64 KiB). Must not change.
 pub const MAX_REQUEST_SIZE: usize = 64 * 1024;
@@ -78,16 +78,14 @@ const TYPE_DELETED: u8 = 0x84;
 const TYPE_NOT_FOUND: u8 = 0x85;
 const TYPE_ERROR: u8 = 0x86;
 
-// The only CIDs this protocol carries: CIDv1, codec raw or dag-cbor,
-// multihash sha2-256 with a 32-byte digest. Their binary form is always
-// `01 <codec> 12 20 <digest>`, 36 bytes, and goes on the wire after a one-byte
-// length. Must not change.
+// The only CIDs this protocol carries are those `block` supports: CIDv1,
+// codec raw or dag-cbor, multihash sha2-256 with a 32-byte digest. Their
+// binary form is always `01 <codec> 12 20 <digest>`, `block::CID_LEN` (36)
+// bytes, and goes on the wire after a one-byte length. Must not change.
 const CID_VERSION_1: u8 = 0x01;
-const CODEC_RAW: u8 = 0x55;
-const CODEC_DAG_CBOR: u8 = 0x71;
-const MULTIHASH_SHA2_256: u8 = 0x12;
-const SHA2_256_DIGEST_LEN: u8 = 0x20;
-const CID_LEN: usize = 4 + SHA2_256_DIGEST_LEN as usize;
+const CID_LEN: usize = block::CID_LEN;
+const _: () = assert!(RAW < 0x80 && DAG_CBOR < 0x80 && SHA2_256 < 0x80);
+const _: () = assert!(block::DIGEST_LEN < 0x80);
 
 // Exact or maximal body lengths per message type, derived from the field
 // encodings in the spec. A reader checks these before allocating.
@@ -124,6 +122,16 @@ pub enum Request {
         /// Root of the replica to drop.
         root: Cid,
     },
+}
+
+/// A request as a responder reads it off a stream: well-formed, or the
+/// reason it is not (which the responder sends back as `Error BadRequest`,
+/// so that the requester can tell a malformed request from a dropped one).
+/// A requester only ever sends [`RequestFrame::Valid`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestFrame {
+    Valid(Request),
+    Malformed(String),
 }
 
 /// A response of the file protocol.
@@ -255,13 +263,10 @@ impl fmt::Display for ErrorCode {
 }
 
 /// Whether `cid` is one this protocol carries: version 1, codec `raw` (0x55) or
-/// `dag-cbor` (0x71), multihash `sha2-256`.
+/// `dag-cbor` (0x71), multihash `sha2-256` (the CIDs [`block`] supports).
 #[must_use]
 pub fn is_supported_cid(cid: &Cid) -> bool {
-    cid.version() == Version::V1
-        && (cid.codec() == u64::from(CODEC_RAW) || cid.codec() == u64::from(CODEC_DAG_CBOR))
-        && cid.hash().code() == u64::from(MULTIHASH_SHA2_256)
-        && cid.hash().size() == SHA2_256_DIGEST_LEN
+    block::is_supported(cid)
 }
 
 impl Request {
@@ -424,16 +429,38 @@ pub struct FileCodec;
 
 impl request_response::Codec for FileCodec {
     type Protocol = StreamProtocol;
-    type Request = Request;
+    type Request = RequestFrame;
     type Response = Response;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    /// Reads one request frame. Malformed bytes are not an error here but
+    /// [`RequestFrame::Malformed`]: the body of a frame whose header is
+    /// already wrong is not read at all, and the reason is answered. Only a
+    /// failing stream (reset, closed connection) is an error.
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RequestFrame>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let (message_type, len) = read_header(io, Direction::Request).await?;
-        let body = read_body(io, vec![0; len]).await?;
-        decode_request_body(message_type, &body)
+        let malformed = |e: io::Error| match e.kind() {
+            io::ErrorKind::InvalidData => Ok(RequestFrame::Malformed(e.to_string())),
+            _ => Err(e),
+        };
+        let (message_type, len) = match read_header(io, Direction::Request).await {
+            Ok(header) => header,
+            Err(e) => return malformed(e),
+        };
+        // The body is read as it arrives, never allocated ahead of it.
+        let mut body = Vec::new();
+        if let Err(e) = read_growing(io, len, &mut body).await {
+            return malformed(e);
+        }
+        let request = match decode_request_body(message_type, &body) {
+            Ok(request) => request,
+            Err(e) => return malformed(e),
+        };
+        match read_end(io).await {
+            Ok(()) => Ok(RequestFrame::Valid(request)),
+            Err(e) => malformed(e),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
@@ -443,10 +470,15 @@ impl request_response::Codec for FileCodec {
         let (message_type, len) = read_header(io, Direction::Response).await?;
         if message_type == TYPE_BLOCK {
             // The buffer the body is read into becomes the block: no copy.
-            let data = read_body(io, BlockBuf::with_len(len)).await?;
+            // (A fresh buffer's pages are only backed as they are written.)
+            let mut data = BlockBuf::with_len(len);
+            io.read_exact(&mut data).await.map_err(eof_is_truncation)?;
+            read_end(io).await?;
             return Ok(Response::Block { data: data.into() });
         }
-        let body = read_body(io, vec![0; len]).await?;
+        let mut body = Vec::new();
+        read_growing(io, len, &mut body).await?;
+        read_end(io).await?;
         decode_small_response_body(message_type, &body)
     }
 
@@ -454,11 +486,14 @@ impl request_response::Codec for FileCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        request: Request,
+        request: RequestFrame,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let RequestFrame::Valid(request) = request else {
+            return Err(invalid_input("a malformed request is never sent"));
+        };
         request.validate()?;
         io.write_all(&encode_request(&request)).await
     }
@@ -547,20 +582,29 @@ where
     parse_header(header, direction)
 }
 
-/// Fills `body` (the frame's body length) from `io`, then reads the end of
-/// stream.
-async fn read_body<T, B>(io: &mut T, mut body: B) -> io::Result<B>
+/// Reads exactly `len` bytes into `body`, growing it as they arrive.
+async fn read_growing<T>(io: &mut T, len: usize, body: &mut Vec<u8>) -> io::Result<()>
 where
     T: AsyncRead + Unpin + Send,
-    B: DerefMut<Target = [u8]>,
 {
-    io.read_exact(&mut body).await.map_err(eof_is_truncation)?;
-    // One frame per stream and direction; the sender closes its side after
-    // writing it, so anything else is a protocol violation.
+    let read = (&mut *io).take(len as u64).read_to_end(body).await?;
+    if read < len {
+        return Err(invalid_data("stream ended inside a frame"));
+    }
+    Ok(())
+}
+
+/// Reads the end of the stream: one frame per stream and direction, and
+/// the sender closes its side after writing it, so anything else is a
+/// protocol violation.
+async fn read_end<T>(io: &mut T) -> io::Result<()>
+where
+    T: AsyncRead + Unpin + Send,
+{
     let mut probe = [0u8; 1];
     loop {
         match io.read(&mut probe).await {
-            Ok(0) => return Ok(body),
+            Ok(0) => return Ok(()),
             Ok(_) => return Err(invalid_data("trailing bytes after frame")),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -672,17 +716,18 @@ impl<'a> Fields<'a> {
         if version != CID_VERSION_1 {
             return Err(invalid_data("CID is not version 1"));
         }
-        if codec != CODEC_RAW && codec != CODEC_DAG_CBOR {
+        let codec = u64::from(codec);
+        if codec != RAW && codec != DAG_CBOR {
             return Err(invalid_data(format!(
                 "CID codec 0x{codec:02x} is neither raw nor dag-cbor"
             )));
         }
-        if hash_code != MULTIHASH_SHA2_256 || digest_len != SHA2_256_DIGEST_LEN {
+        if u64::from(hash_code) != SHA2_256 || usize::from(digest_len) != block::DIGEST_LEN {
             return Err(invalid_data("CID multihash is not sha2-256"));
         }
-        let hash = Multihash::wrap(u64::from(MULTIHASH_SHA2_256), &digest)
+        let hash = Multihash::wrap(SHA2_256, &digest)
             .map_err(|_| invalid_data("CID multihash is malformed"))?;
-        Ok(Cid::new_v1(u64::from(codec), hash))
+        Ok(Cid::new_v1(codec, hash))
     }
 
     fn rest(&mut self) -> &'a [u8] {

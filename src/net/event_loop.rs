@@ -34,8 +34,8 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::net::{
-    behaviour::{Behaviour, BehaviourEvent},
-    codec::{ErrorCode, Request, Response},
+    behaviour::{Behaviour, BehaviourEvent, provider_key},
+    codec::{ErrorCode, Request, RequestFrame, Response},
 };
 
 /// Commands queued for the event loop.
@@ -401,15 +401,15 @@ impl EventLoop {
                 let _ = behaviour.file.send_response(channel, response);
             }
             Command::Provide { root } => {
-                if let Err(e) = behaviour.kad.start_providing(RecordKey::new(&root.to_bytes())) {
+                if let Err(e) = behaviour.kad.start_providing(provider_key(&root)) {
                     tracing::warn!("cannot provide {root}: {e}");
                 }
             }
             Command::Unprovide { root } => {
-                behaviour.kad.stop_providing(&RecordKey::new(&root.to_bytes()));
+                behaviour.kad.stop_providing(&provider_key(&root));
             }
             Command::FindProviders { root, found } => {
-                let id = behaviour.kad.get_providers(RecordKey::new(&root.to_bytes()));
+                let id = behaviour.kad.get_providers(provider_key(&root));
                 self.provider_queries.insert(id, found);
             }
             Command::ClosestPeers { key, reply } => {
@@ -455,7 +455,7 @@ impl EventLoop {
                 .build();
             let _ = self.swarm.dial(opts);
         }
-        let id = self.swarm.behaviour_mut().file.send_request(&peer, request);
+        let id = self.swarm.behaviour_mut().file.send_request(&peer, RequestFrame::Valid(request));
         self.pending_requests.insert(id, (peer, reply));
         *self.outstanding.entry(peer).or_default() += 1;
     }
@@ -577,10 +577,25 @@ impl EventLoop {
         self.addresses.insert(peer, addrs);
     }
 
-    fn handle_file_event(&mut self, event: request_response::Event<Request, Response>) {
+    fn handle_file_event(&mut self, event: request_response::Event<RequestFrame, Response>) {
         use request_response::{Event, Message};
         match event {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+            Event::Message {
+                peer,
+                message: Message::Request { request: RequestFrame::Malformed(reason), channel, .. },
+                ..
+            } => {
+                // Answered here, at once: the requester learns what was
+                // wrong instead of seeing the stream dropped (spec §7).
+                tracing::debug!("malformed request from {peer}: {reason}");
+                let answer = Response::error(ErrorCode::BadRequest, reason);
+                let _ = self.swarm.behaviour_mut().file.send_response(channel, answer);
+            }
+            Event::Message {
+                peer,
+                message: Message::Request { request: RequestFrame::Valid(request), channel, .. },
+                ..
+            } => {
                 let inbound = InboundRequest { peer, request, channel };
                 if let Err(e) = self.inbound.try_send(inbound) {
                     let inbound = match e {

@@ -1,13 +1,31 @@
-//! The peer network, in layers: [`behaviour`] (transport and protocols),
-//! [`event_loop`] (the task that owns the swarm, and its handle), [`codec`]
-//! (the file protocol's wire format), [`serve`] (answering requests),
-//! [`get`] and [`replicate`] (fetching blocks and managing replicas), and
-//! [`bench`] (the network benchmark).
+//! The peer network, in layers, each importing only those above it in this
+//! list:
+//!
+//! - [`behaviour`]: transport and protocols, and every tuning constant of
+//!   the swarm;
+//! - [`codec`]: the file protocol's wire format (`protocols/file-protocol.md`);
+//! - [`event_loop`]: the one task that owns the swarm, and [`NetHandle`],
+//!   the handle the rest of the program talks to it with;
+//! - [`blocks`]: both sides of `GetBlock` and `Have`;
+//! - [`providers`] and [`discover`]: who holds a root;
+//! - [`get`]: fetching a download's blocks from its providers;
+//! - [`replicas`]: both sides of `Replicate` and `Delete`;
+//! - [`inbound`]: dispatching inbound requests to their handlers.
+//!
+//! Naming: for each message, `rpc_<message>` sends the request and judges
+//! the answer (the outbound side), and `handle_<message>` answers it (the
+//! inbound side, a method of the message's service); both live in the
+//! module of the message ([`blocks`]: `GetBlock`, `Have`; [`replicas`]:
+//! `Replicate`, `Delete`).
+//!
+//! [`NetHandle`]: event_loop::NetHandle
 
 pub mod behaviour;
-pub mod bench;
+pub mod blocks;
 pub mod codec;
+pub mod discover;
 pub mod event_loop;
 pub mod get;
-pub mod replicate;
-pub mod serve;
+pub mod inbound;
+pub mod providers;
+pub mod replicas;

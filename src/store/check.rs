@@ -118,7 +118,7 @@ mod tests {
     fn a_recorded_tag_matches_only_the_same_bytes_cid_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b");
-        let bytes = crate::bench::pseudo_random(100_000, 1);
+        let bytes = crate::testdata::pseudo_random(100_000, 1);
         File::create(&path).unwrap().write_all(&bytes).unwrap();
         let file = File::open(&path).unwrap();
         let checker = Checker::new(b"identity one");

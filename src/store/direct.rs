@@ -90,7 +90,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let supported = AtomicBool::new(true);
         for len in [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, MIN_DIRECT_LEN + 17, (1 << 20) + 16] {
-            let bytes = crate::bench::pseudo_random(len, len as u64);
+            let bytes = crate::testdata::pseudo_random(len, len as u64);
             let aligned = BlockBuf::copy_from(&bytes);
             let mut shifted = vec![0; len + 1];
             shifted[1..].copy_from_slice(&bytes);
@@ -119,7 +119,7 @@ mod tests {
     fn an_aligned_block_goes_around_the_page_cache_and_an_unaligned_one_through_it() {
         let dir = tempfile::tempdir().unwrap();
         let supported = AtomicBool::new(true);
-        let bytes = crate::bench::pseudo_random((1 << 20) + 16, 5);
+        let bytes = crate::testdata::pseudo_random((1 << 20) + 16, 5);
         let aligned = dir.path().join("aligned");
         write_new(&aligned, &BlockBuf::copy_from(&bytes), &supported).unwrap();
         let mut shifted = vec![0; bytes.len() + 1];

@@ -90,7 +90,7 @@ pub fn is_ticket(s: &str) -> bool {
 
 /// Deterministic, incompressible test bytes.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    dfs_p2p::bench::pseudo_random(len, seed)
+    dfs_p2p::testdata::pseudo_random(len, seed)
 }
 
 /// N from a put's status line "stored X (size): N of M copies confirmed".

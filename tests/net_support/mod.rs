@@ -7,7 +7,7 @@ use std::{
 
 /// Deterministic, incompressible test bytes.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    dfs_p2p::bench::pseudo_random(len, seed)
+    dfs_p2p::testdata::pseudo_random(len, seed)
 }
 
 /// An output that collects what it is given.

@@ -7,16 +7,18 @@
 use std::{
     fmt,
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     path::Path,
     time::{Duration, Instant},
 };
 
+use super::{cpu_secs, peak_rss, reset_peak_rss};
 use crate::{
     error::{Error, Result},
     export::{ExportOptions, export},
     import::{ImportOptions, import},
     store::{Store, StoreOptions},
+    testdata::generate_file,
 };
 
 /// What `bench_store` measured.
@@ -38,6 +40,11 @@ pub struct StoreBenchReport {
 
 fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
+}
+
+/// CPU seconds this process has used so far.
+fn cpu_time() -> Duration {
+    Duration::from_secs_f64(cpu_secs(None).unwrap_or(0.0))
 }
 
 fn mib(bytes: Option<u64>) -> String {
@@ -75,67 +82,6 @@ impl fmt::Display for StoreBenchReport {
             mib(self.export_peak_rss)
         )
     }
-}
-
-/// Fills `buf` with fast pseudo-random bytes (xorshift64*), so that no two
-/// chunks of the generated file are equal and nothing deduplicates.
-pub(crate) fn fill_random(state: &mut u64, buf: &mut [u8]) {
-    for word in buf.chunks_mut(8) {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        let bytes = state.wrapping_mul(0x2545F4914F6CDD1D).to_le_bytes();
-        word.copy_from_slice(&bytes[..word.len()]);
-    }
-}
-
-/// `len` pseudo-random bytes from `seed`: the benchmark's and the tests'
-/// incompressible, never-deduplicating content.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut bytes = vec![0; len];
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    fill_random(&mut state, &mut bytes);
-    bytes
-}
-
-/// Writes `size` pseudo-random bytes to `path`.
-pub fn generate_file(path: &Path, size: u64, seed: u64) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut state = seed | 1;
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        fill_random(&mut state, &mut buf[..n]);
-        out.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()
-}
-
-/// Peak resident memory of this process since the last reset, in bytes.
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// CPU seconds (user + system) this process has used so far.
-pub fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// Resets the peak resident memory counter (Linux `clear_refs` 5).
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// A writer that hashes what passes through it.
@@ -180,7 +126,7 @@ pub fn bench_store(size: u64, chunk_size: usize, dir: &Path) -> Result<StoreBenc
     let options = ImportOptions { chunk_size, total: Some(size), ..Default::default() };
     let imported = import(&store, file, &options, None)?;
     let import_time = start.elapsed();
-    let import_peak_rss = peak_rss();
+    let import_peak_rss = peak_rss(None);
     let import_cpu = cpu_time() - cpu;
 
     // Timed: the export into a sink that discards, like `get > /dev/null`.
@@ -192,7 +138,7 @@ pub fn bench_store(size: u64, chunk_size: usize, dir: &Path) -> Result<StoreBenc
     let start = Instant::now();
     export(&store, &imported.ticket, &mut io::sink(), &options, None)?;
     let export_time = start.elapsed();
-    let export_peak_rss = peak_rss();
+    let export_peak_rss = peak_rss(None);
     let export_cpu = cpu_time() - cpu;
     let mut out = Hashing(blake3::Hasher::new());
     export(&store, &imported.ticket, &mut out, &options, None)?;

@@ -1,6 +1,6 @@
 //! The network benchmark behind `dfs-p2p bench net`: a get of one file from
 //! one peer over loopback, against a raw libp2p stream over the same
-//! transport, with the peak memory of each node.
+//! transport (`raw`), with the peak memory of each node.
 //!
 //! Set-up. The serving node holds the file (imported into its data
 //! directory beforehand, not timed). When this runs inside the `dfs-p2p`
@@ -37,18 +37,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, noise,
-    request_response::{self, ProtocolSupport},
-    swarm::SwarmEvent,
-    tcp, yamux,
-};
+use libp2p::Multiaddr;
 
+use super::{CpuSpent, median, peak_rss, raw::raw_stream, reset_peak_rss};
 use crate::{
     import::{self, ImportOptions},
     node::{Node, NodeConfig, NodeError},
     store::{Store, StoreOptions},
+    testdata::Generator,
 };
 
 /// Timed runs of each measurement; the report gives their median.
@@ -156,7 +152,7 @@ pub async fn bench_net(size: u64, dir: &Path) -> Result<NetBenchReport, NodeErro
         tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
             let store = Store::open(&server_dir, StoreOptions::default())?;
             let options = ImportOptions { name: Some("bench".into()), ..Default::default() };
-            let imported = import::import(&store, BenchData::new(size), &options, None)?;
+            let imported = import::import(&store, Generator::new(size), &options, None)?;
             Ok((imported.ticket, store.peer_id()))
         })
         .await
@@ -398,282 +394,6 @@ fn free_port() -> Result<u16, NodeError> {
         .local_addr()
         .map(|a| a.port())
         .map_err(|e| NodeError::Transport(format!("cannot find a free port: {e}")))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
-/// Peak resident set (`VmHWM`) of a process (this one for `None`), in bytes.
-fn peak_rss(pid: Option<u32>) -> Option<u64> {
-    let path = match pid {
-        Some(pid) => format!("/proc/{pid}/status"),
-        None => "/proc/self/status".into(),
-    };
-    let status = std::fs::read_to_string(path).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// CPU seconds spent by a child process and by this one, summed over the
-/// spans counted; `None` where a reading failed (or, for the child, where
-/// there is none).
-#[derive(Clone, Copy)]
-struct CpuSpent {
-    child: Option<f64>,
-    this: Option<f64>,
-}
-
-impl CpuSpent {
-    const ZERO: CpuSpent = CpuSpent { child: Some(0.0), this: Some(0.0) };
-
-    /// The totals so far of `child` (if any) and of this process.
-    fn now(child: Option<u32>) -> CpuSpent {
-        CpuSpent { child: child.and_then(|pid| cpu_secs(Some(pid))), this: cpu_secs(None) }
-    }
-
-    /// Adds what was spent between two readings.
-    fn add_since(&mut self, before: CpuSpent, after: CpuSpent) {
-        let add = |sum: Option<f64>, before: Option<f64>, after: Option<f64>| {
-            sum.zip(before.zip(after)).map(|(sum, (b, a))| sum + a - b)
-        };
-        self.child = add(self.child, before.child, after.child);
-        self.this = add(self.this, before.this, after.this);
-    }
-}
-
-/// CPU seconds (user + system) a process (this one for `None`) has used.
-fn cpu_secs(pid: Option<u32>) -> Option<f64> {
-    let path = match pid {
-        Some(pid) => format!("/proc/{pid}/stat"),
-        None => "/proc/self/stat".into(),
-    };
-    let stat = std::fs::read_to_string(path).ok()?;
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
-}
-
-/// Resets this process's `VmHWM` (Linux 4.0+; ignored where refused).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// `len` bytes of fast pseudo-random data (every chunk differs, so
-/// convergent encryption cannot deduplicate them).
-struct BenchData {
-    left: u64,
-    state: u64,
-}
-
-impl BenchData {
-    fn new(len: u64) -> Self {
-        BenchData { left: len, state: 0x9E37_79B9_7F4A_7C15 }
-    }
-}
-
-impl io::Read for BenchData {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.left) as usize;
-        crate::bench::fill_random(&mut self.state, &mut buf[..n]);
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-// ---- the raw-stream baseline ----
-
-const RAW_PROTOCOL: StreamProtocol = StreamProtocol::new("/dfs-p2p/bench-raw/1.0.0");
-const RAW_BUF: usize = 1024 * 1024;
-
-/// Asks for N bytes (8-byte request); the answer is N bytes on the stream,
-/// counted and dropped by the reader.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = u64;
-    type Response = u64;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<u64> {
-        let mut len = [0u8; 8];
-        io.read_exact(&mut len).await?;
-        Ok(u64::from_be_bytes(len))
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<u64> {
-        let mut buf = vec![0u8; RAW_BUF];
-        let mut total = 0u64;
-        loop {
-            match io.read(&mut buf).await? {
-                0 => return Ok(total),
-                n => total += n as u64,
-            }
-        }
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        len: u64,
-    ) -> io::Result<()> {
-        io.write_all(&len.to_be_bytes()).await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        len: u64,
-    ) -> io::Result<()> {
-        let buf = vec![0x5Au8; RAW_BUF];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(RAW_BUF as u64) as usize;
-            io.write_all(&buf[..n]).await?;
-            left -= n as u64;
-        }
-        Ok(())
-    }
-}
-
-type RawSwarm = Swarm<request_response::Behaviour<RawCodec>>;
-
-fn raw_swarm() -> Result<RawSwarm, NodeError> {
-    let behaviour = request_response::Behaviour::<RawCodec>::new(
-        [(RAW_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(600)),
-    );
-    Ok(libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| NodeError::Transport(e.to_string()))?
-        .with_behaviour(|_| behaviour)
-        .map_err(|e| NodeError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build())
-}
-
-/// A raw-stream server listening on loopback, and its full address.
-async fn raw_listener() -> Result<(RawSwarm, Multiaddr), NodeError> {
-    let mut server = raw_swarm()?;
-    server
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid address"))
-        .map_err(|e| NodeError::Transport(e.to_string()))?;
-    loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-            let peer = *server.local_peer_id();
-            return Ok((server, address.with(libp2p::multiaddr::Protocol::P2p(peer))));
-        }
-    }
-}
-
-/// Answers a raw-stream request, if `event` is one.
-fn answer(server: &mut RawSwarm, event: SwarmEvent<request_response::Event<u64, u64>>) {
-    if let SwarmEvent::Behaviour(request_response::Event::Message {
-        message: request_response::Message::Request { request, channel, .. },
-        ..
-    }) = event
-    {
-        let _ = server.behaviour_mut().send_response(channel, request);
-    }
-}
-
-/// The serving end of the raw stream in a process of its own (`dfs-p2p
-/// bench raw-serve`): prints its address on stdout, then answers until its
-/// stdin closes.
-pub async fn raw_serve() -> Result<(), NodeError> {
-    use std::io::Write;
-    let (mut server, addr) = raw_listener().await?;
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "{addr}").and_then(|()| stdout.flush()).map_err(|e| {
-        NodeError::Transport(format!("cannot report the raw server's address: {e}"))
-    })?;
-    let stdin_closed = tokio::task::spawn_blocking(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-    });
-    tokio::pin!(stdin_closed);
-    loop {
-        tokio::select! {
-            _ = &mut stdin_closed => return Ok(()),
-            event = server.select_next_some() => answer(&mut server, event),
-        }
-    }
-}
-
-/// One transfer of `size` bytes over one raw stream; returns bytes/s. The
-/// serving end is `remote` (a `raw-serve` process) or, without one, a swarm
-/// in this process.
-async fn raw_stream(size: u64, remote: Option<&Multiaddr>) -> Result<f64, NodeError> {
-    let mut client = raw_swarm()?;
-    let (addr, server_task) = match remote {
-        Some(addr) => (addr.clone(), None),
-        None => {
-            let (mut server, addr) = raw_listener().await?;
-            let task = tokio::spawn(async move {
-                loop {
-                    let event = server.select_next_some().await;
-                    answer(&mut server, event);
-                }
-            });
-            (addr, Some(task))
-        }
-    };
-    let Some(libp2p::multiaddr::Protocol::P2p(server_peer)) = addr.iter().last() else {
-        return Err(NodeError::Transport(format!("no peer id in {addr}")));
-    };
-    let dial =
-        libp2p::swarm::dial_opts::DialOpts::peer_id(server_peer).addresses(vec![addr]).build();
-    client.dial(dial).map_err(|e| NodeError::Transport(e.to_string()))?;
-    // Connect first (not timed), with a one-byte transfer.
-    let mut timed = None;
-    let mut started = Instant::now();
-    let mut id = client.behaviour_mut().send_request(&server_peer, 1);
-    let result = loop {
-        match client.select_next_some().await {
-            SwarmEvent::Behaviour(request_response::Event::Message {
-                message: request_response::Message::Response { request_id, response },
-                ..
-            }) if request_id == id => {
-                if timed.is_none() {
-                    started = Instant::now();
-                    id = client.behaviour_mut().send_request(&server_peer, size);
-                    timed = Some(());
-                    continue;
-                }
-                if response != size {
-                    break Err(NodeError::Transport(format!(
-                        "raw stream carried {response} of {size} bytes"
-                    )));
-                }
-                break Ok(size as f64 / started.elapsed().as_secs_f64());
-            }
-            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
-                break Err(NodeError::Transport(format!("raw stream failed: {error}")));
-            }
-            _ => {}
-        }
-    };
-    if let Some(task) = server_task {
-        task.abort();
-    }
-    result
 }
 
 #[cfg(test)]

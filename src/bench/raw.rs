@@ -1,0 +1,208 @@
+//! The raw-stream baseline of `bench net`: one libp2p stream over the same
+//! TCP (nodelay) + Noise + Yamux transport as the nodes, carrying N bytes
+//! from a `request_response` codec that writes them and counts them on the
+//! other side without storing them. No hashing, no disk, no crypto beyond
+//! Noise: what the transport gives. Its serving end runs in this process
+//! or in a child (`dfs-p2p bench raw-serve`).
+
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, noise,
+    request_response::{self, ProtocolSupport},
+    swarm::SwarmEvent,
+    tcp, yamux,
+};
+
+use crate::node::NodeError;
+
+const RAW_PROTOCOL: StreamProtocol = StreamProtocol::new("/dfs-p2p/bench-raw/1.0.0");
+const RAW_BUF: usize = 1024 * 1024;
+
+/// Asks for N bytes (8-byte request); the answer is N bytes on the stream,
+/// counted and dropped by the reader.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = u64;
+    type Response = u64;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<u64> {
+        let mut len = [0u8; 8];
+        io.read_exact(&mut len).await?;
+        Ok(u64::from_be_bytes(len))
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<u64> {
+        let mut buf = vec![0u8; RAW_BUF];
+        let mut total = 0u64;
+        loop {
+            match io.read(&mut buf).await? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        len: u64,
+    ) -> io::Result<()> {
+        io.write_all(&len.to_be_bytes()).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        len: u64,
+    ) -> io::Result<()> {
+        let buf = vec![0x5Au8; RAW_BUF];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(RAW_BUF as u64) as usize;
+            io.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+type RawSwarm = Swarm<request_response::Behaviour<RawCodec>>;
+
+fn raw_swarm() -> Result<RawSwarm, NodeError> {
+    let behaviour = request_response::Behaviour::<RawCodec>::new(
+        [(RAW_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(600)),
+    );
+    Ok(libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+/// A raw-stream server listening on loopback, and its full address.
+async fn raw_listener() -> Result<(RawSwarm, Multiaddr), NodeError> {
+    let mut server = raw_swarm()?;
+    server
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid address"))
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            let peer = *server.local_peer_id();
+            return Ok((server, address.with(libp2p::multiaddr::Protocol::P2p(peer))));
+        }
+    }
+}
+
+/// Answers a raw-stream request, if `event` is one.
+fn answer(server: &mut RawSwarm, event: SwarmEvent<request_response::Event<u64, u64>>) {
+    if let SwarmEvent::Behaviour(request_response::Event::Message {
+        message: request_response::Message::Request { request, channel, .. },
+        ..
+    }) = event
+    {
+        let _ = server.behaviour_mut().send_response(channel, request);
+    }
+}
+
+/// The serving end of the raw stream in a process of its own (`dfs-p2p
+/// bench raw-serve`): prints its address on stdout, then answers until its
+/// stdin closes.
+pub async fn raw_serve() -> Result<(), NodeError> {
+    use std::io::Write;
+    let (mut server, addr) = raw_listener().await?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{addr}").and_then(|()| stdout.flush()).map_err(|e| {
+        NodeError::Transport(format!("cannot report the raw server's address: {e}"))
+    })?;
+    let stdin_closed = tokio::task::spawn_blocking(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    });
+    tokio::pin!(stdin_closed);
+    loop {
+        tokio::select! {
+            _ = &mut stdin_closed => return Ok(()),
+            event = server.select_next_some() => answer(&mut server, event),
+        }
+    }
+}
+
+/// One transfer of `size` bytes over one raw stream; returns bytes/s. The
+/// serving end is `remote` (a `raw-serve` process) or, without one, a swarm
+/// in this process.
+pub async fn raw_stream(size: u64, remote: Option<&Multiaddr>) -> Result<f64, NodeError> {
+    let mut client = raw_swarm()?;
+    let (addr, server_task) = match remote {
+        Some(addr) => (addr.clone(), None),
+        None => {
+            let (mut server, addr) = raw_listener().await?;
+            let task = tokio::spawn(async move {
+                loop {
+                    let event = server.select_next_some().await;
+                    answer(&mut server, event);
+                }
+            });
+            (addr, Some(task))
+        }
+    };
+    let Some(libp2p::multiaddr::Protocol::P2p(server_peer)) = addr.iter().last() else {
+        return Err(NodeError::Transport(format!("no peer id in {addr}")));
+    };
+    let dial =
+        libp2p::swarm::dial_opts::DialOpts::peer_id(server_peer).addresses(vec![addr]).build();
+    client.dial(dial).map_err(|e| NodeError::Transport(e.to_string()))?;
+    // Connect first (not timed), with a one-byte transfer.
+    let mut timed = None;
+    let mut started = Instant::now();
+    let mut id = client.behaviour_mut().send_request(&server_peer, 1);
+    let result = loop {
+        match client.select_next_some().await {
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { request_id, response },
+                ..
+            }) if request_id == id => {
+                if timed.is_none() {
+                    started = Instant::now();
+                    id = client.behaviour_mut().send_request(&server_peer, size);
+                    timed = Some(());
+                    continue;
+                }
+                if response != size {
+                    break Err(NodeError::Transport(format!(
+                        "raw stream carried {response} of {size} bytes"
+                    )));
+                }
+                break Ok(size as f64 / started.elapsed().as_secs_f64());
+            }
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                break Err(NodeError::Transport(format!("raw stream failed: {error}")));
+            }
+            _ => {}
+        }
+    };
+    if let Some(task) = server_task {
+        task.abort();
+    }
+    result
+}

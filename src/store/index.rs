@@ -1,0 +1,344 @@
+//! The root index: which roots the node keeps and why — pinned (put here,
+//! or held for owners that asked for a replica) or cached (fetched for
+//! reading, evicted least recently used) — with their owners, sizes and
+//! last use. Owns `pins.cbor` and `cache.cbor`, their persistence and the
+//! migration of older indexes. It never deletes a block itself: dropping a
+//! root asks the collector (`gc`) to run.
+//!
+//! `pins.cbor` is synced on every change; `cache.cbor` never is, like the
+//! cached blocks themselves: a sync there would make every get wait for the
+//! disk to flush all it just wrote. A crash can lose cached roots, never
+//! pinned ones.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::{self, Write},
+    sync::{
+        MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use cid::Cid;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Store,
+    dir::{CACHE_FILE, PINS_FILE},
+};
+use crate::{
+    block,
+    error::{Error, Result},
+};
+
+/// Why a root is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinKind {
+    /// Put here, or replicated here on request: never evicted.
+    Pinned,
+    /// Fetched for reading: evicted least recently used first.
+    Cached,
+}
+
+/// A root in the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootInfo {
+    pub root: Cid,
+    pub kind: PinKind,
+    /// The peers whose `Replicate` made this node pin the root, in the
+    /// order they asked; each may drop only its own pin.
+    pub owners: Vec<PeerId>,
+    /// Whether this node pinned the root for itself (a put here): its own
+    /// content, which no network request deletes.
+    pub local: bool,
+    /// Bytes of all blocks of the root.
+    pub size: u64,
+    /// Unix milliseconds of the last put, pin or read.
+    pub last_access: u64,
+}
+
+/// A root as the index files store it.
+#[derive(Serialize, Deserialize)]
+struct PinRecord {
+    root: String,
+    kind: PinKind,
+    #[serde(default)]
+    owners: Vec<String>,
+    #[serde(default)]
+    local: bool,
+    /// The single owner an index written before roots had several; read,
+    /// never written.
+    #[serde(default, skip_serializing)]
+    owner: Option<String>,
+    size: u64,
+    last_access: u64,
+}
+
+/// The roots in memory, keyed by root CID.
+pub(super) type Roots = BTreeMap<Cid, RootInfo>;
+
+impl Store {
+    fn roots_lock(&self) -> MutexGuard<'_, Roots> {
+        self.inner.roots.lock().expect("root index lock")
+    }
+
+    /// Records `root` as pinned or cached. Every block of the DAG must be
+    /// present, and covered by a writer or guard the caller holds. A
+    /// pinned root stays pinned when it is cached again; a cached root
+    /// becomes pinned. A pin for a peer adds that peer to the root's
+    /// owners; a pin without one makes the root this node's own.
+    pub fn pin(&self, root: &Cid, kind: PinKind, owner: Option<PeerId>) -> Result<RootInfo> {
+        let size = self.dag_size(root)?;
+        let info = {
+            let mut roots = self.roots_lock();
+            let now = unix_now();
+            let entry = roots.entry(*root).or_insert(RootInfo {
+                root: *root,
+                kind,
+                owners: Vec::new(),
+                local: false,
+                size,
+                last_access: now,
+            });
+            if kind == PinKind::Pinned {
+                entry.kind = PinKind::Pinned;
+                match owner {
+                    None => entry.local = true,
+                    Some(peer) if !entry.owners.contains(&peer) => entry.owners.push(peer),
+                    Some(_) => {}
+                }
+            }
+            entry.size = size;
+            entry.last_access = now;
+            entry.clone()
+        };
+        self.save_index(kind == PinKind::Pinned)?;
+        Ok(info)
+    }
+
+    /// Drops `peer`'s pin on `root`. `None` if `peer` holds no pin on it;
+    /// otherwise whether the root went with it: it stays while other owners
+    /// hold it or it is this node's own, and is otherwise removed like
+    /// [`remove_root`](Self::remove_root).
+    pub fn release(&self, root: &Cid, peer: &PeerId) -> Result<Option<bool>> {
+        let removed = {
+            let mut roots = self.roots_lock();
+            let Some(entry) = roots.get_mut(root) else { return Ok(None) };
+            let Some(at) = entry.owners.iter().position(|o| o == peer) else { return Ok(None) };
+            entry.owners.remove(at);
+            let unheld = entry.owners.is_empty() && !entry.local;
+            if unheld {
+                roots.remove(root);
+            }
+            unheld
+        };
+        self.save_index(true)?;
+        if removed {
+            self.request_gc();
+        }
+        Ok(Some(removed))
+    }
+
+    /// Marks a root as just used (for LRU eviction).
+    pub fn touch(&self, root: &Cid) {
+        if let Some(e) = self.roots_lock().get_mut(root) {
+            e.last_access = unix_now();
+        }
+    }
+
+    /// The index entry of a root.
+    pub fn root_info(&self, root: &Cid) -> Option<RootInfo> {
+        self.roots_lock().get(root).cloned()
+    }
+
+    /// All pinned and cached roots.
+    pub fn roots(&self) -> Vec<RootInfo> {
+        self.roots_lock().values().cloned().collect()
+    }
+
+    /// The root CIDs in the index (what a collection keeps).
+    pub(super) fn root_cids(&self) -> Vec<Cid> {
+        self.roots_lock().keys().copied().collect()
+    }
+
+    /// Forgets a root; its blocks that no other root needs are collected in
+    /// the background. Returns whether the root was in the index.
+    pub fn remove_root(&self, root: &Cid) -> Result<bool> {
+        let removed = self.roots_lock().remove(root);
+        if let Some(info) = &removed {
+            self.save_index(info.kind == PinKind::Pinned)?;
+            self.request_gc();
+        }
+        Ok(removed.is_some())
+    }
+
+    /// Evicts least recently used cached roots until they fit the cache
+    /// limit; their blocks are collected in the background. Returns the
+    /// evicted roots (whose provider records the caller withdraws).
+    pub fn enforce_cache_limit(&self) -> Result<Vec<Cid>> {
+        let evicted = {
+            let mut roots = self.roots_lock();
+            let mut cached: Vec<_> =
+                roots.values().filter(|r| r.kind == PinKind::Cached).cloned().collect();
+            cached.sort_by_key(|r| r.last_access);
+            let mut total: u64 = cached.iter().map(|r| r.size).sum();
+            let mut evicted = Vec::new();
+            for r in cached {
+                if total <= self.inner.options.cache_limit {
+                    break;
+                }
+                total -= r.size;
+                roots.remove(&r.root);
+                evicted.push(r.root);
+            }
+            evicted
+        };
+        if !evicted.is_empty() {
+            self.save_index(false)?;
+            self.request_gc();
+        }
+        Ok(evicted)
+    }
+
+    /// Bytes taken by cached roots.
+    pub fn cache_usage(&self) -> u64 {
+        self.roots_lock().values().filter(|r| r.kind == PinKind::Cached).map(|r| r.size).sum()
+    }
+
+    /// Reads the index: the pinned roots, then the cached ones. A cached
+    /// root that `pins.cbor` also lists (a crash between the two writes)
+    /// stays pinned; one whose root block is gone is dropped. A damaged
+    /// `cache.cbor` (a crash while it was written: it is never synced) only
+    /// forgets the cached roots, whose blocks garbage collection then
+    /// removes. Rewrites `pins.cbor` when it still lists cached roots, as
+    /// an index written before the split does.
+    pub(super) fn load_index(&self) -> Result<()> {
+        let mut roots = self.read_index(PINS_FILE)?;
+        let legacy = roots.values().any(|r| r.kind == PinKind::Cached);
+        match self.read_index(CACHE_FILE) {
+            Ok(cached) => {
+                for (root, info) in cached {
+                    if info.kind == PinKind::Cached && self.block_path(&root).is_file() {
+                        roots.entry(root).or_insert(info);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("forgetting the cached roots: {e}"),
+        }
+        *self.roots_lock() = roots;
+        if legacy {
+            // Move the cached roots out of `pins.cbor`, so that it never
+            // again lists a root `cache.cbor` has dropped.
+            self.save_index(true)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one index file (empty if it does not exist).
+    fn read_index(&self, name: &str) -> Result<Roots> {
+        let path = self.inner.dir.dir.join(name);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Roots::new()),
+            Err(e) => return Err(Error::io("cannot read pin index", &path, e)),
+        };
+        let bad = |reason: String| Error::Io {
+            context: format!("pin index {} is damaged: {reason}", path.display()),
+            source: io::ErrorKind::InvalidData.into(),
+        };
+        let records: Vec<PinRecord> =
+            ciborium::from_reader(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
+        records
+            .into_iter()
+            .map(|r| {
+                let root = block::parse_cid(&r.root).map_err(|e| bad(e.to_string()))?;
+                let parse = |o: &String| o.parse::<PeerId>().map_err(|e| bad(e.to_string()));
+                let mut owners = r.owners.iter().map(parse).collect::<Result<Vec<_>>>()?;
+                let mut local = r.local;
+                if r.owners.is_empty() && !r.local && r.kind == PinKind::Pinned {
+                    // The older index: one owner, or none for own content.
+                    match &r.owner {
+                        Some(owner) => owners.push(parse(owner)?),
+                        None => local = true,
+                    }
+                }
+                Ok((
+                    root,
+                    RootInfo {
+                        root,
+                        kind: r.kind,
+                        owners,
+                        local,
+                        size: r.size,
+                        last_access: r.last_access,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Rewrites the index: `cache.cbor` always, `pins.cbor` only when
+    /// `pinned_changed`. Each file is replaced atomically (tmp file,
+    /// rename); `pins.cbor` is synced first (file and directory), so a
+    /// pinned root survives a crash, while `cache.cbor` is not (see the
+    /// module docs). The index lock is held throughout, so concurrent
+    /// saves neither share a tmp file nor write an older snapshot over a
+    /// newer one.
+    fn save_index(&self, pinned_changed: bool) -> Result<()> {
+        let roots = self.roots_lock();
+        let records = |kind: PinKind| -> Vec<PinRecord> {
+            roots
+                .values()
+                .filter(|r| r.kind == kind)
+                .map(|r| PinRecord {
+                    root: r.root.to_string(),
+                    kind: r.kind,
+                    owners: r.owners.iter().map(ToString::to_string).collect(),
+                    local: r.local,
+                    owner: None,
+                    size: r.size,
+                    last_access: r.last_access,
+                })
+                .collect()
+        };
+        if pinned_changed {
+            self.write_index(PINS_FILE, &records(PinKind::Pinned), true)?;
+        }
+        self.write_index(CACHE_FILE, &records(PinKind::Cached), false)
+    }
+
+    fn write_index(&self, name: &str, records: &[PinRecord], synced: bool) -> Result<()> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(records, &mut bytes).expect("writing to a Vec cannot fail");
+        let path = self.inner.dir.dir.join(name);
+        let tmp = self.inner.dir.dir.join(format!("{name}.tmp"));
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            if synced {
+                f.sync_all()?;
+            }
+            fs::rename(&tmp, &path)?;
+            if synced {
+                self.inner.dir.handle.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| Error::io("cannot write pin index", &path, e))
+    }
+}
+
+/// Unix milliseconds, strictly increasing within the process so that LRU
+/// order is total.
+fn unix_now() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let prev = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |prev| Some(now.max(prev + 1)))
+        .expect("the update always succeeds");
+    now.max(prev + 1)
+}

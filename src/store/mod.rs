@@ -1,0 +1,143 @@
+//! The on-disk store: one data directory, opened by one process at a time.
+//! It never decrypts anything: it walks structure nodes through their
+//! clear links only. Its parts, each in a room of its own:
+//!
+//! - [`dir`]: the directory's layout, its lock, the identity key and the
+//!   convergence secret;
+//! - [`blocks`]: block files — reading them back verified (through check
+//!   tags, [`check`]), moving bad ones aside, writing new ones to `tmp/`
+//!   (copies fetched to be read around the page cache, [`direct`]);
+//! - [`writer`]: [`BlockWriter`], which makes batches of new blocks durable
+//!   with one sync and renames them into place;
+//! - [`index`]: the roots kept (pinned or cached), their owners, and their
+//!   persistence in `pins.cbor` and `cache.cbor`;
+//! - [`walk`]: walking a DAG on disk;
+//! - [`gc`]: garbage collection, which never makes an operation wait for it.
+//!
+//! **Blocking and async.** The store is blocking code: every method may
+//! touch the disk, and its locks are plain mutexes held for short, bounded
+//! spans (never across IO that waits on the network, and never an async
+//! lock). Async code calls it only from `tokio::task::spawn_blocking`, and
+//! long work (an import, an export, a pull) runs wholly on blocking
+//! threads. The one bridge the other way is the network handle: blocking
+//! code that needs the swarm waits on it with `Handle::block_on`, which is
+//! only ever called from such a blocking thread (see `net::get`).
+
+mod blocks;
+mod check;
+mod dir;
+mod direct;
+mod gc;
+mod index;
+mod walk;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64},
+    },
+};
+
+use libp2p::{PeerId, identity::Keypair};
+
+pub use self::{
+    blocks::Usage,
+    gc::{GcStats, Guard, SWEEP_BATCH},
+    index::{PinKind, RootInfo},
+    writer::{BlockWriter, Durability, Prepared},
+};
+use crate::{crypto::ConvergenceSecret, error::Result};
+
+/// Options of a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Bytes that cached (fetched, not pinned) roots may take before the
+    /// least recently used are evicted.
+    pub cache_limit: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { cache_limit: 10 * 1024 * 1024 * 1024 }
+    }
+}
+
+/// A handle to an open data directory; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: dir::DataDir,
+    options: StoreOptions,
+    /// The root index (`index`).
+    roots: Mutex<index::Roots>,
+    /// Guards, claims and collections (`gc`).
+    collector: Arc<gc::Collector>,
+    /// Names of temporary files (`blocks`).
+    tmp_seq: AtomicU64,
+    /// Fault injection: writes fail with ENOSPC once this many more bytes
+    /// have been written (u64::MAX: never).
+    write_budget: AtomicU64,
+    /// Whether the file system takes direct writes (cleared at the first
+    /// refusal).
+    direct_io: AtomicBool,
+    /// Check tags of verified blocks.
+    checker: check::Checker,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.inner.dir.dir).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory `dir`, taking its lock.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let dir = dir::DataDir::open(PathBuf::from(dir.as_ref()))?;
+        let checker = check::Checker::new(&dir.identity_bytes);
+        let stamp = dir.dir.join(dir::CLOCK_FILE);
+        let collector = gc::Collector::new(&stamp)
+            .map_err(|e| crate::error::Error::io("cannot create", &stamp, e))?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                dir,
+                options,
+                roots: Mutex::default(),
+                collector: Arc::new(collector),
+                tmp_seq: AtomicU64::new(0),
+                write_budget: AtomicU64::new(u64::MAX),
+                direct_io: AtomicBool::new(true),
+                checker,
+            }),
+        };
+        store.load_index()?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir.dir
+    }
+
+    /// The node's libp2p identity.
+    pub fn identity(&self) -> &Keypair {
+        &self.inner.dir.identity
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.dir.identity.public().to_peer_id()
+    }
+
+    /// The secret convergent keys are derived under.
+    pub fn secret(&self) -> &ConvergenceSecret {
+        &self.inner.dir.secret
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+}
