@@ -18,7 +18,7 @@ use cid::Cid;
 use crate::{
     block::{self, DAG_CBOR},
     crypto::{self, ConvergenceSecret, Domain, KEY_LEN, Key},
-    error::{Error, Result},
+    error::{DagLimit, Error, Result},
 };
 
 /// Format version of structure nodes and their sealed part. Must not change.
@@ -360,10 +360,7 @@ impl Frontier {
     /// yet, so that they are visited in order.
     pub fn push_links(&mut self, depth: usize, links: &[Cid]) -> Result<()> {
         if depth >= MAX_DEPTH && links.iter().any(|l| l.codec() == DAG_CBOR) {
-            return Err(Error::Limit {
-                root: self.root,
-                reason: format!("is deeper than {MAX_DEPTH} levels"),
-            });
+            return Err(Error::Limit { root: self.root, limit: DagLimit::Depth(MAX_DEPTH) });
         }
         let at = self.stack.len();
         for link in links {
@@ -371,7 +368,7 @@ impl Frontier {
                 if self.seen.len() as u64 > self.max_blocks {
                     return Err(Error::Limit {
                         root: self.root,
-                        reason: format!("has more than {} blocks", self.max_blocks),
+                        limit: DagLimit::Blocks(self.max_blocks),
                     });
                 }
                 // Depth fits a u8: MAX_DEPTH is checked above.

@@ -26,8 +26,8 @@ pub enum Error {
     Malformed { cid: Cid, reason: String },
     /// A DAG that breaks a limit: the format's depth, or what was declared
     /// or allowed for it.
-    #[error("the DAG under {root} {reason}")]
-    Limit { root: Cid, reason: String },
+    #[error("the DAG under {root} {limit}")]
+    Limit { root: Cid, limit: DagLimit },
     /// A ticket or CID string that does not parse.
     #[error("{0}")]
     Parse(#[from] ParseError),
@@ -58,6 +58,21 @@ pub enum Error {
     /// The operation was cancelled.
     #[error("cancelled")]
     Cancelled,
+}
+
+/// Which limit a DAG broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DagLimit {
+    /// The format's depth limit, `dag::MAX_DEPTH` levels.
+    #[error("is deeper than {0} levels")]
+    Depth(usize),
+    /// More distinct blocks than declared or allowed.
+    #[error("has more than {0} blocks")]
+    Blocks(u64),
+    /// More bytes than declared or allowed.
+    #[error("holds more than {0} bytes")]
+    Bytes(u64),
 }
 
 /// A ticket or CID string that cannot be used.

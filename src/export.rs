@@ -17,7 +17,7 @@ use crate::{
     block::{BlockBuf, DAG_CBOR, RAW},
     crypto::{self, Domain, Key},
     dag::{ChildRef, FileMeta, MAX_DEPTH, Node, Opened},
-    error::{Error, Result},
+    error::{DagLimit, Error, Result},
     progress::Progress,
     store::Store,
     ticket::Ticket,
@@ -267,7 +267,7 @@ impl<S: BlockSource> Walk<'_, S> {
                     if path.len() >= MAX_DEPTH {
                         return Err(Error::Limit {
                             root: self.root,
-                            reason: format!("is deeper than {MAX_DEPTH} levels"),
+                            limit: DagLimit::Depth(MAX_DEPTH),
                         });
                     }
                     let opened = open_node(self.source, &child.cid, &child.key)?;

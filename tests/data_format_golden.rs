@@ -503,8 +503,8 @@ fn spec_golden_values_are_what_the_code_produces() {
         hex.insert(format!("{label}-root-sealed"), plain);
         hex.insert(format!("{label}-ticket"), ticket_bytes);
         if label == "hello" {
-            // The provider record key, as the event loop builds it.
-            let key = libp2p::kad::RecordKey::new(&ticket.root.to_bytes());
+            // The provider record key, as the node builds it.
+            let key = behaviour::provider_key(&ticket.root);
             hex.insert(format!("{label}-provider-key"), key.to_vec());
         }
         text.insert(format!("{label}.root.cid"), ticket.root.to_string().into_bytes());
@@ -627,8 +627,10 @@ fn spec_constants_are_the_codes() {
         ("import::MAX_LEAF_PLAINTEXT", import::MAX_LEAF_PLAINTEXT.to_string()),
         ("ticket::TICKET_PREFIX", text(ticket::TICKET_PREFIX)),
         ("ticket::TICKET_VERSION", ticket::TICKET_VERSION.to_string()),
+        ("ticket::MAX_TICKET_BODY", ticket::MAX_TICKET_BODY.to_string()),
         ("net::behaviour::KAD_PROTOCOL", text(behaviour::KAD_PROTOCOL.as_ref())),
         ("net::behaviour::IDENTIFY_PROTOCOL_VERSION", text(behaviour::IDENTIFY_PROTOCOL_VERSION)),
+        ("net::behaviour::KAD_REPLICATION", behaviour::KAD_REPLICATION.to_string()),
     ]
     .into_iter()
     .collect();

@@ -143,8 +143,16 @@ const ERROR: &str = r#"
 6e 6f 74 20 74 68 65 20 6f 77 6e 65 72            # message: "not the owner" (13 bytes)
 "#;
 
+const BAD_REQUEST: &str = r#"
+86                                                # type 0x86: Error
+00 00 00 1f                                       # body length: 31
+00 06                                             # code: 6 = BadRequest
+43 49 44 20 6d 75 6c 74 69 68 61 73 68 20 69 73
+20 6e 6f 74 20 73 68 61 32 2d 32 35 36            # message: "CID multihash is not sha2-256" (29 bytes)
+"#;
+
 /// Every vector, in the order the spec lists them.
-const VECTORS: [&str; 10] = [
+const VECTORS: [&str; 11] = [
     GET_BLOCK,
     BLOCK,
     NOT_FOUND,
@@ -155,6 +163,7 @@ const VECTORS: [&str; 10] = [
     DELETE,
     DELETED,
     ERROR,
+    BAD_REQUEST,
 ];
 
 /// Bytes of an annotated hex dump: `#` starts a comment, whitespace is
@@ -228,6 +237,18 @@ fn spec_examples_are_the_test_vectors() {
     }
     let vectors: Vec<&str> = VECTORS.iter().map(|v| v.trim_matches('\n')).collect();
     assert_eq!(blocks, vectors, "spec hex examples differ from the test vectors");
+}
+
+#[test]
+fn a_malformed_request_reads_as_the_spec_answer() {
+    // The GetBlock example with multihash code 0x13: the responder reads it
+    // as malformed, and its answer is the spec's BadRequest example.
+    let mut bytes = hex(GET_BLOCK);
+    bytes[8] = 0x13;
+    let frame = block_on(FileCodec.read_request(&STREAM_PROTOCOL, &mut Cursor::new(bytes)));
+    let RequestFrame::Malformed(reason) = frame.unwrap() else { panic!("read as valid") };
+    let answer = Response::error(ErrorCode::BadRequest, reason);
+    assert_eq!(write_response(answer).unwrap(), hex(BAD_REQUEST));
 }
 
 #[test]

@@ -783,7 +783,12 @@ fn gc_keeps_the_stored_blocks_a_running_put_reuses() {
         let other = open(scratch.path());
         let root = put(&other, &bytes, &opts()).ticket.root;
         let mut blocks = Vec::new();
-        other.walk(&root, &mut |c| Ok(blocks.push((*c, other.get(c)?.to_vec())))).unwrap();
+        other
+            .walk(&root, &mut |c| {
+                blocks.push((*c, other.get(c)?.to_vec()));
+                Ok(())
+            })
+            .unwrap();
         blocks
     };
     let store = open(dir.path());
