@@ -31,7 +31,7 @@ pub const IDENTIFY_PROTOCOL_VERSION: &str = "/dfs-p2p/1.0.0";
 pub const FILE_REQUEST_TIMEOUT: Duration = crate::net::codec::DEFAULT_REQUEST_TIMEOUT;
 
 /// Streams of the file protocol per connection (libp2p's default is 100).
-/// A get keeps [`crate::net::get::PER_PEER_IN_FLIGHT`] requests per peer.
+/// Above what a get keeps in flight to one provider (`net::providers`).
 pub const MAX_CONCURRENT_STREAMS: usize = 256;
 
 /// How long a connection without open streams stays up. Long enough that
