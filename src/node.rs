@@ -26,7 +26,7 @@ use crate::{
         get::{self, GET_WINDOW, GET_WORKERS, NetSource},
         inbound::Responder,
         providers::ProviderSet,
-        replicas,
+        replicas::{self, Accept, Offer, ReplicaPolicy},
     },
     store::{Durability, PinKind, RootInfo, Store, StoreOptions},
     ticket::TicketOrCid,
@@ -46,6 +46,12 @@ pub struct NodeConfig {
     pub cache_size: u64,
     /// Plaintext bytes per chunk.
     pub chunk_size: usize,
+    /// Bytes of replicas this node holds for others at most; `None`: a
+    /// quarter of the space free on the data directory's file system when
+    /// the node starts.
+    pub replica_quota: Option<u64>,
+    /// Who may ask this node to hold replicas.
+    pub accept_replicas: Accept,
 }
 
 impl NodeConfig {
@@ -57,6 +63,8 @@ impl NodeConfig {
             replicas: 3,
             cache_size: StoreOptions::default().cache_limit,
             chunk_size: import::DEFAULT_CHUNK_SIZE,
+            replica_quota: None,
+            accept_replicas: Accept::Any,
         }
     }
 }
@@ -78,6 +86,8 @@ pub struct PutReport {
     pub wanted: usize,
     /// Whether `copies` counts this node's own copy.
     pub counts_local: bool,
+    /// Peers that were asked for a replica and did not hold one, and why.
+    pub failed: Vec<(PeerId, String)>,
 }
 
 /// What a get did.
@@ -117,6 +127,9 @@ pub struct Stat {
     pub cached_roots: usize,
     pub cache_used: u64,
     pub cache_limit: u64,
+    /// Bytes held for other peers, and the most this node holds for them.
+    pub held_for_others: u64,
+    pub replica_quota: u64,
 }
 
 /// Errors of node operations; each displays as one line.
@@ -145,6 +158,7 @@ struct Inner {
     store: Store,
     net: NetHandle,
     config: NodeConfig,
+    replica_quota: u64,
     event_loop: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -166,9 +180,20 @@ impl Node {
         }
         let (event_loop, net, inbound) = EventLoop::new(swarm, config.bootstrap.clone());
         let event_loop = tokio::spawn(event_loop.run());
-        tokio::spawn(Responder::new(store.clone(), net.clone()).run(inbound));
+        let policy = ReplicaPolicy {
+            quota: config.replica_quota.unwrap_or_else(|| default_replica_quota(store.dir())),
+            accept: config.accept_replicas.clone(),
+        };
+        let replica_quota = policy.quota;
+        tokio::spawn(Responder::new(store.clone(), net.clone(), policy).run(inbound));
         let node = Node {
-            inner: Arc::new(Inner { store, net, config, event_loop: Mutex::new(Some(event_loop)) }),
+            inner: Arc::new(Inner {
+                store,
+                net,
+                config,
+                replica_quota,
+                event_loop: Mutex::new(Some(event_loop)),
+            }),
         };
         tokio::spawn(node.clone().provide_held_roots());
         Ok(node)
@@ -245,9 +270,11 @@ impl Node {
             kind: PinKind::Pinned,
             ..Default::default()
         };
-        let imported = tokio::task::spawn_blocking(move || {
+        let (imported, bytes) = tokio::task::spawn_blocking(move || {
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
-            import::import(&store, reader, &options, progress)
+            let imported = import::import(&store, reader, &options, progress)?;
+            let (_, bytes) = store.dag_stats(&imported.ticket.root)?;
+            Ok::<_, Error>((imported, bytes))
         })
         .await
         .map_err(|_| NodeError::Stopped)??;
@@ -261,13 +288,15 @@ impl Node {
         if elsewhere > 0 {
             self.wait_for_first_peer().await;
         }
-        let confirmed = replicas::replicate(&self.inner.net, root, elsewhere).await;
+        let offer = Offer { root, blocks: imported.blocks, bytes, replicas: wanted as u8 };
+        let placed = replicas::replicate(&self.inner.net, offer, elsewhere).await;
         Ok(PutReport {
             ticket: imported.ticket,
             size: imported.size,
-            copies: usize::from(serving) + confirmed.len(),
+            copies: usize::from(serving) + placed.confirmed.len(),
             wanted,
             counts_local: serving,
+            failed: placed.failed,
         })
     }
 
@@ -392,6 +421,8 @@ impl Node {
             cached_roots: roots.len() - pinned_roots,
             cache_used: self.inner.store.cache_usage(),
             cache_limit: self.inner.store.options().cache_limit,
+            held_for_others: self.inner.store.held_for_others(),
+            replica_quota: self.inner.replica_quota,
         })
     }
 
@@ -404,6 +435,23 @@ impl Node {
             let _ = handle.await;
         }
     }
+}
+
+/// A quarter of the space free on the file system of `dir` (0 if unknown).
+pub fn default_replica_quota(dir: &std::path::Path) -> u64 {
+    free_space(dir).map_or(0, |free| free / 4)
+}
+
+/// Bytes free for an unprivileged user on the file system of `path`.
+pub fn free_space(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `path` is a valid C string; statvfs only writes `stat`.
+    let stat = unsafe {
+        let mut stat = std::mem::zeroed::<libc::statvfs>();
+        (libc::statvfs(path.as_ptr(), &mut stat) == 0).then_some(stat)?
+    };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 fn listen_error<E: std::error::Error>(e: libp2p::TransportError<E>) -> String {

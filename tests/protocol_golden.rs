@@ -104,11 +104,14 @@ const HAVE_RESPONSE: &str = r#"
 
 const REPLICATE: &str = r"
 03                                                # type 0x03: Replicate
-00 00 00 25                                       # body length: 37
+00 00 00 36                                       # body length: 54
 24                                                # CID length: 36
 01 71 12 20                                       # CIDv1, dag-cbor, sha2-256, 32-byte digest
 c1 9a 79 7f a1 fd 59 0c d2 e5 b4 2d 1c f5 f2 46
 e2 9b 91 68 4e 2f 87 40 4b 81 dc 34 5c 7a 56 a0   # digest = sha256(a0), the empty dag-cbor map
+00 00 00 00 00 00 00 03                           # blocks: 3
+00 00 00 00 00 10 04 00                           # bytes: 1,049,600
+03                                                # replicas: 3
 ";
 
 const REPLICATED: &str = r"
@@ -270,7 +273,10 @@ fn golden_requests() {
     let cases = [
         (GET_BLOCK, Request::GetBlock { cid: hello() }),
         (HAVE_REQUEST, Request::Have { cids: vec![hello(), world()] }),
-        (REPLICATE, Request::Replicate { root: empty_map() }),
+        (
+            REPLICATE,
+            Request::Replicate { root: empty_map(), blocks: 3, bytes: 1_049_600, replicas: 3 },
+        ),
         (DELETE, Request::Delete { root: empty_map() }),
     ];
     for (dump, request) in cases {
@@ -312,7 +318,7 @@ fn example_block_matches_the_example_cid() {
 
 #[test]
 fn format_constants() {
-    assert_eq!(PROTOCOL, "/dfs-p2p/file/1.0.0");
+    assert_eq!(PROTOCOL, "/dfs-p2p/file/2.0.0");
     assert_eq!(STREAM_PROTOCOL.as_ref(), PROTOCOL);
     assert_eq!(FRAME_HEADER_LEN, 5);
     assert_eq!(MAX_BLOCK_SIZE, 2_097_152);
@@ -406,7 +412,7 @@ fn unsupported_cids_are_refused_on_both_sides() {
         for request in [
             Request::GetBlock { cid },
             Request::Have { cids: vec![hello(), cid] },
-            Request::Replicate { root: cid },
+            Request::Replicate { root: cid, blocks: 1, bytes: 1, replicas: 1 },
             Request::Delete { root: cid },
         ] {
             assert_eq!(request.validate().unwrap_err().kind(), io::ErrorKind::InvalidInput);
@@ -698,7 +704,9 @@ fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         arb_cid().prop_map(|cid| Request::GetBlock { cid }),
         vec(arb_cid(), 0..=MAX_HAVE_CIDS).prop_map(|cids| Request::Have { cids }),
-        arb_cid().prop_map(|root| Request::Replicate { root }),
+        (arb_cid(), any::<u64>(), any::<u64>(), any::<u8>()).prop_map(
+            |(root, blocks, bytes, replicas)| Request::Replicate { root, blocks, bytes, replicas }
+        ),
         arb_cid().prop_map(|root| Request::Delete { root }),
     ]
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 
-use crate::ticket::Ticket;
+use crate::{net::replicas::Accept, ticket::Ticket};
 
 /// The listen address a node uses when none is given.
 pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/0";
@@ -60,6 +60,17 @@ pub struct NodeArgs {
     /// first), e.g. 10GiB, 512MiB.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size, global = true)]
     pub cache_size: u64,
+
+    /// Space for replicas this node holds for other peers, e.g. 50GiB
+    /// [default: a quarter of the space free on the data directory's disk at
+    /// start]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, global = true)]
+    pub replica_quota: Option<u64>,
+
+    /// Who may ask this node to hold replicas: any, none, or a comma-separated
+    /// list of peer ids.
+    #[arg(long, value_name = "any|none|PEERID,...", default_value = "any", global = true)]
+    pub accept_replicas_from: Accept,
 }
 
 #[derive(Debug, Subcommand)]

@@ -292,6 +292,8 @@ fn node_config(args: &NodeArgs, listen_by_default: bool) -> Result<NodeConfig, F
     config.bootstrap = args.bootstrap.clone();
     config.replicas = args.replicas;
     config.cache_size = args.cache_size;
+    config.replica_quota = args.replica_quota;
+    config.accept_replicas = args.accept_replicas_from.clone();
     Ok(config)
 }
 

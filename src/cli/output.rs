@@ -162,6 +162,10 @@ pub fn stat_table(stat: &Stat) -> String {
         "cache".into(),
         format!("{} of {} used", size(stat.cache_used), size(stat.cache_limit)),
     ]);
+    rows.push(vec![
+        "for others".into(),
+        format!("{} of {} quota", size(stat.held_for_others), size(stat.replica_quota)),
+    ]);
     let mut out = String::new();
     let width = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
     for row in rows {

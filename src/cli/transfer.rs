@@ -74,7 +74,28 @@ pub fn put_summary(label: &str, report: &PutReport) -> String {
     } else if report.counts_local && report.copies == 1 && report.wanted > 1 {
         line.push_str(" (only this node holds it)");
     }
+    if report.copies < report.wanted && !report.failed.is_empty() {
+        // Why copies are missing: the first few refusals.
+        const SHOWN: usize = 3;
+        let reasons: Vec<String> = report
+            .failed
+            .iter()
+            .take(SHOWN)
+            .map(|(peer, why)| format!("{}: {why}", short_peer(peer)))
+            .collect();
+        let more = report.failed.len().saturating_sub(SHOWN);
+        line.push_str(&format!("; not held by {}", reasons.join("; ")));
+        if more > 0 {
+            line.push_str(&format!("; and {more} more"));
+        }
+    }
     line
+}
+
+/// A peer id cut to its last characters, enough to tell peers apart.
+fn short_peer(peer: &libp2p::PeerId) -> String {
+    let id = peer.to_string();
+    format!("…{}", &id[id.len().saturating_sub(8)..])
 }
 
 /// Where a get writes.

@@ -1,4 +1,4 @@
-//! The dfs-p2p file protocol, version 1 (`/dfs-p2p/file/1.0.0`): its messages,
+//! The dfs-p2p file protocol, version 2 (`/dfs-p2p/file/2.0.0`): its messages,
 //! their binary framing, and the [`FileCodec`] that carries them over a
 //! libp2p `request_response` stream.
 //!
@@ -31,7 +31,7 @@ use crate::block::{self, BlockBuf, BlockBytes, DAG_CBOR, RAW, SHA2_256};
 
 /// The protocol id negotiated by multistream-select.
 /// Must not change: a different wire format gets a different id.
-pub const PROTOCOL: &str = "/dfs-p2p/file/1.0.0";
+pub const PROTOCOL: &str = "/dfs-p2p/file/2.0.0";
 
 /// [`PROTOCOL`] as the type `request_response::Behaviour::new` takes.
 pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(PROTOCOL);
@@ -90,6 +90,7 @@ const _: () = assert!(block::DIGEST_LEN < 0x80);
 // Exact or maximal body lengths per message type, derived from the field
 // encodings in the spec. A reader checks these before allocating.
 const CID_FIELD_LEN: usize = 1 + CID_LEN;
+const REPLICATE_BODY: usize = CID_FIELD_LEN + 8 + 8 + 1;
 const MAX_HAVE_REQUEST_BODY: usize = 2 + MAX_HAVE_CIDS * CID_FIELD_LEN;
 const MAX_HAVE_RESULT_BODY: usize = 2 + MAX_HAVE_CIDS.div_ceil(8);
 const MAX_ERROR_BODY: usize = 2 + MAX_ERROR_MESSAGE_LEN;
@@ -112,10 +113,18 @@ pub enum Request {
         cids: Vec<Cid>,
     },
     /// Pull, verify, pin (owned by the requester) and provide the DAG under
-    /// `root`, then answer.
+    /// `root`, then answer. The requester declares what it asks to be
+    /// stored; the responder reserves that against its quota first, and
+    /// stops pulling a DAG that turns out bigger.
     Replicate {
         /// Root of the DAG to replicate.
         root: Cid,
+        /// Distinct blocks of the DAG, the root included.
+        blocks: u64,
+        /// Bytes of those blocks.
+        bytes: u64,
+        /// The copies the owner wants on the network, this one included.
+        replicas: u8,
     },
     /// Drop the replica of `root` that the requester owns.
     Delete {
@@ -279,7 +288,7 @@ impl Request {
     /// [`is_supported_cid`] accepts or a `Have` has over [`MAX_HAVE_CIDS`].
     pub fn validate(&self) -> io::Result<()> {
         match self {
-            Self::GetBlock { cid: root } | Self::Replicate { root } | Self::Delete { root } => {
+            Self::GetBlock { cid: root } | Self::Replicate { root, .. } | Self::Delete { root } => {
                 check_cid(root)
             }
             Self::Have { cids } => {
@@ -346,7 +355,14 @@ impl Response {
 pub fn encode_request(request: &Request) -> Vec<u8> {
     match request {
         Request::GetBlock { cid } => encode_cid_frame(TYPE_GET_BLOCK, cid),
-        Request::Replicate { root } => encode_cid_frame(TYPE_REPLICATE, root),
+        Request::Replicate { root, blocks, bytes, replicas } => {
+            let mut frame = begin_frame(TYPE_REPLICATE, REPLICATE_BODY);
+            put_cid(&mut frame, root);
+            frame.extend_from_slice(&blocks.to_be_bytes());
+            frame.extend_from_slice(&bytes.to_be_bytes());
+            frame.push(*replicas);
+            finish_frame(frame)
+        }
         Request::Delete { root } => encode_cid_frame(TYPE_DELETE, root),
         Request::Have { cids } => {
             let mut frame = begin_frame(TYPE_HAVE, 2 + cids.len() * CID_FIELD_LEN);
@@ -530,7 +546,8 @@ enum Direction {
 /// type is not one of `direction`'s.
 fn max_body_len(direction: Direction, message_type: u8) -> Option<usize> {
     match (direction, message_type) {
-        (Direction::Request, TYPE_GET_BLOCK | TYPE_REPLICATE | TYPE_DELETE) => Some(CID_FIELD_LEN),
+        (Direction::Request, TYPE_GET_BLOCK | TYPE_DELETE) => Some(CID_FIELD_LEN),
+        (Direction::Request, TYPE_REPLICATE) => Some(REPLICATE_BODY),
         (Direction::Request, TYPE_HAVE) => Some(MAX_HAVE_REQUEST_BODY),
         (Direction::Response, TYPE_BLOCK) => Some(MAX_BLOCK_SIZE),
         (Direction::Response, TYPE_HAVE_RESULT) => Some(MAX_HAVE_RESULT_BODY),
@@ -616,7 +633,12 @@ fn decode_request_body(message_type: u8, body: &[u8]) -> io::Result<Request> {
     let mut body = Fields(body);
     let request = match message_type {
         TYPE_GET_BLOCK => Request::GetBlock { cid: body.cid()? },
-        TYPE_REPLICATE => Request::Replicate { root: body.cid()? },
+        TYPE_REPLICATE => Request::Replicate {
+            root: body.cid()?,
+            blocks: u64::from_be_bytes(body.array()?),
+            bytes: u64::from_be_bytes(body.array()?),
+            replicas: u8::from_be_bytes(body.array()?),
+        },
         TYPE_DELETE => Request::Delete { root: body.cid()? },
         TYPE_HAVE => {
             let count = usize::from(body.u16()?);

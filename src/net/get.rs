@@ -10,7 +10,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 
 use crate::{
     block::BlockBuf,
-    error::{Error, Result},
+    error::{DagLimit, Error, Result},
     export::BlockSource,
     net::{
         blocks::{Fetched, rpc_get_block},
@@ -60,6 +60,11 @@ pub struct NetSource {
     /// `store::gc`).
     claim_local: bool,
     fetched: AtomicU64,
+    /// Bytes fetched so far, and the most that may be.
+    fetched_bytes: AtomicU64,
+    max_bytes: u64,
+    /// Set to stop every fetch (a deadline passed, the asker went away).
+    cancel: Arc<AtomicBool>,
 }
 
 impl NetSource {
@@ -88,7 +93,18 @@ impl NetSource {
             durability,
             claim_local,
             fetched: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            max_bytes: u64::MAX,
+            cancel: Arc::default(),
         }
+    }
+
+    /// Fails a fetch that would bring the bytes fetched over `max_bytes`,
+    /// and every fetch once `cancel` is set.
+    pub fn with_limits(mut self, max_bytes: u64, cancel: Arc<AtomicBool>) -> Self {
+        self.max_bytes = max_bytes;
+        self.cancel = cancel;
+        self
     }
 
     /// Blocks fetched from the network so far.
@@ -128,6 +144,9 @@ impl NetSource {
         let started = Instant::now();
         let mut busy = 0;
         loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
             let peer = self.providers.acquire(cid)?;
             match self.rt.block_on(rpc_get_block(&self.net, peer, *cid, BLOCK_TIMEOUT)) {
                 Fetched::Block(bytes) => {
@@ -170,6 +189,11 @@ impl BlockSource for NetSource {
             }
         }
         let bytes = self.fetch(cid)?;
+        let total = self.fetched_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if total + bytes.len() as u64 > self.max_bytes {
+            let root = self.providers.root();
+            return Err(Error::Limit { root, limit: DagLimit::Bytes(self.max_bytes) });
+        }
         let prepared = BlockWriter::prepare(&self.store, self.durability, cid, &bytes)?;
         if let Some(w) = self.writer.lock().expect("writer lock").as_mut() {
             w.add_prepared(prepared)?;

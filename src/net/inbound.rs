@@ -10,7 +10,7 @@ use crate::{
         blocks::BlockService,
         codec::Request,
         event_loop::{InboundRequest, NetHandle},
-        replicas::ReplicaService,
+        replicas::{Offer, ReplicaPolicy, ReplicaService},
     },
     store::Store,
 };
@@ -23,10 +23,10 @@ pub struct Responder {
 }
 
 impl Responder {
-    pub fn new(store: Store, net: NetHandle) -> Self {
+    pub fn new(store: Store, net: NetHandle, policy: ReplicaPolicy) -> Self {
         Responder {
             blocks: BlockService::new(store.clone(), net.clone()),
-            replicas: ReplicaService::new(store, net),
+            replicas: ReplicaService::new(store, net, policy),
         }
     }
 
@@ -40,8 +40,9 @@ impl Responder {
                 Request::Have { cids } => {
                     tokio::spawn(self.blocks.clone().handle_have(cids, channel));
                 }
-                Request::Replicate { root } => {
-                    tokio::spawn(self.replicas.clone().handle_replicate(peer, root, channel));
+                Request::Replicate { root, blocks, bytes, replicas } => {
+                    let offer = Offer { root, blocks, bytes, replicas };
+                    tokio::spawn(self.replicas.clone().handle_replicate(peer, offer, channel));
                 }
                 Request::Delete { root } => {
                     tokio::spawn(self.replicas.clone().handle_delete(peer, root, channel));

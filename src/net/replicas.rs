@@ -11,8 +11,11 @@
 //! drops a replica only for its owner.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Condvar, Mutex},
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -23,7 +26,7 @@ use tokio::sync::Semaphore;
 use crate::{
     block::DAG_CBOR,
     dag::{Frontier, Node},
-    error::{Error, Result},
+    error::{DagLimit, Error, Result},
     export::BlockSource,
     net::{
         codec::{ErrorCode, Request, Response},
@@ -64,18 +67,42 @@ async fn candidates(net: &NetHandle, root: &Cid) -> Vec<PeerId> {
     peers
 }
 
-/// Asks peers closest to `root` to replicate it until `want` confirm or the
-/// candidates run out; returns the peers that confirmed.
-pub async fn replicate(net: &NetHandle, root: Cid, want: usize) -> Vec<PeerId> {
+/// What a put asks other nodes to hold: a root, what it takes, and how
+/// many copies its owner wants on the network.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer {
+    pub root: Cid,
+    /// Distinct blocks of the DAG, the root included.
+    pub blocks: u64,
+    /// Bytes of those blocks.
+    pub bytes: u64,
+    /// Copies wanted, the owner's own included.
+    pub replicas: u8,
+}
+
+/// How the replicas of a put went.
+#[derive(Debug, Clone, Default)]
+pub struct Placed {
+    /// Peers that confirmed a replica.
+    pub confirmed: Vec<PeerId>,
+    /// Peers that did not, and why.
+    pub failed: Vec<(PeerId, String)>,
+}
+
+/// Asks peers closest to the root to replicate it until `want` confirm or
+/// the candidates run out; a peer that refuses, is busy or fails is
+/// replaced by the next closest.
+pub async fn replicate(net: &NetHandle, offer: Offer, want: usize) -> Placed {
+    let mut placed = Placed::default();
     if want == 0 {
-        return Vec::new();
+        return placed;
     }
+    let root = offer.root;
     let mut candidates = candidates(net, &root).await.into_iter();
     let mut running = futures::stream::FuturesUnordered::new();
-    let mut confirmed = Vec::new();
     let ask = |peer: PeerId| {
         let net = net.clone();
-        async move { (peer, rpc_replicate(&net, peer, root).await) }
+        async move { (peer, rpc_replicate(&net, peer, offer).await) }
     };
     for peer in candidates.by_ref().take(want) {
         running.push(ask(peer));
@@ -85,11 +112,12 @@ pub async fn replicate(net: &NetHandle, root: Cid, want: usize) -> Vec<PeerId> {
         match result {
             Ok(blocks) => {
                 tracing::info!("{peer} holds a replica of {root} ({blocks} blocks)");
-                confirmed.push(peer);
+                placed.confirmed.push(peer);
             }
             Err(reason) => {
                 tracing::warn!("{peer} did not replicate {root}: {reason}");
-                if confirmed.len() + running.len() < want
+                placed.failed.push((peer, reason));
+                if placed.confirmed.len() + running.len() < want
                     && let Some(next) = candidates.next()
                 {
                     running.push(ask(next));
@@ -97,19 +125,21 @@ pub async fn replicate(net: &NetHandle, root: Cid, want: usize) -> Vec<PeerId> {
             }
         }
     }
-    confirmed
+    placed
 }
 
 /// One peer's replica: `Replicate`, re-sent after each stream timeout until
 /// [`REPLICATE_DEADLINE`].
-async fn rpc_replicate(net: &NetHandle, peer: PeerId, root: Cid) -> Result<u64, String> {
+pub async fn rpc_replicate(net: &NetHandle, peer: PeerId, offer: Offer) -> Result<u64, String> {
+    let Offer { root, blocks, bytes, replicas } = offer;
     let started = Instant::now();
     loop {
         let left = REPLICATE_DEADLINE.saturating_sub(started.elapsed());
         if left.is_zero() {
             return Err("no confirmation before the deadline".into());
         }
-        match net.request(peer, Request::Replicate { root }, left).await {
+        let request = Request::Replicate { root, blocks, bytes, replicas };
+        match net.request(peer, request, left).await {
             Ok(Response::Replicated { blocks }) => return Ok(blocks),
             Ok(Response::Error { code, message }) => return Err(format!("{code}: {message}")),
             Ok(other) => return Err(format!("unexpected answer {other:?}")),
@@ -147,81 +177,239 @@ pub async fn rpc_delete(net: &NetHandle, peer: PeerId, root: Cid) -> Result<(), 
     }
 }
 
+/// Who may ask this node to hold replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accept {
+    /// Any peer.
+    Any,
+    /// No peer: this node holds nothing for others.
+    Nobody,
+    /// Only these peers.
+    Peers(HashSet<PeerId>),
+}
+
+impl std::str::FromStr for Accept {
+    type Err = String;
+
+    /// `any`, `none`, or a comma-separated list of peer ids.
+    fn from_str(s: &str) -> Result<Accept, String> {
+        match s.trim() {
+            "any" => Ok(Accept::Any),
+            "none" => Ok(Accept::Nobody),
+            list => list
+                .split(',')
+                .map(|p| p.trim().parse::<PeerId>().map_err(|e| format!("`{p}`: {e}")))
+                .collect::<Result<HashSet<_>, _>>()
+                .map(Accept::Peers)
+                .map_err(|e| format!("not `any`, `none` or a list of peer ids: {e}")),
+        }
+    }
+}
+
+/// What this node holds for others, and for whom.
+#[derive(Debug, Clone)]
+pub struct ReplicaPolicy {
+    /// Bytes of replicas held for others (and reserved for pulls under way)
+    /// at most.
+    pub quota: u64,
+    pub accept: Accept,
+}
+
+/// Replications one peer may have running or waiting here at once.
+pub const MAX_REPLICATIONS_PER_PEER: usize = 2;
+/// A pull may take this long, plus the time its declared bytes take at
+/// [`PULL_MIN_RATE`]; then it stops.
+pub const PULL_GRACE: Duration = Duration::from_secs(120);
+/// Bytes per second a pull is allowed at least.
+pub const PULL_MIN_RATE: u64 = 1024 * 1024;
+/// How long a pull goes on after its asker disconnected.
+pub const ASKER_GONE: Duration = Duration::from_secs(20);
+/// How often a running pull checks its deadline and its asker.
+const PULL_WATCH: Duration = Duration::from_secs(1);
+
 /// The responder of the replica messages; cheap to clone.
 #[derive(Clone)]
 pub struct ReplicaService {
     store: crate::store::Store,
     net: NetHandle,
+    policy: Arc<ReplicaPolicy>,
     replications: Arc<Semaphore>,
-    /// Replications in progress, and the requests waiting for each.
-    in_progress: Arc<tokio::sync::Mutex<HashMap<Cid, Vec<ResponseChannel<Response>>>>>,
+    state: Arc<tokio::sync::Mutex<Replications>>,
+}
+
+/// Replications running or waiting here.
+#[derive(Default)]
+struct Replications {
+    /// Per root: the requests waiting for its answer.
+    waiting: HashMap<Cid, Vec<ResponseChannel<Response>>>,
+    /// Per asker: its replications running or waiting.
+    per_peer: HashMap<PeerId, usize>,
+    /// Bytes reserved for pulls under way.
+    reserved: u64,
 }
 
 impl ReplicaService {
-    pub fn new(store: crate::store::Store, net: NetHandle) -> Self {
+    pub fn new(store: crate::store::Store, net: NetHandle, policy: ReplicaPolicy) -> Self {
         ReplicaService {
             store,
             net,
+            policy: Arc::new(policy),
             replications: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLICATIONS)),
-            in_progress: Arc::default(),
+            state: Arc::default(),
         }
     }
 
-    /// Answers a `Replicate` from `peer`: at once if the replica is
-    /// complete, else after pulling the DAG (joining a replication already
-    /// running).
+    /// Answers a `Replicate` from `peer`: refused unless the policy accepts
+    /// the peer and the declared size fits the quota; at once if the
+    /// replica is already here; else after pulling the DAG (joining a
+    /// replication of the same root already running).
     pub async fn handle_replicate(
         self,
         peer: PeerId,
-        root: Cid,
+        offer: Offer,
         channel: ResponseChannel<Response>,
     ) {
-        if root.codec() != DAG_CBOR {
-            let bad = Response::error(ErrorCode::BadRequest, "a root must be a dag-cbor block");
-            return self.net.respond(channel, bad).await;
+        let root = offer.root;
+        if let Err(refusal) = self.admit(peer, &offer) {
+            tracing::info!("refused to replicate {root} for {peer}: {refusal:?}");
+            return self.net.respond(channel, refusal).await;
+        }
+        let store = self.store.clone();
+        let held = tokio::task::spawn_blocking(move || {
+            let info = store.root_info(&root)?;
+            (info.kind == PinKind::Pinned && store.is_complete(&root)).then_some(info)
+        })
+        .await
+        .ok()
+        .flatten();
+        if held.is_some() {
+            // Already pinned here: one more owner costs no space.
+            let store = self.store.clone();
+            let pinned = tokio::task::spawn_blocking(move || {
+                let _guard = store.guard();
+                store.pin(&root, PinKind::Pinned, Some(peer)).and_then(|_| store.dag_stats(&root))
+            })
+            .await;
+            let response = match pinned {
+                Ok(Ok((blocks, _))) => Response::Replicated { blocks },
+                Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
+                Err(_) => Response::error(ErrorCode::Internal, "replication task failed"),
+            };
+            return self.net.respond(channel, response).await;
         }
         {
-            let mut in_progress = self.in_progress.lock().await;
-            if let Some(waiting) = in_progress.get_mut(&root) {
+            let mut state = self.state.lock().await;
+            if let Some(waiting) = state.waiting.get_mut(&root) {
                 waiting.push(channel);
                 return;
             }
-            if in_progress.len() >= MAX_PENDING_REPLICATIONS {
-                drop(in_progress);
-                let busy = Response::error(ErrorCode::Busy, "too many replications pending");
-                return self.net.respond(channel, busy).await;
+            let mine = state.per_peer.get(&peer).copied().unwrap_or(0);
+            let refusal = if state.waiting.len() >= MAX_PENDING_REPLICATIONS {
+                Some(Response::error(ErrorCode::Busy, "too many replications pending"))
+            } else if mine >= MAX_REPLICATIONS_PER_PEER {
+                Some(Response::error(ErrorCode::Busy, "too many replications pending for you"))
+            } else {
+                self.reserve(&mut state, offer.bytes).err()
+            };
+            if let Some(refusal) = refusal {
+                drop(state);
+                tracing::info!("refused to replicate {root} for {peer}: {refusal:?}");
+                return self.net.respond(channel, refusal).await;
             }
-            in_progress.insert(root, vec![channel]);
+            state.waiting.insert(root, vec![channel]);
+            *state.per_peer.entry(peer).or_default() += 1;
         }
         let response = match self.replications.clone().acquire_owned().await {
-            Ok(_permit) => self.pull_and_pin(peer, root).await,
+            Ok(_permit) => self.pull_and_pin(peer, offer).await,
             Err(_) => Response::error(ErrorCode::Busy, "shutting down"),
         };
-        let waiting = self.in_progress.lock().await.remove(&root).unwrap_or_default();
+        let waiting = {
+            let mut state = self.state.lock().await;
+            state.reserved -= offer.bytes;
+            if let Some(n) = state.per_peer.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    state.per_peer.remove(&peer);
+                }
+            }
+            state.waiting.remove(&root).unwrap_or_default()
+        };
         for channel in waiting {
             self.net.respond(channel, response.clone()).await;
         }
     }
 
-    async fn pull_and_pin(&self, peer: PeerId, root: Cid) -> Response {
+    /// The checks that need no disk: who asks, and whether the request
+    /// makes sense.
+    fn admit(&self, peer: PeerId, offer: &Offer) -> Result<(), Response> {
+        let refused = |message: String| Err(Response::error(ErrorCode::Refused, message));
+        match &self.policy.accept {
+            Accept::Any => {}
+            Accept::Nobody => return refused("this node holds no replicas for others".into()),
+            Accept::Peers(peers) if !peers.contains(&peer) => {
+                return refused(format!("replicas are not accepted from {peer}"));
+            }
+            Accept::Peers(_) => {}
+        }
+        if offer.root.codec() != DAG_CBOR {
+            return Err(Response::error(ErrorCode::BadRequest, "a root must be a dag-cbor block"));
+        }
+        if offer.blocks == 0 || offer.replicas == 0 {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                "a replica has at least one block and one copy",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reserves `bytes` against the quota, or says why not.
+    fn reserve(&self, state: &mut Replications, bytes: u64) -> Result<(), Response> {
+        let held = self.store.held_for_others();
+        let used = held.saturating_add(state.reserved);
+        if used.saturating_add(bytes) > self.policy.quota {
+            return Err(Response::error(
+                ErrorCode::Refused,
+                format!(
+                    "over quota: asked to hold {bytes} bytes, {} free of the {} this node \
+                     holds for others",
+                    self.policy.quota.saturating_sub(used),
+                    self.policy.quota
+                ),
+            ));
+        }
+        state.reserved += bytes;
+        Ok(())
+    }
+
+    async fn pull_and_pin(&self, peer: PeerId, offer: Offer) -> Response {
+        let Offer { root, blocks: max_blocks, bytes: max_bytes, .. } = offer;
         let providers = ProviderSet::new(root, true);
         let discovery =
             tokio::spawn(discover::discover(self.net.clone(), providers.clone(), vec![peer]));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let watch = tokio::spawn(watch_pull(self.net.clone(), peer, max_bytes, cancel.clone()));
         let (store, net, rt) =
             (self.store.clone(), self.net.clone(), tokio::runtime::Handle::current());
         let pulled = tokio::task::spawn_blocking(move || -> Result<u64> {
             let source =
-                NetSource::new(store.clone(), net, rt, providers, Durability::Synced, true);
-            let blocks = pull_dag(&source, &root);
+                NetSource::new(store.clone(), net, rt, providers, Durability::Synced, true)
+                    .with_limits(max_bytes, cancel);
+            let blocks = pull_dag(&source, &root, max_blocks);
             source.commit()?;
             let blocks = blocks?;
             // The writer's guard still covers every block while we pin.
+            let (_, bytes) = store.dag_stats(&root)?;
+            if bytes > max_bytes {
+                return Err(Error::Limit { root, limit: DagLimit::Bytes(max_bytes) });
+            }
             store.pin(&root, PinKind::Pinned, Some(peer))?;
             source.finish()?;
             Ok(blocks)
         })
         .await;
         discovery.abort();
+        watch.abort();
         match pulled {
             Ok(Ok(blocks)) => {
                 self.net.provide(root).await;
@@ -232,9 +420,22 @@ impl ReplicaService {
                 tracing::warn!("cannot replicate {root} for {peer}: {e}");
                 let code = match e {
                     Error::Source(_) | Error::Missing { .. } => ErrorCode::NotFound,
+                    Error::Limit { .. } => ErrorCode::Refused,
+                    Error::Cancelled => ErrorCode::Busy,
+                    Error::DiskFull { .. } => ErrorCode::Refused,
                     _ => ErrorCode::Internal,
                 };
-                Response::error(code, e.to_string())
+                let message = match e {
+                    Error::Limit { .. } => format!("{e}: more than declared"),
+                    Error::Cancelled => {
+                        "the pull stopped: past its deadline or its asker left".into()
+                    }
+                    Error::DiskFull { .. } => "this node's disk is full".into(),
+                    // The responder's own paths are nobody else's business.
+                    Error::Io { .. } => "cannot store the replica".into(),
+                    e => e.to_string(),
+                };
+                Response::error(code, message)
             }
             Err(_) => Response::error(ErrorCode::Internal, "replication task failed"),
         }
@@ -292,16 +493,17 @@ impl ReplicaService {
 /// Fetches every block of the DAG under `root` that the store lacks
 /// (structure nodes are read for their clear links; nothing is decrypted),
 /// with [`PULL_WORKERS`] threads sharing one [`Frontier`]: each distinct
-/// block once, depth-limited. Blocks already stored are claimed, not
-/// fetched. Returns the distinct blocks of the DAG.
-pub fn pull_dag(source: &NetSource, root: &Cid) -> Result<u64> {
+/// block once, depth-limited, at most `max_blocks` of them. Blocks already
+/// stored are claimed, not fetched. Returns the distinct blocks of the DAG.
+pub fn pull_dag(source: &NetSource, root: &Cid, max_blocks: u64) -> Result<u64> {
     struct Work {
         frontier: Frontier,
         /// Blocks taken from the frontier and not yet done.
         busy: usize,
         failed: Option<Error>,
     }
-    let work = Mutex::new(Work { frontier: Frontier::new(*root, u64::MAX), busy: 0, failed: None });
+    let work =
+        Mutex::new(Work { frontier: Frontier::new(*root, max_blocks), busy: 0, failed: None });
     let cond = Condvar::new();
     std::thread::scope(|scope| {
         for _ in 0..PULL_WORKERS {
@@ -347,6 +549,23 @@ pub fn pull_dag(source: &NetSource, root: &Cid) -> Result<u64> {
     match w.failed {
         Some(e) => Err(e),
         None => Ok(w.frontier.seen()),
+    }
+}
+
+/// Stops a pull (sets `cancel`) once it has run past its deadline, or its
+/// asker has been gone for [`ASKER_GONE`].
+async fn watch_pull(net: NetHandle, asker: PeerId, bytes: u64, cancel: Arc<AtomicBool>) {
+    let deadline = Instant::now() + PULL_GRACE + Duration::from_secs(bytes / PULL_MIN_RATE);
+    let mut last_seen = Instant::now();
+    loop {
+        tokio::time::sleep(PULL_WATCH).await;
+        if net.peers().await.iter().any(|p| p.peer_id == asker) {
+            last_seen = Instant::now();
+        }
+        if Instant::now() > deadline || last_seen.elapsed() > ASKER_GONE {
+            cancel.store(true, Ordering::Relaxed);
+            return;
+        }
     }
 }
 

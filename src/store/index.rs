@@ -204,6 +204,17 @@ impl Store {
         Ok(evicted)
     }
 
+    /// Bytes of the replicas this node holds only for other peers (pinned
+    /// at their request, not its own content): what counts against its
+    /// replica quota.
+    pub fn held_for_others(&self) -> u64 {
+        self.roots_lock()
+            .values()
+            .filter(|r| r.kind == PinKind::Pinned && !r.local && !r.owners.is_empty())
+            .map(|r| r.size)
+            .sum()
+    }
+
     /// Bytes taken by cached roots.
     pub fn cache_usage(&self) -> u64 {
         self.roots_lock().values().filter(|r| r.kind == PinKind::Cached).map(|r| r.size).sum()

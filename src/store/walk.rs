@@ -32,13 +32,20 @@ impl Store {
     /// Total bytes of the DAG under `root` (each distinct block once);
     /// fails if any block is missing.
     pub fn dag_size(&self, root: &Cid) -> Result<u64> {
-        let mut size = 0;
+        Ok(self.dag_stats(root)?.1)
+    }
+
+    /// Distinct blocks of the DAG under `root`, and their bytes; fails if
+    /// any block is missing.
+    pub fn dag_stats(&self, root: &Cid) -> Result<(u64, u64)> {
+        let (mut blocks, mut bytes) = (0, 0);
         self.walk(root, &mut |cid| {
             let path = self.block_path(cid);
-            size += std::fs::metadata(&path).map_err(|_| Error::Missing { cid: *cid })?.len();
+            bytes += std::fs::metadata(&path).map_err(|_| Error::Missing { cid: *cid })?.len();
+            blocks += 1;
             Ok(())
         })?;
-        Ok(size)
+        Ok((blocks, bytes))
     }
 
     /// Whether every block of the DAG under `root` is on disk (structure
