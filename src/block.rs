@@ -4,10 +4,8 @@
 //! of CID strings from users and peers.
 
 pub mod buffers;
-mod bytes;
 
 pub use buffers::BlockBuf;
-pub use bytes::BlockBytes;
 
 use cid::Cid;
 use multihash::Multihash;

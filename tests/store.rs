@@ -10,7 +10,7 @@ use std::{
 
 use dfs_p2p::{
     Error, Ticket,
-    block::{self, BlockBytes, DAG_CBOR, RAW},
+    block::{self, DAG_CBOR, RAW},
     export::{BlockSource, ExportOptions, export},
     import::{ImportOptions, Imported, MIN_CHUNK_SIZE, import},
     store::{PinKind, Store, StoreOptions},
@@ -346,25 +346,27 @@ fn a_corrupt_block_is_moved_aside_and_never_returned() {
 }
 
 #[test]
-fn a_mapped_block_matches_its_read_survives_deletion_and_is_refused_when_changed() {
+fn a_block_file_truncated_or_replaced_underneath_is_refused_and_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let ticket = put(&store, &data(2 * CHUNK, 4), &opts()).ticket;
-    let [kept, changed] = leaves(&store, &ticket)[..] else { panic!("two leaves") };
-
-    // A leaf is large enough to be mapped, as a serving node maps it.
-    let mapped = store.get_mapped(&kept).unwrap();
-    assert!(matches!(mapped, BlockBytes::Mapped(_)), "{mapped:?}");
-    assert_eq!(&*mapped, &store.get(&kept).unwrap()[..]);
-    // Deleting the file (a GC while the block is being sent) leaves the
-    // mapping whole.
-    fs::remove_file(block_path(dir.path(), &kept)).unwrap();
-    assert!(block::verify(&kept, &mapped));
-
-    flip_bit(&block_path(dir.path(), &changed));
-    assert!(matches!(store.get_mapped(&changed), Err(Error::Corrupt { cid }) if cid == changed));
-    assert!(!store.has(&changed));
-    assert_eq!(fs::read_dir(dir.path().join("corrupt")).unwrap().count(), 1);
+    let ticket = put(&store, &data(3 * CHUNK, 4), &opts()).ticket;
+    let [truncated, replaced, shrunk] = leaves(&store, &ticket)[..] else { panic!("three leaves") };
+    // Another process truncates one block file, replaces another (by
+    // rename, as editors do), and shrinks a third to nothing.
+    let path = block_path(dir.path(), &truncated);
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1000).unwrap();
+    let path = block_path(dir.path(), &replaced);
+    let other = dir.path().join("other");
+    fs::write(&other, data(CHUNK + 16, 99)).unwrap();
+    fs::rename(&other, &path).unwrap();
+    let path = block_path(dir.path(), &shrunk);
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    for cid in [truncated, replaced, shrunk] {
+        assert!(matches!(store.get(&cid), Err(Error::Corrupt { cid: c }) if c == cid));
+        assert!(!store.has(&cid));
+    }
+    assert_eq!(fs::read_dir(dir.path().join("corrupt")).unwrap().count(), 3);
+    assert!(matches!(get(&store, &ticket, None), Err(Error::Missing { .. })));
 }
 
 #[test]

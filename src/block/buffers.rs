@@ -213,6 +213,13 @@ impl AsRef<[u8]> for BlockBuf {
     }
 }
 
+/// A copy of `bytes`, for blocks built in memory (tests, examples).
+impl From<Vec<u8>> for BlockBuf {
+    fn from(bytes: Vec<u8>) -> Self {
+        BlockBuf::copy_from(&bytes)
+    }
+}
+
 impl From<&[u8]> for BlockBuf {
     fn from(bytes: &[u8]) -> Self {
         BlockBuf::copy_from(bytes)

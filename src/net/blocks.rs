@@ -47,9 +47,7 @@ pub enum Fetched {
 /// Asks `peer` for the block `cid` and checks what comes back.
 pub async fn rpc_get_block(net: &NetHandle, peer: PeerId, cid: Cid, timeout: Duration) -> Fetched {
     match net.request(peer, Request::GetBlock { cid }, timeout).await {
-        Ok(Response::Block { data }) if block::verify(&cid, &data) => {
-            Fetched::Block(data.into_buf())
-        }
+        Ok(Response::Block { data }) if block::verify(&cid, &data) => Fetched::Block(data),
         Ok(Response::Block { .. }) => Fetched::Wrong(format!("sent a wrong block for {cid}")),
         Ok(Response::NotFound) => Fetched::Lacks("not found".into()),
         Ok(Response::Error { code: ErrorCode::Busy, .. }) => Fetched::Busy,
@@ -91,7 +89,7 @@ impl BlockService {
     pub async fn handle_get_block(self, cid: Cid, channel: ResponseChannel<Response>) {
         let Ok(_permit) = self.reads.clone().acquire_owned().await else { return };
         let store = self.store.clone();
-        let read = tokio::task::spawn_blocking(move || store.get_mapped(&cid)).await;
+        let read = tokio::task::spawn_blocking(move || store.get(&cid)).await;
         let response = match read {
             Ok(Ok(data)) => Response::Block { data },
             // A corrupt block was moved aside by the store: we do not have it.

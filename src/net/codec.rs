@@ -27,7 +27,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 
-use crate::block::{self, BlockBuf, BlockBytes, DAG_CBOR, RAW, SHA2_256};
+use crate::block::{self, BlockBuf, DAG_CBOR, RAW, SHA2_256};
 
 /// The protocol id negotiated by multistream-select.
 /// Must not change: a different wire format gets a different id.
@@ -150,7 +150,7 @@ pub enum Response {
     /// requester must check them against the CID it asked for.
     Block {
         /// The raw block bytes.
-        data: BlockBytes,
+        data: BlockBuf,
     },
     /// The peer does not hold the requested block.
     NotFound,
@@ -434,7 +434,7 @@ pub fn decode_request(frame: &[u8]) -> io::Result<Request> {
 pub fn decode_response(frame: &[u8]) -> io::Result<Response> {
     let (message_type, body) = split_frame(frame, Direction::Response)?;
     if message_type == TYPE_BLOCK {
-        return Ok(Response::Block { data: BlockBuf::copy_from(body).into() });
+        return Ok(Response::Block { data: BlockBuf::copy_from(body) });
     }
     decode_small_response_body(message_type, body)
 }
@@ -490,7 +490,7 @@ impl request_response::Codec for FileCodec {
             let mut data = BlockBuf::with_len(len);
             io.read_exact(&mut data).await.map_err(eof_is_truncation)?;
             read_end(io).await?;
-            return Ok(Response::Block { data: data.into() });
+            return Ok(Response::Block { data });
         }
         let mut body = Vec::new();
         read_growing(io, len, &mut body).await?;

@@ -22,12 +22,9 @@ use cid::Cid;
 
 use super::{Store, direct, writer::Durability};
 use crate::{
-    block::{self, BlockBuf, BlockBytes, MAX_BLOCK_SIZE},
+    block::{self, BlockBuf, MAX_BLOCK_SIZE},
     error::{Error, Result},
 };
-
-/// Block files smaller than this are read rather than mapped when served.
-const MIN_MAPPED: u64 = 64 * 1024;
 
 /// Blocks and bytes on disk.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -85,13 +82,6 @@ impl Store {
     /// moved to `corrupt/` and reported; its bytes are never returned.
     pub fn get(&self, cid: &Cid) -> Result<BlockBuf> {
         self.get_with(cid, read_bounded)
-    }
-
-    /// Like [`get`](Self::get), but maps the block file instead of reading
-    /// it (small blocks are read): for a block that is only passed on, as a
-    /// serving node does, this saves copying it out of the page cache.
-    pub fn get_mapped(&self, cid: &Cid) -> Result<BlockBytes> {
-        self.get_with(cid, map_bounded)
     }
 
     fn get_with<B: std::ops::Deref<Target = [u8]>>(
@@ -286,28 +276,4 @@ fn read_open(mut file: File, len: u64, limit: usize) -> io::Result<Option<(File,
         return Ok(None);
     }
     Ok(Some((file, bytes)))
-}
-
-/// Maps a file of at most `limit` bytes read-only (`None` if it is
-/// larger). Files under [`MIN_MAPPED`] are read instead: mapping costs a
-/// system call and a page table update either way, which only pays off for
-/// a large file.
-fn map_bounded(path: &Path, limit: usize) -> io::Result<Option<(File, BlockBytes)>> {
-    let file = File::open(path)?;
-    let len = file.metadata()?.len();
-    if len < MIN_MAPPED {
-        return Ok(read_open(file, len, limit)?.map(|(file, bytes)| (file, bytes.into())));
-    }
-    if len > limit as u64 {
-        return Ok(None);
-    }
-    // SAFETY: a mapping is only unsound if the file changes under it. Block
-    // files are written once and renamed into place; the store only ever
-    // renames or unlinks them afterwards, which leaves the mapping intact.
-    // (A file truncated behind the store's back would fault on access.)
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
-    if map.len() as u64 != len {
-        return Err(io::Error::other("block file changed while it was mapped"));
-    }
-    Ok(Some((file, BlockBytes::Mapped(std::sync::Arc::new(map)))))
 }
