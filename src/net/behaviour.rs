@@ -7,15 +7,15 @@
 use std::{num::NonZeroUsize, time::Duration};
 
 use libp2p::{
-    StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
-    identity::Keypair,
-    kad::{self, store::MemoryStore, store::MemoryStoreConfig},
-    noise, ping, request_response,
-    swarm::NetworkBehaviour,
-    tcp, yamux,
+    StreamProtocol, Swarm, Transport, allow_block_list, connection_limits, core::upgrade, identify,
+    identity::Keypair, kad, noise, ping, request_response, swarm::NetworkBehaviour, tcp, yamux,
 };
 
-use crate::net::codec::{FileCodec, STREAM_PROTOCOL};
+use crate::net::{
+    codec::{FileCodec, STREAM_PROTOCOL},
+    limits::IpLimits,
+    records::ProviderRecords,
+};
 
 /// Kademlia protocol name: our own DHT, never the public IPFS one.
 /// Must not change (nodes with different names do not see each other).
@@ -42,16 +42,13 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_ESTABLISHED: u32 = 512;
 /// Established connections per peer (two covers a simultaneous dial).
 pub const MAX_ESTABLISHED_PER_PEER: u32 = 2;
-/// Connections being set up, per direction.
-pub const MAX_PENDING: u32 = 128;
-
-/// Keys the DHT record store holds provider records for: this node's own
-/// roots and the keys other peers published here alike (libp2p's store
-/// counts both against one limit; its default of 1,024 is far too few for
-/// a store). One key per root, never per block.
-pub const MAX_PROVIDED_KEYS: usize = 1 << 20;
-/// Providers remembered per key (libp2p default 20).
-pub const MAX_PROVIDERS_PER_KEY: usize = 64;
+/// Connections being set up, per direction: room for a crowd of sockets
+/// that never finish their handshake, until [`HANDSHAKE_TIMEOUT`] drops
+/// them (see also `net::limits` for the share of one address).
+pub const MAX_PENDING: u32 = 256;
+/// How long a connection may take to be set up (TCP accepted, then
+/// multistream-select, Noise and Yamux); libp2p has no limit by default.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kademlia query timeout (libp2p default 60 s): bounds a provider lookup.
 pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Kademlia's replication factor: the peers a provider record is stored on
@@ -69,30 +66,23 @@ pub fn provider_key(root: &cid::Cid) -> kad::RecordKey {
 pub struct Behaviour {
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
+    pub ip_limits: IpLimits,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub kad: kad::Behaviour<MemoryStore>,
+    pub kad: kad::Behaviour<ProviderRecords>,
     pub file: request_response::Behaviour<FileCodec>,
 }
 
 impl Behaviour {
     fn new(key: &Keypair, kad_server: bool) -> Self {
         let peer_id = key.public().to_peer_id();
-        let store_config = MemoryStoreConfig {
-            max_provided_keys: MAX_PROVIDED_KEYS,
-            max_providers_per_key: MAX_PROVIDERS_PER_KEY,
-            ..Default::default()
-        };
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
             .set_query_timeout(KAD_QUERY_TIMEOUT)
             .set_periodic_bootstrap_interval(Some(Duration::from_secs(120)))
             .set_replication_factor(NonZeroUsize::new(KAD_REPLICATION).expect("non-zero"));
-        let mut kad = kad::Behaviour::with_config(
-            peer_id,
-            MemoryStore::with_config(peer_id, store_config),
-            kad_config,
-        );
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, ProviderRecords::new(peer_id), kad_config);
         // Containers and loopback never confirm an external address, so the
         // automatic mode would leave every node a client.
         // A node that does not listen (a one-shot client) cannot be dialed,
@@ -108,6 +98,7 @@ impl Behaviour {
         Behaviour {
             blocked: Default::default(),
             limits: connection_limits::Behaviour::new(limits),
+            ip_limits: IpLimits::default(),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), key.public())
                     .with_agent_version(format!("dfs-p2p/{}", env!("CARGO_PKG_VERSION"))),
@@ -124,12 +115,19 @@ impl Behaviour {
     }
 }
 
-/// Builds the swarm: TCP with nodelay, Noise, Yamux, DNS, and [`Behaviour`];
-/// Kademlia answers queries (server mode) only on a node that listens.
+/// Builds the swarm: TCP with nodelay, Noise, Yamux (every connection set up
+/// within [`HANDSHAKE_TIMEOUT`]), DNS, and [`Behaviour`]; Kademlia answers
+/// queries (server mode) only on a node that listens.
 pub fn build_swarm(key: Keypair, listens: bool) -> Result<Swarm<Behaviour>, String> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .upgrade(upgrade::Version::V1Lazy)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default())
+                .timeout(HANDSHAKE_TIMEOUT))
+        })
         .map_err(|e| format!("cannot set up TCP/Noise/Yamux: {e}"))?
         .with_dns()
         .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?

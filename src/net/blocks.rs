@@ -26,6 +26,8 @@ use crate::{
 /// blocking thread, holding a block of up to 2 MiB until it is handed to
 /// the swarm).
 pub const MAX_CONCURRENT_READS: usize = 32;
+/// `Have` requests answered at once (each looks up to 1,024 files up).
+pub const MAX_CONCURRENT_HAVES: usize = 4;
 
 /// What a `GetBlock` brought back, judged.
 #[derive(Debug)]
@@ -78,11 +80,17 @@ pub struct BlockService {
     store: Store,
     net: NetHandle,
     reads: Arc<Semaphore>,
+    haves: Arc<Semaphore>,
 }
 
 impl BlockService {
     pub fn new(store: Store, net: NetHandle) -> Self {
-        BlockService { store, net, reads: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)) }
+        BlockService {
+            store,
+            net,
+            reads: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
+            haves: Arc::new(Semaphore::new(MAX_CONCURRENT_HAVES)),
+        }
     }
 
     /// Answers `GetBlock`: the block as stored (verified), or `NotFound`.
@@ -105,6 +113,7 @@ impl BlockService {
 
     /// Answers `Have`: which of the blocks are on disk right now.
     pub async fn handle_have(self, cids: Vec<Cid>, channel: ResponseChannel<Response>) {
+        let Ok(_permit) = self.haves.clone().acquire_owned().await else { return };
         let store = self.store.clone();
         let present =
             tokio::task::spawn_blocking(move || cids.iter().map(|c| store.has(c)).collect()).await;

@@ -15,8 +15,8 @@
 //! provider records when it (re)joins a network.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    time::Duration,
+    collections::{HashMap, HashSet, VecDeque},
+    time::{Duration, Instant},
 };
 
 use cid::Cid;
@@ -28,7 +28,7 @@ use libp2p::{
         store::RecordStore,
     },
     multiaddr::Protocol,
-    request_response::{self, OutboundRequestId, ResponseChannel},
+    request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel},
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts, dial_opts::PeerCondition},
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -50,6 +50,31 @@ pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(3);
 pub const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(60);
 /// Peers whose addresses the loop remembers (beyond Kademlia's table).
 pub const ADDRESS_BOOK_SIZE: usize = 4096;
+
+/// `GetBlock` requests from peers being answered at once, in all and per
+/// peer; more are answered `Busy`. Each holds a block (up to 2 MiB) until
+/// it is sent, so this bounds the memory of serving.
+pub const MAX_INBOUND_BLOCKS: usize = 48;
+pub const MAX_INBOUND_BLOCKS_PER_PEER: usize = 32;
+/// Other requests from peers (`Have`, `Replicate`, `Delete`) being
+/// answered at once, in all and per peer; more are answered `Busy`.
+pub const MAX_INBOUND_OTHER: usize = 128;
+pub const MAX_INBOUND_OTHER_PER_PEER: usize = 16;
+/// Requests to one peer waiting for room (beyond those in flight); more
+/// fail at once.
+pub const MAX_QUEUED_PER_PEER: usize = 1024;
+/// DHT lookups running for the rest of the program at once; more get an
+/// empty answer.
+pub const MAX_QUERIES: usize = 256;
+/// Peers blocked at once (for sending wrong blocks), and for how long.
+pub const MAX_BLOCKED: usize = 4096;
+pub const BLOCK_DURATION: Duration = Duration::from_secs(3600);
+/// Established connections kept free for newcomers: when fewer are left,
+/// the connection of the peer idle longest that the node does not need
+/// (not a bootstrap peer, nothing in flight either way) is closed.
+pub const FREE_CONNECTIONS: usize = 32;
+/// How often the loop cleans up (expired blocks and provider records).
+pub const HOUSEKEEPING: Duration = Duration::from_secs(30);
 
 /// File-protocol requests in flight to one peer; more wait in a queue. Below
 /// the peer's stream limit ([`crate::net::behaviour::MAX_CONCURRENT_STREAMS`]),
@@ -255,6 +280,30 @@ impl NetHandle {
     }
 }
 
+/// The kinds of inbound work, each with its own budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Work {
+    Block,
+    Other,
+}
+
+impl Work {
+    fn of(request: &Request) -> Work {
+        match request {
+            Request::GetBlock { .. } => Work::Block,
+            _ => Work::Other,
+        }
+    }
+
+    /// At most in all, and per peer.
+    fn limits(self) -> (usize, usize) {
+        match self {
+            Work::Block => (MAX_INBOUND_BLOCKS, MAX_INBOUND_BLOCKS_PER_PEER),
+            Work::Other => (MAX_INBOUND_OTHER, MAX_INBOUND_OTHER_PER_PEER),
+        }
+    }
+}
+
 /// A bootstrap address and the peer it led to, once known.
 struct Bootstrap {
     addr: Multiaddr,
@@ -273,6 +322,14 @@ pub struct EventLoop {
     queued: HashMap<PeerId, VecDeque<(Request, Reply)>>,
     provider_queries: HashMap<QueryId, mpsc::Sender<PeerId>>,
     closest_queries: HashMap<QueryId, oneshot::Sender<Vec<PeerId>>>,
+    /// Inbound requests being answered, by kind, per peer and in all.
+    inbound_work: HashMap<InboundRequestId, (PeerId, Work)>,
+    inbound_per_peer: HashMap<(PeerId, Work), usize>,
+    inbound_total: HashMap<Work, usize>,
+    /// Peers blocked, and when each was.
+    blocked_at: HashMap<PeerId, Instant>,
+    /// When each connected peer last did something for or with us.
+    last_active: HashMap<PeerId, Instant>,
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     bootstrap: Vec<Bootstrap>,
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
@@ -314,6 +371,11 @@ impl EventLoop {
             queued: HashMap::new(),
             provider_queries: HashMap::new(),
             closest_queries: HashMap::new(),
+            inbound_work: HashMap::new(),
+            inbound_per_peer: HashMap::new(),
+            inbound_total: HashMap::new(),
+            blocked_at: HashMap::new(),
+            last_active: HashMap::new(),
             addresses: HashMap::new(),
             bootstrap,
             listen_addrs: listen_tx,
@@ -333,8 +395,10 @@ impl EventLoop {
         self.dial_bootstrap();
         let mut retry = tokio::time::interval(BOOTSTRAP_RETRY);
         let mut rebootstrap = tokio::time::interval(BOOTSTRAP_INTERVAL);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rebootstrap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -350,6 +414,7 @@ impl EventLoop {
                 _ = rebootstrap.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
+                _ = housekeeping.tick() => self.housekeeping(),
             }
         }
         tracing::debug!("event loop stopped");
@@ -392,7 +457,13 @@ impl EventLoop {
                     return;
                 }
                 if self.outstanding.get(&peer).copied().unwrap_or(0) >= MAX_OUTBOUND_PER_PEER {
-                    self.queued.entry(peer).or_default().push_back((request, reply));
+                    let queue = self.queued.entry(peer).or_default();
+                    if queue.len() >= MAX_QUEUED_PER_PEER {
+                        let reason = "too many requests queued for it".into();
+                        let _ = reply.send(Err(RequestError::Failed { peer, reason }));
+                    } else {
+                        queue.push_back((request, reply));
+                    }
                 } else {
                     self.send_request(peer, request, reply);
                 }
@@ -409,12 +480,18 @@ impl EventLoop {
                 behaviour.kad.stop_providing(&provider_key(&root));
             }
             Command::FindProviders { root, found } => {
-                let id = behaviour.kad.get_providers(provider_key(&root));
-                self.provider_queries.insert(id, found);
+                if self.provider_queries.len() + self.closest_queries.len() < MAX_QUERIES {
+                    let id = behaviour.kad.get_providers(provider_key(&root));
+                    self.provider_queries.insert(id, found);
+                }
             }
             Command::ClosestPeers { key, reply } => {
-                let id = behaviour.kad.get_closest_peers(key);
-                self.closest_queries.insert(id, reply);
+                if self.provider_queries.len() + self.closest_queries.len() < MAX_QUERIES {
+                    let id = behaviour.kad.get_closest_peers(key);
+                    self.closest_queries.insert(id, reply);
+                } else {
+                    let _ = reply.send(Vec::new());
+                }
             }
             Command::Peers { reply } => {
                 let peers = self
@@ -431,6 +508,14 @@ impl EventLoop {
                 tracing::warn!("blocking peer {peer}");
                 behaviour.blocked.block_peer(peer);
                 behaviour.kad.remove_peer(&peer);
+                self.blocked_at.insert(peer, Instant::now());
+                if self.blocked_at.len() > MAX_BLOCKED {
+                    // The list is full: the block placed first ends first.
+                    let oldest = self.blocked_at.iter().min_by_key(|(_, at)| **at).map(|(p, _)| *p);
+                    if let Some(oldest) = oldest {
+                        self.unblock(oldest);
+                    }
+                }
             }
             Command::BlockedPeers { reply } => {
                 let _ = reply.send(behaviour.blocked.blocked_peers().iter().copied().collect());
@@ -458,6 +543,86 @@ impl EventLoop {
         let id = self.swarm.behaviour_mut().file.send_request(&peer, RequestFrame::Valid(request));
         self.pending_requests.insert(id, (peer, reply));
         *self.outstanding.entry(peer).or_default() += 1;
+    }
+
+    fn unblock(&mut self, peer: PeerId) {
+        self.blocked_at.remove(&peer);
+        self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+    }
+
+    /// Ends blocks that are over, and forgets expired provider records.
+    fn housekeeping(&mut self) {
+        let over: Vec<PeerId> = self
+            .blocked_at
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= BLOCK_DURATION)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in over {
+            self.unblock(peer);
+        }
+        self.swarm.behaviour_mut().kad.store_mut().remove_expired(Instant::now());
+    }
+
+    /// Whether an inbound request of `work` from `peer` fits the budgets;
+    /// counts it if so.
+    fn admit(&mut self, id: InboundRequestId, peer: PeerId, work: Work) -> bool {
+        let (total_limit, peer_limit) = work.limits();
+        let total = self.inbound_total.entry(work).or_default();
+        let mine = self.inbound_per_peer.entry((peer, work)).or_default();
+        if *total >= total_limit || *mine >= peer_limit {
+            if *mine == 0 {
+                self.inbound_per_peer.remove(&(peer, work));
+            }
+            return false;
+        }
+        *total += 1;
+        *mine += 1;
+        self.inbound_work.insert(id, (peer, work));
+        true
+    }
+
+    /// An inbound request was answered (or failed): its budget is free.
+    fn inbound_done(&mut self, id: InboundRequestId) {
+        let Some((peer, work)) = self.inbound_work.remove(&id) else { return };
+        if let Some(total) = self.inbound_total.get_mut(&work) {
+            *total -= 1;
+        }
+        if let Some(mine) = self.inbound_per_peer.get_mut(&(peer, work)) {
+            *mine -= 1;
+            if *mine == 0 {
+                self.inbound_per_peer.remove(&(peer, work));
+            }
+        }
+    }
+
+    /// When few established connections are left, closes that of the peer
+    /// idle longest among those the node does not need (see
+    /// [`FREE_CONNECTIONS`]).
+    fn keep_connections_free(&mut self) {
+        let established = self.swarm.network_info().connection_counters().num_established();
+        if (established as usize) + FREE_CONNECTIONS
+            < crate::net::behaviour::MAX_ESTABLISHED as usize
+        {
+            return;
+        }
+        let needed: HashSet<PeerId> = self
+            .bootstrap
+            .iter()
+            .filter_map(|b| b.peer)
+            .chain(self.outstanding.keys().copied())
+            .chain(self.inbound_work.values().map(|(p, _)| *p))
+            .collect();
+        let idlest = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !needed.contains(p))
+            .min_by_key(|p| self.last_active.get(p).copied())
+            .copied();
+        if let Some(peer) = idlest {
+            tracing::debug!("closing the idle connection of {peer}: few connections left");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     /// Forgets a finished request, sends the next one queued for its peer,
@@ -526,6 +691,10 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
+                self.last_active.entry(peer_id).or_insert_with(Instant::now);
+                if endpoint.is_listener() {
+                    self.keep_connections_free();
+                }
                 for b in &mut self.bootstrap {
                     if b.dialing == Some(connection_id) {
                         b.dialing = None;
@@ -540,6 +709,7 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
                 if num_established == 0 {
                     tracing::debug!("disconnected from {peer_id}");
+                    self.last_active.remove(&peer_id);
                 }
                 let connected = self.swarm.connected_peers().count();
                 if connected == 0 {
@@ -593,9 +763,16 @@ impl EventLoop {
             }
             Event::Message {
                 peer,
-                message: Message::Request { request: RequestFrame::Valid(request), channel, .. },
+                message:
+                    Message::Request { request: RequestFrame::Valid(request), channel, request_id },
                 ..
             } => {
+                self.last_active.insert(peer, Instant::now());
+                if !self.admit(request_id, peer, Work::of(&request)) {
+                    let busy = Response::error(ErrorCode::Busy, "too many requests in progress");
+                    let _ = self.swarm.behaviour_mut().file.send_response(channel, busy);
+                    return;
+                }
                 let inbound = InboundRequest { peer, request, channel };
                 if let Err(e) = self.inbound.try_send(inbound) {
                     let inbound = match e {
@@ -606,7 +783,10 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().file.send_response(inbound.channel, busy);
                 }
             }
-            Event::Message { message: Message::Response { request_id, response }, .. } => {
+            Event::Message {
+                peer, message: Message::Response { request_id, response }, ..
+            } => {
+                self.last_active.insert(peer, Instant::now());
                 if let Some(reply) = self.request_done(request_id) {
                     let _ = reply.send(Ok(response));
                 }
@@ -623,10 +803,11 @@ impl EventLoop {
                     let _ = reply.send(Err(error));
                 }
             }
-            Event::InboundFailure { peer, error, .. } => {
+            Event::InboundFailure { peer, error, request_id, .. } => {
                 tracing::debug!("inbound request from {peer} failed: {error}");
+                self.inbound_done(request_id);
             }
-            Event::ResponseSent { .. } => {}
+            Event::ResponseSent { request_id, .. } => self.inbound_done(request_id),
         }
     }
 

@@ -1,6 +1,8 @@
 //! The peer network, in layers, each importing only those above it in this
 //! list:
 //!
+//! - [`limits`] (connections per remote address) and [`records`] (the
+//!   DHT's bounded record store);
 //! - [`behaviour`]: transport and protocols, and every tuning constant of
 //!   the swarm;
 //! - [`codec`]: the file protocol's wire format (`protocols/file-protocol.md`);
@@ -27,5 +29,7 @@ pub mod discover;
 pub mod event_loop;
 pub mod get;
 pub mod inbound;
+pub mod limits;
 pub mod providers;
+pub mod records;
 pub mod replicas;

@@ -1,0 +1,233 @@
+//! The DHT's record store: the provider records this node publishes for
+//! the roots it holds, and those other peers stored here, kept apart and
+//! bounded apart. Any peer can send `ADD_PROVIDER`, so what others store is
+//! capped in all, per peer and per key, and each record keeps a few
+//! addresses only (a lookup answer must stay within what other nodes
+//! accept). Kademlia value records are not used by dfs-p2p and are refused.
+
+use std::{
+    borrow::Cow,
+    collections::{HashMap, hash_map},
+    time::Instant,
+};
+
+use libp2p::{
+    PeerId,
+    kad::{
+        ProviderRecord, Record, RecordKey,
+        store::{Error, RecordStore, Result},
+    },
+};
+
+/// Roots this node may provide (one record each, never per block).
+pub const MAX_OWN_RECORDS: usize = 1 << 20;
+/// Provider records of other peers held in all.
+pub const MAX_FOREIGN_RECORDS: usize = 32 * 1024;
+/// Provider records one other peer may have here.
+pub const MAX_RECORDS_PER_PEER: usize = 1024;
+/// Providers kept per key (Kademlia's `k`): enough to find a root, and a
+/// lookup answer that fits in a Kademlia message.
+pub const MAX_PROVIDERS_PER_KEY: usize = 20;
+/// Addresses kept of a provider record from another peer.
+pub const MAX_ADDRS_PER_RECORD: usize = 4;
+
+/// See the module docs.
+pub struct ProviderRecords {
+    local: PeerId,
+    own: HashMap<RecordKey, ProviderRecord>,
+    foreign: HashMap<RecordKey, Vec<ProviderRecord>>,
+    foreign_count: usize,
+    per_peer: HashMap<PeerId, usize>,
+}
+
+impl ProviderRecords {
+    pub fn new(local: PeerId) -> Self {
+        ProviderRecords {
+            local,
+            own: HashMap::new(),
+            foreign: HashMap::new(),
+            foreign_count: 0,
+            per_peer: HashMap::new(),
+        }
+    }
+
+    /// Provider records of other peers held (for `stat` and tests).
+    pub fn foreign_count(&self) -> usize {
+        self.foreign_count
+    }
+
+    /// Forgets the expired records of other peers.
+    pub fn remove_expired(&mut self, now: Instant) {
+        let mut gone = Vec::new();
+        self.foreign.retain(|_, records| {
+            records.retain(|r| {
+                let expired = r.is_expired(now);
+                if expired {
+                    gone.push(r.provider);
+                }
+                !expired
+            });
+            !records.is_empty()
+        });
+        for peer in gone {
+            self.uncount(&peer);
+        }
+    }
+
+    fn uncount(&mut self, peer: &PeerId) {
+        self.foreign_count -= 1;
+        if let hash_map::Entry::Occupied(mut e) = self.per_peer.entry(*peer) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    fn add_foreign(&mut self, mut record: ProviderRecord) -> Result<()> {
+        record.addresses.truncate(MAX_ADDRS_PER_RECORD);
+        let records = self.foreign.entry(record.key.clone()).or_default();
+        if let Some(old) = records.iter_mut().find(|r| r.provider == record.provider) {
+            // Published again: the newer record, at no new cost.
+            *old = record;
+            return Ok(());
+        }
+        let peer = record.provider;
+        if self.per_peer.get(&peer).copied().unwrap_or(0) >= MAX_RECORDS_PER_PEER {
+            return Err(Error::MaxProvidedKeys);
+        }
+        if records.len() >= MAX_PROVIDERS_PER_KEY {
+            // Full: the record that would expire first makes room, so that
+            // the providers that keep publishing stay findable.
+            let oldest = (0..records.len())
+                .min_by_key(|&i| records[i].expires)
+                .expect("a full list is not empty");
+            let gone = records.swap_remove(oldest).provider;
+            self.uncount(&gone);
+        } else if self.foreign_count >= MAX_FOREIGN_RECORDS {
+            self.remove_expired(Instant::now());
+            if self.foreign_count >= MAX_FOREIGN_RECORDS {
+                return Err(Error::MaxProvidedKeys);
+            }
+        }
+        self.foreign.entry(record.key.clone()).or_default().push(record);
+        self.foreign_count += 1;
+        *self.per_peer.entry(peer).or_default() += 1;
+        Ok(())
+    }
+}
+
+impl RecordStore for ProviderRecords {
+    type RecordsIter<'a> = std::iter::Empty<Cow<'a, Record>>;
+    type ProvidedIter<'a> = std::iter::Map<
+        hash_map::Values<'a, RecordKey, ProviderRecord>,
+        fn(&'a ProviderRecord) -> Cow<'a, ProviderRecord>,
+    >;
+
+    fn get(&self, _: &RecordKey) -> Option<Cow<'_, Record>> {
+        None
+    }
+
+    fn put(&mut self, _: Record) -> Result<()> {
+        Err(Error::MaxRecords)
+    }
+
+    fn remove(&mut self, _: &RecordKey) {}
+
+    fn records(&self) -> Self::RecordsIter<'_> {
+        std::iter::empty()
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {
+        if record.provider != self.local {
+            return self.add_foreign(record);
+        }
+        if self.own.len() >= MAX_OWN_RECORDS && !self.own.contains_key(&record.key) {
+            return Err(Error::MaxProvidedKeys);
+        }
+        self.own.insert(record.key.clone(), record);
+        Ok(())
+    }
+
+    fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
+        let mut out: Vec<ProviderRecord> = self.own.get(key).cloned().into_iter().collect();
+        out.extend(self.foreign.get(key).into_iter().flatten().cloned());
+        out
+    }
+
+    fn provided(&self) -> Self::ProvidedIter<'_> {
+        self.own.values().map(Cow::Borrowed)
+    }
+
+    fn remove_provider(&mut self, key: &RecordKey, provider: &PeerId) {
+        if *provider == self.local {
+            self.own.remove(key);
+            return;
+        }
+        let Some(records) = self.foreign.get_mut(key) else { return };
+        let Some(at) = records.iter().position(|r| r.provider == *provider) else { return };
+        records.swap_remove(at);
+        if records.is_empty() {
+            self.foreign.remove(key);
+        }
+        self.uncount(provider);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use libp2p::Multiaddr;
+
+    use super::*;
+
+    fn record(key: u32, provider: PeerId, addrs: usize) -> ProviderRecord {
+        let addresses: Vec<Multiaddr> = (0..addrs)
+            .map(|i| format!("/ip4/10.0.0.1/tcp/{}", 1000 + i).parse().unwrap())
+            .collect();
+        let mut record =
+            ProviderRecord::new(RecordKey::new(&key.to_be_bytes()), provider, addresses);
+        record.expires = Some(Instant::now() + Duration::from_secs(48 * 3600));
+        record
+    }
+
+    #[test]
+    fn foreign_records_are_capped_apart_from_own_ones() {
+        let local = PeerId::random();
+        let mut store = ProviderRecords::new(local);
+        let flooder = PeerId::random();
+        for key in 0..MAX_RECORDS_PER_PEER as u32 + 10 {
+            let _ = store.add_provider(record(key, flooder, 1400));
+        }
+        assert_eq!(store.foreign_count(), MAX_RECORDS_PER_PEER, "one peer's share");
+        assert!(store.providers(&RecordKey::new(&0u32.to_be_bytes()))[0].addresses.len() <= 4);
+        // Own records are not counted against others', nor refused by them.
+        for key in 0..100u32 {
+            store.add_provider(record(key, local, 0)).unwrap();
+        }
+        assert_eq!(store.provided().count(), 100);
+        // A full key makes room for a newcomer by dropping the record that
+        // expires first.
+        let key = 1_000_000;
+        for i in 0..MAX_PROVIDERS_PER_KEY {
+            let mut r = record(key, PeerId::random(), 1);
+            r.expires = Some(Instant::now() + Duration::from_secs(100 + i as u64));
+            store.add_provider(r).unwrap();
+        }
+        let newcomer = PeerId::random();
+        store.add_provider(record(key, newcomer, 1)).unwrap();
+        let providers = store.providers(&RecordKey::new(&key.to_be_bytes()));
+        assert_eq!(providers.len(), MAX_PROVIDERS_PER_KEY);
+        assert!(providers.iter().any(|r| r.provider == newcomer));
+        store.remove_provider(&RecordKey::new(&key.to_be_bytes()), &newcomer);
+        assert_eq!(
+            store.providers(&RecordKey::new(&key.to_be_bytes())).len(),
+            MAX_PROVIDERS_PER_KEY - 1
+        );
+        // Expired records go.
+        store.remove_expired(Instant::now() + Duration::from_secs(3600 * 24 * 3));
+        assert_eq!(store.foreign_count(), 0);
+        assert_eq!(store.provided().count(), 100);
+    }
+}
