@@ -18,7 +18,7 @@ use dfs_p2p::{
     Ticket,
     node::{GetReport, Node, NodeConfig, NodeError},
 };
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use tempfile::TempDir;
 
 const CHUNK: usize = 64 * 1024;
@@ -440,17 +440,49 @@ async fn bootstrap_without_peer_id_by_dns_and_retried_when_down() {
     .await
 }
 
+/// Looks `root` up in the DHT from `node` until `provider` is among the
+/// providers found, or `within` has passed; returns whether it was, and
+/// the providers of the last lookup.
+async fn dht_finds(
+    node: &Node,
+    root: cid::Cid,
+    provider: PeerId,
+    within: Duration,
+) -> (bool, Vec<PeerId>) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut found = node.net().find_providers(root).await;
+        let mut seen = Vec::new();
+        while let Ok(Some(peer)) = tokio::time::timeout_at(deadline, found.recv()).await {
+            if peer == provider {
+                return (true, seen);
+            }
+            seen.push(peer);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return (false, seen);
+        }
+        // The record may still be on its way: look again shortly.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_provides_held_roots_again() {
     run(async {
+        // Put while alone: no other node ever holds this provider record.
         let dir = tempfile::tempdir().unwrap();
         let a = Node::start(config(dir.path(), vec![], 1)).await.unwrap();
         let bytes = data(2 * CHUNK, 10);
         let report = put(&a, &bytes).await;
+        let (root, a_id) = (report.ticket.root, a.peer_id());
         a.shutdown().await;
+
+        // A network that never heard of the file, which the node rejoins.
+        let hub = start(vec![], 1).await;
         // The store lock is released once every task let go of the store.
         let a = loop {
-            match Node::start(config(dir.path(), vec![], 1)).await {
+            match Node::start(config(dir.path(), vec![hub.addr.clone()], 1)).await {
                 Ok(a) => break a,
                 Err(NodeError::Store(dfs_p2p::Error::InUse { .. })) => {
                     tokio::time::sleep(Duration::from_millis(20)).await
@@ -458,10 +490,30 @@ async fn restart_provides_held_roots_again() {
                 Err(e) => panic!("{e}"),
             }
         };
-        let addr = a.listen_addrs().await[0].clone();
-        let b = start(vec![addr], 1).await;
-        let (got, _) = get(&b.node, &report.ticket).await.unwrap();
+        assert!(a.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+
+        // A node that must learn of the restarted one from the DHT alone:
+        // it refuses to connect to it, so neither a `Have` nor a DHT query
+        // can reach it, and its lookups see only the records the hub got.
+        let looker = start(vec![hub.addr.clone()], 1).await;
+        looker.node.net().block_peer(a_id).await;
+        assert!(looker.node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+        let connected_to_a =
+            |peers: Vec<dfs_p2p::node::PeerInfo>| peers.iter().any(|p| p.peer_id == a_id);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while connected_to_a(looker.node.peers().await) {
+            assert!(std::time::Instant::now() < deadline, "still connected to the blocked node");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (found, others) = dht_finds(&looker.node, root, a_id, Duration::from_secs(30)).await;
+        assert!(found, "the restarted node's provider record is not in the DHT (found {others:?})");
+        assert!(!connected_to_a(looker.node.peers().await), "the lookup went to the node itself");
+
+        // And a fresh node gets the file from it.
+        let getter = start(vec![hub.addr.clone()], 1).await;
+        let (got, r) = get(&getter.node, &report.ticket).await.unwrap();
         assert_eq!(got, bytes);
+        assert!(r.from_network > 0);
     })
     .await
 }
