@@ -18,7 +18,7 @@ use dfs_p2p::{
     Ticket,
     node::{GetReport, Node, NodeConfig, NodeError},
 };
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, kad::KBucketKey};
 use tempfile::TempDir;
 
 const CHUNK: usize = 64 * 1024;
@@ -141,17 +141,31 @@ async fn put_on_one_get_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_replicates_to_closest_peers() {
     run(async {
-        let nodes = star(4, 3).await;
+        // More nodes than replicas, so that which nodes hold one matters.
+        let nodes = star(6, 3).await;
         let bytes = data(3 * CHUNK, 2);
+        // The hub is connected to every other node: all are candidates.
         let report = put(&nodes[0].node, &bytes).await;
         assert_eq!(report.copies, 3);
         assert_eq!(report.wanted, 3);
-        let holders: Vec<_> = nodes[1..]
+        assert!(report.counts_local, "the putter listens: its copy is one of the three");
+        let root = report.ticket.root;
+
+        // The other two copies belong on the two peers closest (XOR) to the root.
+        let target = KBucketKey::new(root.to_bytes());
+        let mut others: Vec<PeerId> = nodes[1..].iter().map(|n| n.node.peer_id()).collect();
+        others.sort_by_key(|p| target.distance(&KBucketKey::from(*p)));
+        let mut closest = others[..2].to_vec();
+        closest.sort();
+        let mut holders: Vec<PeerId> = nodes[1..]
             .iter()
-            .filter_map(|n| n.node.store().root_info(&report.ticket.root))
+            .filter(|n| n.node.store().root_info(&root).is_some())
+            .map(|n| n.node.peer_id())
             .collect();
-        assert_eq!(holders.len(), 2);
-        for info in holders {
+        holders.sort();
+        assert_eq!(holders, closest, "replicas not on the closest peers; by distance: {others:?}");
+        for n in &nodes[1..] {
+            let Some(info) = n.node.store().root_info(&root) else { continue };
             assert_eq!(info.kind, dfs_p2p::store::PinKind::Pinned);
             assert_eq!(info.owners, [nodes[0].node.peer_id()]);
             assert!(!info.local);
