@@ -21,7 +21,9 @@ use crate::{
     export::{self, ExportOptions},
     import::{self, ImportOptions},
     net::{
-        behaviour, discover,
+        behaviour,
+        blocks::BlockService,
+        discover,
         event_loop::{EventLoop, NetHandle},
         get::{self, GET_WINDOW, GET_WORKERS, NetSource},
         inbound::Responder,
@@ -117,6 +119,8 @@ pub struct Stat {
     pub cached_roots: usize,
     pub cache_used: u64,
     pub cache_limit: u64,
+    /// Blocks sent to peers since the node started.
+    pub blocks_served: u64,
 }
 
 /// Errors of node operations; each displays as one line.
@@ -144,6 +148,8 @@ pub struct Node {
 struct Inner {
     store: Store,
     net: NetHandle,
+    /// The responder's block service (for its count of blocks served).
+    blocks: BlockService,
     config: NodeConfig,
     event_loop: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -166,10 +172,11 @@ impl Node {
         }
         let (event_loop, net, inbound) = EventLoop::new(swarm, config.bootstrap.clone());
         let event_loop = tokio::spawn(event_loop.run());
-        tokio::spawn(Responder::new(store.clone(), net.clone()).run(inbound));
-        let node = Node {
-            inner: Arc::new(Inner { store, net, config, event_loop: Mutex::new(Some(event_loop)) }),
-        };
+        let responder = Responder::new(store.clone(), net.clone());
+        let blocks = responder.blocks().clone();
+        tokio::spawn(responder.run(inbound));
+        let event_loop = Mutex::new(Some(event_loop));
+        let node = Node { inner: Arc::new(Inner { store, net, blocks, config, event_loop }) };
         tokio::spawn(node.clone().provide_held_roots());
         Ok(node)
     }
@@ -392,6 +399,7 @@ impl Node {
             cached_roots: roots.len() - pinned_roots,
             cache_used: self.inner.store.cache_usage(),
             cache_limit: self.inner.store.options().cache_limit,
+            blocks_served: self.inner.blocks.blocks_served(),
         })
     }
 

@@ -174,6 +174,50 @@ async fn put_replicates_to_closest_peers() {
     .await
 }
 
+/// Blocks each node has served so far.
+async fn served(nodes: &[TestNode]) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for n in nodes {
+        counts.push(n.node.stat().await.unwrap().blocks_served);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_get_takes_blocks_from_several_providers() {
+    run(async {
+        // Three providers: the putter and its two replicas.
+        let providers = star(3, 3).await;
+        let bytes = data(160 * CHUNK, 14);
+        let report = put(&providers[0].node, &bytes).await;
+        assert_eq!(report.copies, 3);
+        let root = report.ticket.root;
+        for p in &providers {
+            assert!(p.node.store().is_complete(&root));
+        }
+        // A fresh node connected to all three.
+        let getter = start(providers.iter().map(|p| p.addr.clone()).collect(), 1).await;
+        assert!(getter.node.wait_for_peers(3, Duration::from_secs(20)).await >= 3);
+        // The replicas were pulled with the same messages: count from here.
+        let before = served(&providers).await;
+        let (got, r) = get(&getter.node, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        assert_eq!(r.from_network, dag_blocks(&providers[0].node, &root));
+        let after = served(&providers).await;
+        let by_provider: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_eq!(by_provider.iter().sum::<u64>(), r.from_network, "{by_provider:?}");
+        // Shared out, not one provider with a few strays from another: at
+        // least two each sent a tenth of the blocks or more.
+        let sharing = by_provider.iter().filter(|&&n| n * 10 >= r.from_network).count();
+        assert!(
+            sharing >= 2,
+            "blocks served by each provider: {by_provider:?} of {}",
+            r.from_network
+        );
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_of_eight_finds_content_through_the_dht() {
     run(async {
