@@ -21,7 +21,9 @@ use crate::{
     export::{self, ExportOptions},
     import::{self, ImportOptions},
     net::{
-        behaviour, discover,
+        behaviour,
+        blocks::BlockService,
+        discover,
         event_loop::{EventLoop, NetHandle},
         get::{self, GET_WINDOW, GET_WORKERS, NetSource},
         inbound::Responder,
@@ -130,6 +132,8 @@ pub struct Stat {
     /// Bytes held for other peers, and the most this node holds for them.
     pub held_for_others: u64,
     pub replica_quota: u64,
+    /// Blocks sent to peers since the node started.
+    pub blocks_served: u64,
 }
 
 /// Errors of node operations; each displays as one line.
@@ -157,6 +161,8 @@ pub struct Node {
 struct Inner {
     store: Store,
     net: NetHandle,
+    /// The responder's block service (for its count of blocks served).
+    blocks: BlockService,
     config: NodeConfig,
     replica_quota: u64,
     event_loop: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -185,15 +191,12 @@ impl Node {
             accept: config.accept_replicas.clone(),
         };
         let replica_quota = policy.quota;
-        tokio::spawn(Responder::new(store.clone(), net.clone(), policy).run(inbound));
+        let responder = Responder::new(store.clone(), net.clone(), policy);
+        let blocks = responder.blocks().clone();
+        tokio::spawn(responder.run(inbound));
+        let event_loop = Mutex::new(Some(event_loop));
         let node = Node {
-            inner: Arc::new(Inner {
-                store,
-                net,
-                config,
-                replica_quota,
-                event_loop: Mutex::new(Some(event_loop)),
-            }),
+            inner: Arc::new(Inner { store, net, blocks, config, replica_quota, event_loop }),
         };
         tokio::spawn(node.clone().provide_held_roots());
         Ok(node)
@@ -423,6 +426,7 @@ impl Node {
             cache_limit: self.inner.store.options().cache_limit,
             held_for_others: self.inner.store.held_for_others(),
             replica_quota: self.inner.replica_quota,
+            blocks_served: self.inner.blocks.blocks_served(),
         })
     }
 

@@ -400,5 +400,47 @@ fn bench_store_reports() {
         b"",
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(!text(&out.stdout).trim().is_empty());
+    let report = text(&out.stdout);
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 4, "four lines:\n{report}");
+
+    // 1 MiB in 64 KiB chunks: 16 leaves under one root (far below a
+    // structure node's link limit).
+    assert_eq!(lines[0], "store benchmark: 1 MiB file, 64 KiB chunks, 17 blocks", "{report}");
+    const MB: f64 = 1_048_576.0 / 1e6;
+    for (line, label) in
+        [(lines[1], "disk baseline:"), (lines[2], "import (synced):"), (lines[3], "export:")]
+    {
+        let fields: Vec<&str> = line
+            .strip_prefix(label)
+            .unwrap_or_else(|| panic!("no {label:?} line:\n{report}"))
+            .split_whitespace()
+            .collect();
+        let number = |i: usize| -> f64 {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .unwrap_or_else(|| panic!("field {i} of {label:?} is not a number:\n{report}"))
+        };
+        assert!(fields.len() >= 4, "{label}\n{report}");
+        assert_eq!((fields[1], fields[3]), ("MB/s", "s"), "{label}\n{report}");
+        let (rate, secs) = (number(0), number(2));
+        assert!(rate > 0.0, "{label} at {rate} MB/s:\n{report}");
+        // Rate and time agree with the size, within the rounding of each
+        // printed figure (0.05 MB/s, 0.005 s).
+        assert!(
+            (rate + 0.05) * (secs + 0.005) >= MB && (rate - 0.05) * (secs - 0.005) <= MB,
+            "{label} {rate} MB/s in {secs} s is not 1 MiB:\n{report}"
+        );
+        if label == "disk baseline:" {
+            assert!(line.ends_with("(one plain file, one fsync)"), "{report}");
+            continue;
+        }
+        // CPU seconds, then peak RSS in MiB (known on Linux).
+        assert_eq!(fields.len(), 11, "{label}\n{report}");
+        assert_eq!((fields[4], fields[6]), ("CPU", "s"), "{label}\n{report}");
+        assert!(number(5) >= 0.0, "{label}\n{report}");
+        assert_eq!((fields[7], fields[8], fields[10]), ("peak", "RSS", "MiB"), "{label}\n{report}");
+        assert!(number(9) > 0.0, "{label}: no peak RSS\n{report}");
+    }
 }

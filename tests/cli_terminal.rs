@@ -1,8 +1,9 @@
 //! The node in a real terminal: the prompt appears, a put draws a progress
 //! bar and prints its ticket, `stat` and `peers` print readable tables, and
 //! `quit` exits 0. Runs the binary in tmux (a detached session on a private
-//! server socket), or else under `script`, which gives it a pty; skipped
-//! with a notice only when neither is installed.
+//! server socket), or else under `script`, which gives it a pty. When
+//! neither is installed the test fails, unless `DFS_SKIP_TERMINAL_TEST=1`
+//! asks to skip it.
 
 mod cli_support;
 
@@ -168,8 +169,21 @@ fn the_prompt_in_a_real_terminal() {
     } else if Script::available() {
         Box::new(Script::start(&command))
     } else {
-        eprintln!("SKIPPED the_prompt_in_a_real_terminal: neither tmux nor script is installed");
-        return;
+        // A test that cannot run must not pass: only an explicit request
+        // skips it.
+        let why = if prefer_script {
+            "DFS_TEST_TERMINAL=script, and script is not installed"
+        } else {
+            "neither tmux nor script is installed"
+        };
+        if std::env::var_os("DFS_SKIP_TERMINAL_TEST").is_some_and(|v| v == "1") {
+            eprintln!("SKIPPED the_prompt_in_a_real_terminal: {why} (DFS_SKIP_TERMINAL_TEST=1)");
+            return;
+        }
+        panic!(
+            "cannot run the_prompt_in_a_real_terminal: {why}; install tmux (or util-linux's \
+             script), or set DFS_SKIP_TERMINAL_TEST=1 to skip it"
+        );
     };
     let term = term.as_mut();
 

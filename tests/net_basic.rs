@@ -18,7 +18,7 @@ use dfs_p2p::{
     Ticket,
     node::{GetReport, Node, NodeConfig, NodeError},
 };
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId, kad::KBucketKey};
 use tempfile::TempDir;
 
 const CHUNK: usize = 64 * 1024;
@@ -141,21 +141,79 @@ async fn put_on_one_get_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_replicates_to_closest_peers() {
     run(async {
-        let nodes = star(4, 3).await;
+        // More nodes than replicas, so that which nodes hold one matters.
+        let nodes = star(6, 3).await;
         let bytes = data(3 * CHUNK, 2);
+        // The hub is connected to every other node: all are candidates.
         let report = put(&nodes[0].node, &bytes).await;
         assert_eq!(report.copies, 3);
         assert_eq!(report.wanted, 3);
-        let holders: Vec<_> = nodes[1..]
+        assert!(report.counts_local, "the putter listens: its copy is one of the three");
+        let root = report.ticket.root;
+
+        // The other two copies belong on the two peers closest (XOR) to the root.
+        let target = KBucketKey::new(root.to_bytes());
+        let mut others: Vec<PeerId> = nodes[1..].iter().map(|n| n.node.peer_id()).collect();
+        others.sort_by_key(|p| target.distance(&KBucketKey::from(*p)));
+        let mut closest = others[..2].to_vec();
+        closest.sort();
+        let mut holders: Vec<PeerId> = nodes[1..]
             .iter()
-            .filter_map(|n| n.node.store().root_info(&report.ticket.root))
+            .filter(|n| n.node.store().root_info(&root).is_some())
+            .map(|n| n.node.peer_id())
             .collect();
-        assert_eq!(holders.len(), 2);
-        for info in holders {
+        holders.sort();
+        assert_eq!(holders, closest, "replicas not on the closest peers; by distance: {others:?}");
+        for n in &nodes[1..] {
+            let Some(info) = n.node.store().root_info(&root) else { continue };
             assert_eq!(info.kind, dfs_p2p::store::PinKind::Pinned);
             assert_eq!(info.owners, [nodes[0].node.peer_id()]);
             assert!(!info.local);
         }
+    })
+    .await
+}
+
+/// Blocks each node has served so far.
+async fn served(nodes: &[TestNode]) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for n in nodes {
+        counts.push(n.node.stat().await.unwrap().blocks_served);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_get_takes_blocks_from_several_providers() {
+    run(async {
+        // Three providers: the putter and its two replicas.
+        let providers = star(3, 3).await;
+        let bytes = data(160 * CHUNK, 14);
+        let report = put(&providers[0].node, &bytes).await;
+        assert_eq!(report.copies, 3);
+        let root = report.ticket.root;
+        for p in &providers {
+            assert!(p.node.store().is_complete(&root));
+        }
+        // A fresh node connected to all three.
+        let getter = start(providers.iter().map(|p| p.addr.clone()).collect(), 1).await;
+        assert!(getter.node.wait_for_peers(3, Duration::from_secs(20)).await >= 3);
+        // The replicas were pulled with the same messages: count from here.
+        let before = served(&providers).await;
+        let (got, r) = get(&getter.node, &report.ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        assert_eq!(r.from_network, dag_blocks(&providers[0].node, &root));
+        let after = served(&providers).await;
+        let by_provider: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_eq!(by_provider.iter().sum::<u64>(), r.from_network, "{by_provider:?}");
+        // Shared out, not one provider with a few strays from another: at
+        // least two each sent a tenth of the blocks or more.
+        let sharing = by_provider.iter().filter(|&&n| n * 10 >= r.from_network).count();
+        assert!(
+            sharing >= 2,
+            "blocks served by each provider: {by_provider:?} of {}",
+            r.from_network
+        );
     })
     .await
 }
@@ -440,17 +498,49 @@ async fn bootstrap_without_peer_id_by_dns_and_retried_when_down() {
     .await
 }
 
+/// Looks `root` up in the DHT from `node` until `provider` is among the
+/// providers found, or `within` has passed; returns whether it was, and
+/// the providers of the last lookup.
+async fn dht_finds(
+    node: &Node,
+    root: cid::Cid,
+    provider: PeerId,
+    within: Duration,
+) -> (bool, Vec<PeerId>) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut found = node.net().find_providers(root).await;
+        let mut seen = Vec::new();
+        while let Ok(Some(peer)) = tokio::time::timeout_at(deadline, found.recv()).await {
+            if peer == provider {
+                return (true, seen);
+            }
+            seen.push(peer);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return (false, seen);
+        }
+        // The record may still be on its way: look again shortly.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_provides_held_roots_again() {
     run(async {
+        // Put while alone: no other node ever holds this provider record.
         let dir = tempfile::tempdir().unwrap();
         let a = Node::start(config(dir.path(), vec![], 1)).await.unwrap();
         let bytes = data(2 * CHUNK, 10);
         let report = put(&a, &bytes).await;
+        let (root, a_id) = (report.ticket.root, a.peer_id());
         a.shutdown().await;
+
+        // A network that never heard of the file, which the node rejoins.
+        let hub = start(vec![], 1).await;
         // The store lock is released once every task let go of the store.
         let a = loop {
-            match Node::start(config(dir.path(), vec![], 1)).await {
+            match Node::start(config(dir.path(), vec![hub.addr.clone()], 1)).await {
                 Ok(a) => break a,
                 Err(NodeError::Store(dfs_p2p::Error::InUse { .. })) => {
                     tokio::time::sleep(Duration::from_millis(20)).await
@@ -458,10 +548,30 @@ async fn restart_provides_held_roots_again() {
                 Err(e) => panic!("{e}"),
             }
         };
-        let addr = a.listen_addrs().await[0].clone();
-        let b = start(vec![addr], 1).await;
-        let (got, _) = get(&b.node, &report.ticket).await.unwrap();
+        assert!(a.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+
+        // A node that must learn of the restarted one from the DHT alone:
+        // it refuses to connect to it, so neither a `Have` nor a DHT query
+        // can reach it, and its lookups see only the records the hub got.
+        let looker = start(vec![hub.addr.clone()], 1).await;
+        looker.node.net().block_peer(a_id).await;
+        assert!(looker.node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+        let connected_to_a =
+            |peers: Vec<dfs_p2p::node::PeerInfo>| peers.iter().any(|p| p.peer_id == a_id);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while connected_to_a(looker.node.peers().await) {
+            assert!(std::time::Instant::now() < deadline, "still connected to the blocked node");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (found, others) = dht_finds(&looker.node, root, a_id, Duration::from_secs(30)).await;
+        assert!(found, "the restarted node's provider record is not in the DHT (found {others:?})");
+        assert!(!connected_to_a(looker.node.peers().await), "the lookup went to the node itself");
+
+        // And a fresh node gets the file from it.
+        let getter = start(vec![hub.addr.clone()], 1).await;
+        let (got, r) = get(&getter.node, &report.ticket).await.unwrap();
         assert_eq!(got, bytes);
+        assert!(r.from_network > 0);
     })
     .await
 }

@@ -6,7 +6,13 @@
 //! uses it; the responder reads blocks from its store, which verifies them
 //! (a block that fails is moved aside and answered `NotFound`).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use cid::Cid;
 use libp2p::{PeerId, request_response::ResponseChannel};
@@ -74,13 +80,15 @@ pub async fn rpc_have(
     }
 }
 
-/// The responder of the block messages.
+/// The responder of the block messages; its clones share one count of
+/// the blocks served.
 #[derive(Clone)]
 pub struct BlockService {
     store: Store,
     net: NetHandle,
     reads: Arc<Semaphore>,
     haves: Arc<Semaphore>,
+    served: Arc<AtomicU64>,
 }
 
 impl BlockService {
@@ -90,7 +98,13 @@ impl BlockService {
             net,
             reads: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
             haves: Arc::new(Semaphore::new(MAX_CONCURRENT_HAVES)),
+            served: Arc::default(),
         }
+    }
+
+    /// Blocks sent to peers so far (`GetBlock` answered with the block).
+    pub fn blocks_served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Answers `GetBlock`: the block as stored (verified), or `NotFound`.
@@ -99,7 +113,10 @@ impl BlockService {
         let store = self.store.clone();
         let read = tokio::task::spawn_blocking(move || store.get(&cid)).await;
         let response = match read {
-            Ok(Ok(data)) => Response::Block { data },
+            Ok(Ok(data)) => {
+                self.served.fetch_add(1, Ordering::Relaxed);
+                Response::Block { data }
+            }
             // A corrupt block was moved aside by the store: we do not have it.
             Ok(Err(Error::Missing { .. } | Error::Corrupt { .. })) => Response::NotFound,
             Ok(Err(e)) => {

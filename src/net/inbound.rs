@@ -30,6 +30,12 @@ impl Responder {
         }
     }
 
+    /// The responder of the block messages (sharing its count of blocks
+    /// served).
+    pub fn blocks(&self) -> &BlockService {
+        &self.blocks
+    }
+
     /// Serves requests until the event loop goes away.
     pub async fn run(self, mut inbound: mpsc::Receiver<InboundRequest>) {
         while let Some(InboundRequest { peer, request, channel }) = inbound.recv().await {
