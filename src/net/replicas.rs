@@ -418,6 +418,8 @@ impl ReplicaService {
             }
             Ok(Err(e)) => {
                 tracing::warn!("cannot replicate {root} for {peer}: {e}");
+                // What the pull stored belongs to no root: collect it.
+                self.store.request_gc();
                 let code = match e {
                     Error::Source(_) | Error::Missing { .. } => ErrorCode::NotFound,
                     Error::Limit { .. } => ErrorCode::Refused,

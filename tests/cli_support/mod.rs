@@ -169,6 +169,11 @@ impl Node {
         self.addrs.push(addr);
     }
 
+    /// The process id of the node.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The TCP port of the first listen address.
     pub fn port(&self) -> u16 {
         let parts: Vec<&str> = self.addrs[0].split('/').collect();
