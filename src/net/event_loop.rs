@@ -51,11 +51,17 @@ pub const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(60);
 /// Peers whose addresses the loop remembers (beyond Kademlia's table).
 pub const ADDRESS_BOOK_SIZE: usize = 4096;
 
-/// `GetBlock` requests from peers being answered at once, in all and per
-/// peer; more are answered `Busy`. Each holds a block (up to 2 MiB) until
-/// it is sent, so this bounds the memory of serving.
+/// `GetBlock` requests from peers being answered at once. Each holds a
+/// block (up to 2 MiB) until it is sent, so this bounds the memory of
+/// serving. More wait their turn: peers take turns, one request each, so
+/// a peer that asks for much gets no more than one that asks for little.
 pub const MAX_INBOUND_BLOCKS: usize = 48;
+/// `GetBlock` requests one peer may have waiting or being answered; more
+/// are answered `Busy`.
 pub const MAX_INBOUND_BLOCKS_PER_PEER: usize = 32;
+/// `GetBlock` requests waiting or being answered in all; more are
+/// answered `Busy`.
+pub const MAX_WAITING_BLOCKS: usize = 1024;
 /// Other requests from peers (`Have`, `Replicate`, `Delete`) being
 /// answered at once, in all and per peer; more are answered `Busy`.
 pub const MAX_INBOUND_OTHER: usize = 128;
@@ -298,7 +304,7 @@ impl Work {
     /// At most in all, and per peer.
     fn limits(self) -> (usize, usize) {
         match self {
-            Work::Block => (MAX_INBOUND_BLOCKS, MAX_INBOUND_BLOCKS_PER_PEER),
+            Work::Block => (MAX_WAITING_BLOCKS, MAX_INBOUND_BLOCKS_PER_PEER),
             Work::Other => (MAX_INBOUND_OTHER, MAX_INBOUND_OTHER_PER_PEER),
         }
     }
@@ -326,6 +332,11 @@ pub struct EventLoop {
     inbound_work: HashMap<InboundRequestId, (PeerId, Work)>,
     inbound_per_peer: HashMap<(PeerId, Work), usize>,
     inbound_total: HashMap<Work, usize>,
+    /// Block requests waiting their turn, per peer, the peers in turn, and
+    /// those being answered.
+    blocks_waiting: HashMap<PeerId, VecDeque<(InboundRequestId, InboundRequest)>>,
+    block_turns: VecDeque<PeerId>,
+    blocks_serving: HashSet<InboundRequestId>,
     /// Peers blocked, and when each was.
     blocked_at: HashMap<PeerId, Instant>,
     /// When each connected peer last did something for or with us.
@@ -374,6 +385,9 @@ impl EventLoop {
             inbound_work: HashMap::new(),
             inbound_per_peer: HashMap::new(),
             inbound_total: HashMap::new(),
+            blocks_waiting: HashMap::new(),
+            block_turns: VecDeque::new(),
+            blocks_serving: HashSet::new(),
             blocked_at: HashMap::new(),
             last_active: HashMap::new(),
             addresses: HashMap::new(),
@@ -582,8 +596,44 @@ impl EventLoop {
         true
     }
 
+    /// Hands block requests to the responder, peers taking turns, while
+    /// fewer than [`MAX_INBOUND_BLOCKS`] are being answered.
+    fn serve_blocks(&mut self) {
+        while self.blocks_serving.len() < MAX_INBOUND_BLOCKS {
+            let Some(peer) = self.block_turns.pop_front() else { return };
+            let Some(queue) = self.blocks_waiting.get_mut(&peer) else { continue };
+            let next = queue.pop_front();
+            if queue.is_empty() {
+                self.blocks_waiting.remove(&peer);
+            } else {
+                self.block_turns.push_back(peer);
+            }
+            let Some((id, inbound)) = next else { continue };
+            if !self.inbound_work.contains_key(&id) {
+                continue; // it failed while it waited
+            }
+            self.blocks_serving.insert(id);
+            self.forward(inbound);
+        }
+    }
+
+    /// Hands an inbound request to the responder, or answers `Busy` if its
+    /// queue is full.
+    fn forward(&mut self, inbound: InboundRequest) {
+        if let Err(e) = self.inbound.try_send(inbound) {
+            let inbound = match e {
+                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
+            };
+            let busy = Response::error(ErrorCode::Busy, "too many requests queued");
+            let _ = self.swarm.behaviour_mut().file.send_response(inbound.channel, busy);
+        }
+    }
+
     /// An inbound request was answered (or failed): its budget is free.
     fn inbound_done(&mut self, id: InboundRequestId) {
+        if self.blocks_serving.remove(&id) {
+            self.serve_blocks();
+        }
         let Some((peer, work)) = self.inbound_work.remove(&id) else { return };
         if let Some(total) = self.inbound_total.get_mut(&work) {
             *total -= 1;
@@ -768,19 +818,23 @@ impl EventLoop {
                 ..
             } => {
                 self.last_active.insert(peer, Instant::now());
-                if !self.admit(request_id, peer, Work::of(&request)) {
+                let work = Work::of(&request);
+                if !self.admit(request_id, peer, work) {
                     let busy = Response::error(ErrorCode::Busy, "too many requests in progress");
                     let _ = self.swarm.behaviour_mut().file.send_response(channel, busy);
                     return;
                 }
                 let inbound = InboundRequest { peer, request, channel };
-                if let Err(e) = self.inbound.try_send(inbound) {
-                    let inbound = match e {
-                        mpsc::error::TrySendError::Full(i)
-                        | mpsc::error::TrySendError::Closed(i) => i,
-                    };
-                    let busy = Response::error(ErrorCode::Busy, "too many requests queued");
-                    let _ = self.swarm.behaviour_mut().file.send_response(inbound.channel, busy);
+                match work {
+                    Work::Block => {
+                        let queue = self.blocks_waiting.entry(peer).or_default();
+                        if queue.is_empty() {
+                            self.block_turns.push_back(peer);
+                        }
+                        queue.push_back((request_id, inbound));
+                        self.serve_blocks();
+                    }
+                    Work::Other => self.forward(inbound),
                 }
             }
             Event::Message {
