@@ -34,6 +34,22 @@ pub enum Error {
     /// A write failed because the disk is full.
     #[error("disk full while writing {path}: {source}")]
     DiskFull { path: PathBuf, source: io::Error },
+    /// Not enough disk space for what an operation would write; checked
+    /// before it writes anything.
+    #[error(
+        "not enough disk space in {path}: {need} bytes needed, {free} free (and {reserve} kept free)",
+        path = path.display(),
+        reserve = "64 MiB"
+    )]
+    NoSpace { path: PathBuf, need: u64, free: u64 },
+    /// The root index cannot be read; `dfs-p2p rebuild-index` makes a new
+    /// one from the blocks on disk.
+    #[error(
+        "the index of stored files {path} is damaged ({reason}): run `dfs-p2p rebuild-index` \
+         with the same data directory to rebuild it from the blocks on disk",
+        path = path.display()
+    )]
+    DamagedIndex { path: PathBuf, reason: String },
     /// Any other IO failure, with what was being done.
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },

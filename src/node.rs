@@ -8,7 +8,7 @@
 use std::{
     io::{Read, Write},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -30,7 +30,7 @@ use crate::{
         providers::ProviderSet,
         replicas::{self, Accept, Offer, ReplicaPolicy},
     },
-    store::{Durability, PinKind, RootInfo, Store, StoreOptions},
+    store::{Durability, FileInfo, PinKind, RootInfo, Store, StoreOptions},
     ticket::TicketOrCid,
 };
 
@@ -73,6 +73,43 @@ impl NodeConfig {
 
 /// Progress callback: (bytes done, bytes total if known). Called from any thread.
 pub type ProgressFn = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
+
+/// Set to stop a running put or get: it fails with [`Error::Cancelled`]
+/// and leaves nothing but blocks that garbage collection removes.
+pub type Cancel = Arc<AtomicBool>;
+
+/// How one replica of a put went, as it happens: the peer, and its
+/// confirmation or why it did not hold a copy.
+pub type CopyFn = Arc<dyn Fn(&PeerId, &Result<u64, String>) + Send + Sync>;
+
+/// The end of a put's upload: (file size, copies about to be sought).
+pub type StoredFn = Arc<dyn Fn(u64, usize) + Send + Sync>;
+
+/// Options of a put.
+#[derive(Clone, Default)]
+pub struct PutOptions {
+    /// The file name recorded in the root.
+    pub name: Option<String>,
+    /// The input's length, if known.
+    pub total: Option<u64>,
+    pub progress: Option<ProgressFn>,
+    /// Called once the file is stored here, with its size and the number
+    /// of copies about to be sought from peers (the second phase).
+    pub on_stored: Option<StoredFn>,
+    /// Called for each peer asked for a replica, once it answers.
+    pub on_copy: Option<CopyFn>,
+    pub cancel: Option<Cancel>,
+}
+
+/// Options of a get.
+#[derive(Clone, Default)]
+pub struct GetOptions {
+    pub progress: Option<ProgressFn>,
+    /// The directory the output goes to, if it is a file: the disk space a
+    /// get needs is checked there too before anything is fetched.
+    pub output_dir: Option<PathBuf>,
+    pub cancel: Option<Cancel>,
+}
 
 /// What a put did.
 #[derive(Debug, Clone)]
@@ -180,6 +217,7 @@ impl Node {
         let mut swarm = behaviour::build_swarm(store.identity().clone(), !config.listen.is_empty())
             .map_err(NodeError::Transport)?;
         for addr in &config.listen {
+            check_port_free(addr)?;
             swarm
                 .listen_on(addr.clone())
                 .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: listen_error(e) })?;
@@ -199,6 +237,20 @@ impl Node {
             inner: Arc::new(Inner { store, net, blocks, config, replica_quota, event_loop }),
         };
         tokio::spawn(node.clone().provide_held_roots());
+        // Blocks left by whatever was interrupted before (a killed put, get
+        // or replica) go now, and later ones as they appear.
+        node.inner.store.request_gc();
+        let (store, net) = (node.inner.store.clone(), node.inner.net.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(GC_INTERVAL);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => store.request_gc(),
+                    _ = net.stopped() => return,
+                }
+            }
+        });
         Ok(node)
     }
 
@@ -224,7 +276,7 @@ impl Node {
     /// (a one-shot client just started) waits a little for its first peer.
     async fn wait_for_first_peer(&self) {
         if !self.inner.config.bootstrap.is_empty() && self.inner.net.connected_now() == 0 {
-            self.inner.net.wait_for_peers(1, get::FIRST_PEER_WAIT).await;
+            self.inner.net.wait_for_bootstrap(1, get::FIRST_PEER_WAIT).await;
         }
     }
 
@@ -265,22 +317,44 @@ impl Node {
         total: Option<u64>,
         progress: Option<ProgressFn>,
     ) -> Result<PutReport, NodeError> {
+        self.put_with(reader, PutOptions { name, total, progress, ..Default::default() }).await
+    }
+
+    /// [`put`](Self::put) with all its options.
+    pub async fn put_with(
+        &self,
+        reader: Box<dyn Read + Send>,
+        put: PutOptions,
+    ) -> Result<PutReport, NodeError> {
         let store = self.inner.store.clone();
         let options = ImportOptions {
             chunk_size: self.inner.config.chunk_size,
-            name,
-            total,
+            name: put.name,
+            total: put.total,
             kind: PinKind::Pinned,
             ..Default::default()
+        };
+        let progress = put.progress;
+        let reader: Box<dyn Read + Send> = match put.cancel.clone() {
+            Some(cancel) => Box::new(Cancellable { inner: reader, cancel }),
+            None => reader,
         };
         let (imported, bytes) = tokio::task::spawn_blocking(move || {
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let imported = import::import(&store, reader, &options, progress)?;
+            let file = FileInfo { size: imported.size, name: options.name.clone() };
+            store.describe(&imported.ticket.root, file);
             let (_, bytes) = store.dag_stats(&imported.ticket.root)?;
             Ok::<_, Error>((imported, bytes))
         })
         .await
-        .map_err(|_| NodeError::Stopped)??;
+        .map_err(|_| NodeError::Stopped)?
+        .map_err(|e| match e {
+            Error::Io { source, .. } if source.get_ref().is_some_and(|e| e.is::<Cancelled>()) => {
+                Error::Cancelled
+            }
+            e => e,
+        })?;
         let root = imported.ticket.root;
         self.inner.net.provide(root).await;
         // A node that does not listen (a one-shot client) serves nobody, so
@@ -288,11 +362,20 @@ impl Node {
         let serving = !self.inner.config.listen.is_empty();
         let wanted = self.inner.config.replicas.max(1);
         let elsewhere = wanted - usize::from(serving);
+        if let Some(on_stored) = &put.on_stored {
+            on_stored(imported.size, elsewhere);
+        }
         if elsewhere > 0 {
             self.wait_for_first_peer().await;
         }
         let offer = Offer { root, blocks: imported.blocks, bytes, replicas: wanted as u8 };
-        let placed = replicas::replicate(&self.inner.net, offer, elsewhere).await;
+        let on_copy = put.on_copy.clone();
+        let report = move |peer: &PeerId, result: &Result<u64, String>| {
+            if let Some(f) = &on_copy {
+                f(peer, result);
+            }
+        };
+        let placed = replicas::replicate(&self.inner.net, offer, elsewhere, &report).await;
         Ok(PutReport {
             ticket: imported.ticket,
             size: imported.size,
@@ -311,6 +394,17 @@ impl Node {
         out: Box<dyn Write + Send>,
         progress: Option<ProgressFn>,
     ) -> Result<GetReport, NodeError> {
+        self.get_with(ticket, out, GetOptions { progress, ..Default::default() }).await
+    }
+
+    /// [`get`](Self::get) with all its options.
+    pub async fn get_with(
+        &self,
+        ticket: Ticket,
+        out: Box<dyn Write + Send>,
+        get: GetOptions,
+    ) -> Result<GetReport, NodeError> {
+        let GetOptions { progress, output_dir, cancel } = get;
         let root = ticket.root;
         let store = self.inner.store.clone();
         let complete = {
@@ -334,7 +428,9 @@ impl Node {
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let options = ExportOptions { range: None, workers: GET_WORKERS, window: GET_WINDOW };
             // A complete copy is indexed: its blocks need no claim.
-            let source = NetSource::new(store.clone(), net, rt, set, Durability::Cached, !complete);
+            let source = NetSource::new(store.clone(), net, rt, set, Durability::Cached, !complete)
+                .with_limits(u64::MAX, cancel.unwrap_or_default());
+            let meta = check_space(&source, &ticket, complete, output_dir.as_deref())?;
             let exported = export::export(&source, &ticket, &mut out, &options, progress);
             // Keep what arrived even if the export failed: a rerun resumes.
             source.commit()?;
@@ -346,6 +442,7 @@ impl Node {
             }
             // The writer's guard still covers every block while we pin.
             store.pin(&root, PinKind::Cached, None)?;
+            store.describe(&root, FileInfo { size: meta.size, name: meta.name });
             source.finish()?;
             let evicted = store.enforce_cache_limit()?;
             Ok::<_, Error>((size, source.fetched(), evicted))
@@ -358,7 +455,15 @@ impl Node {
             Err(Error::Source(_)) if providers.ever_found() == 0 => {
                 return Err(NodeError::NotFound { root });
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // What arrived belongs to no root yet: a get that runs again
+                // before the next collection (at the latest, the next start)
+                // needs only the rest. A full disk wants its space now.
+                if matches!(e, Error::DiskFull { .. } | Error::NoSpace { .. }) {
+                    self.inner.store.request_gc();
+                }
+                return Err(e.into());
+            }
         };
         if from_network > 0 {
             self.inner.net.provide(root).await;
@@ -380,6 +485,15 @@ impl Node {
         self.inner.net.unprovide(root).await;
         let (remote_deleted, remote_refused) = replicas::delete_remote(&self.inner.net, root).await;
         Ok(DeleteReport { local, remote_deleted, remote_refused })
+    }
+
+    /// Collects garbage now (waiting for a collection already running);
+    /// returns what it removed.
+    pub async fn gc(&self) -> Result<crate::store::GcStats, NodeError> {
+        let store = self.inner.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.gc())
+            .await
+            .map_err(|_| NodeError::Stopped)??)
     }
 
     pub fn ls(&self) -> Vec<RootInfo> {
@@ -441,6 +555,79 @@ impl Node {
     }
 }
 
+/// How often a node collects garbage besides at start and after a root is
+/// dropped or an operation fails.
+pub const GC_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Disk space a get keeps free beside what it writes.
+pub const SPACE_RESERVE: u64 = 64 * 1024 * 1024;
+
+/// Fails, before anything but the root is fetched, a get whose file would
+/// not fit: its blocks in the store (unless `complete` here already), and
+/// the file itself in `output_dir` (on the same disk, both), each leaving
+/// [`SPACE_RESERVE`] free.
+fn check_space(
+    source: &NetSource,
+    ticket: &Ticket,
+    complete: bool,
+    output_dir: Option<&std::path::Path>,
+) -> Result<crate::dag::FileMeta, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let (meta, _) = export::open_root(source, ticket)?;
+    let store_dir = source.store().dir();
+    let device = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    // The blocks: the file plus a little for tags and structure nodes.
+    let blocks = if complete { 0 } else { meta.size + meta.size / 64 };
+    let mut needs = vec![(store_dir.to_path_buf(), blocks)];
+    if let Some(dir) = output_dir {
+        if device(dir).is_some() && device(dir) == device(store_dir) {
+            needs[0].1 += meta.size;
+        } else {
+            needs.push((dir.to_path_buf(), meta.size));
+        }
+    }
+    for (dir, need) in needs {
+        if need == 0 {
+            continue;
+        }
+        if let Some(free) = free_space(&dir)
+            && free < need.saturating_add(SPACE_RESERVE)
+        {
+            return Err(Error::NoSpace { path: dir, need, free });
+        }
+    }
+    Ok(meta)
+}
+
+/// What a cancelled read fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("cancelled")]
+struct Cancelled;
+
+/// A reader that fails once `cancel` is set.
+struct Cancellable {
+    inner: Box<dyn Read + Send>,
+    cancel: Cancel,
+}
+
+impl Read for Cancellable {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other(Cancelled));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// The cache size a node uses unless told: 10 GiB, or a quarter of the
+/// space free on the file system of `dir` (or of its nearest existing
+/// ancestor) if that is less.
+pub fn default_cache_size(dir: &std::path::Path) -> u64 {
+    let limit = StoreOptions::default().cache_limit;
+    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+    free_space(existing).map_or(limit, |free| limit.min(free / 4))
+}
+
 /// A quarter of the space free on the file system of `dir` (0 if unknown).
 pub fn default_replica_quota(dir: &std::path::Path) -> u64 {
     free_space(dir).map_or(0, |free| free / 4)
@@ -458,17 +645,52 @@ pub fn free_space(path: &std::path::Path) -> Option<u64> {
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// Fails if another process listens on the TCP port of `addr`. libp2p
+/// opens listening sockets with `SO_REUSEPORT`, so a second process could
+/// bind a port a running node holds and share its connections; a plain
+/// bind, without it, is refused while anyone listens there.
+fn check_port_free(addr: &Multiaddr) -> Result<(), NodeError> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for part in addr.iter() {
+        match part {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else { return Ok(()) };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(NodeError::Listen {
+            addr: addr.clone(),
+            reason: "the port is in use by another process".into(),
+        }),
+        // Other failures (an address this machine lacks) are libp2p's to
+        // report.
+        _ => Ok(()),
+    }
+}
+
 fn listen_error<E: std::error::Error>(e: libp2p::TransportError<E>) -> String {
     match e {
         libp2p::TransportError::MultiaddrNotSupported(a) => format!("unsupported address {a}"),
         libp2p::TransportError::Other(e) => {
-            let mut s = e.to_string();
+            // Each layer may repeat its source's message: keep each once.
+            let mut parts = vec![e.to_string()];
             let mut source = e.source();
             while let Some(inner) = source {
-                s = format!("{s}: {inner}");
+                let text = inner.to_string();
+                if !parts.iter().any(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
                 source = inner.source();
             }
-            s
+            parts.join(": ")
         }
     }
 }

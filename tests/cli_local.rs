@@ -88,12 +88,19 @@ fn get_writes_into_a_device_and_through_a_link_without_replacing_them() {
     assert!(fs::symlink_metadata(&devnull).unwrap().file_type().is_symlink());
     assert!(fs::metadata("/dev/null").unwrap().file_type().is_char_device());
 
-    // A link to a regular file: the file gets the bytes, the link stays.
+    // A link to a regular file: refused, as the file is, unless --force;
+    // then the file gets the bytes and the link stays.
     let real = tmp.path().join("real.bin");
     fs::write(&real, b"old contents").unwrap();
     let link = tmp.path().join("link.bin");
     symlink(&real, &link).unwrap();
-    let out = run(&["get", &ticket, "-o", link.to_str().unwrap(), "--data-dir", d], b"");
+    for path in [&real, &link] {
+        let out = run(&["get", &ticket, "-o", path.to_str().unwrap(), "--data-dir", d], b"");
+        let e = assert_one_line_error(&out, 1, "existing output");
+        assert!(e.contains("exists") && e.contains("--force"), "{e}");
+        assert_eq!(fs::read(&real).unwrap(), b"old contents");
+    }
+    let out = run(&["get", &ticket, "-o", link.to_str().unwrap(), "--force", "--data-dir", d], b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert_eq!(fs::read(&real).unwrap(), bytes);

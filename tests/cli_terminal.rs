@@ -21,6 +21,8 @@ use cli_support::*;
 /// A terminal the binary runs in: type a line, read the screen.
 trait Terminal {
     fn type_line(&mut self, line: &str);
+    /// Presses Ctrl-C.
+    fn ctrl_c(&mut self);
     fn screen(&mut self) -> String;
 }
 
@@ -57,6 +59,10 @@ impl Terminal for Tmux {
     fn type_line(&mut self, line: &str) {
         assert!(self.run(&["send-keys", "-t", "dfs", "-l", line]).status().unwrap().success());
         assert!(self.run(&["send-keys", "-t", "dfs", "Enter"]).status().unwrap().success());
+    }
+
+    fn ctrl_c(&mut self) {
+        assert!(self.run(&["send-keys", "-t", "dfs", "C-c"]).status().unwrap().success());
     }
 
     fn screen(&mut self) -> String {
@@ -113,6 +119,11 @@ impl Script {
 impl Terminal for Script {
     fn type_line(&mut self, line: &str) {
         self.stdin.write_all(format!("{line}\r").as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn ctrl_c(&mut self) {
+        self.stdin.write_all(b"\x03").unwrap();
         self.stdin.flush().unwrap();
     }
 
@@ -208,6 +219,23 @@ fn the_prompt_in_a_real_terminal() {
     term.type_line("ls");
     wait_for(term, "ls", |s| s.contains("ROOT") && s.contains("pinned"));
 
-    term.type_line("quit");
+    // Ctrl-C cancels the running command, not the node: a put that would
+    // never end (its input has no end) stops, and the prompt answers.
+    term.type_line("put /dev/zero");
+    wait_for(term, "the endless put", |s| {
+        s.rsplit("put /dev/zero").next().is_some_and(|after| after.contains("MiB"))
+    });
+    term.ctrl_c();
+    wait_for(term, "the cancel", |s| s.contains("cancelled (Ctrl-C again"));
+    term.type_line("ls");
+    let screen = wait_for(term, "ls after the cancel", |s| {
+        s.rsplit("cancelled (Ctrl-C again").next().is_some_and(|after| after.contains("ROOT"))
+    });
+    let after = screen.rsplit("cancelled (Ctrl-C again").next().unwrap();
+    assert!(!after.contains("zero"), "the cancelled put left a file:\n{screen}");
+    assert!(!screen.contains("EXITED"), "the node stopped:\n{screen}");
+
+    // At an idle prompt, Ctrl-C stops the node.
+    term.ctrl_c();
     wait_for(term, "exit", |s| s.contains("EXITED 0"));
 }

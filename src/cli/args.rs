@@ -44,7 +44,7 @@ pub struct NodeArgs {
 
     /// Address of a peer to join the network through, with or without its
     /// /p2p/<peer id> suffix; repeatable.
-    #[arg(long, value_name = "MULTIADDR", global = true)]
+    #[arg(long, value_name = "MULTIADDR", value_parser = parse_bootstrap, global = true)]
     pub bootstrap: Vec<Multiaddr>,
 
     /// Data directory: identity, secrets and blocks [default: the platform
@@ -57,9 +57,10 @@ pub struct NodeArgs {
     pub replicas: usize,
 
     /// Space for files fetched for reading (least recently used are evicted
-    /// first), e.g. 10GiB, 512MiB.
-    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size, global = true)]
-    pub cache_size: u64,
+    /// first), e.g. 10GiB, 512MiB [default: 10GiB, or a quarter of the space
+    /// free on the data directory's disk at start if that is less]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, global = true)]
+    pub cache_size: Option<u64>,
 
     /// Space for replicas this node holds for other peers, e.g. 50GiB
     /// [default: a quarter of the space free on the data directory's disk at
@@ -89,9 +90,17 @@ pub enum Command {
         /// Where to write the file (written whole or not at all); stdout if absent.
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
+        /// Replace OUT if it is an existing file.
+        #[arg(long)]
+        force: bool,
     },
     /// Print this node's peer id (creating its identity if needed).
     Id,
+    /// Remove the blocks no stored file needs, and say how much was freed.
+    Gc,
+    /// Rebuild the index of stored files from the blocks on disk (after it was
+    /// damaged); every whole file found becomes this node's own.
+    RebuildIndex,
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -154,6 +163,36 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("`{s}` is too large"));
     }
     Ok(value.round() as u64)
+}
+
+/// Parses a bootstrap address: a host (`/ip4`, `/ip6`, `/dns`, `/dns4`,
+/// `/dns6`), a TCP port other than 0, and optionally `/p2p/<peer id>`.
+pub fn parse_bootstrap(s: &str) -> Result<Multiaddr, String> {
+    use libp2p::multiaddr::Protocol;
+    let addr: Multiaddr = s.trim().parse().map_err(|e| format!("`{s}` is not a multiaddr: {e}"))?;
+    let mut parts = addr.iter();
+    let host = matches!(
+        parts.next(),
+        Some(
+            Protocol::Ip4(_)
+                | Protocol::Ip6(_)
+                | Protocol::Dns(_)
+                | Protocol::Dns4(_)
+                | Protocol::Dns6(_)
+        )
+    );
+    let port = parts.next();
+    let rest: Vec<Protocol> = parts.collect();
+    let ok = host
+        && matches!(port, Some(Protocol::Tcp(p)) if p != 0)
+        && matches!(rest[..], [] | [Protocol::P2p(_)]);
+    if !ok {
+        return Err(format!(
+            "`{s}` is not a bootstrap address: give a host and a TCP port, as in \
+             /ip4/127.0.0.1/tcp/3000 or /dns4/node1/tcp/3000, optionally followed by /p2p/<peer id>"
+        ));
+    }
+    Ok(addr)
 }
 
 fn parse_chunk_size(s: &str) -> Result<usize, String> {
@@ -235,6 +274,9 @@ mod tests {
             &["dfs-p2p", "get", "xyz"],
             &["dfs-p2p", "frobnicate"],
             &["dfs-p2p", "bench", "store", "--chunk-size", "1k"],
+            &["dfs-p2p", "--bootstrap", "/ip4/127.0.0.1"],
+            &["dfs-p2p", "--bootstrap", "/ip4/127.0.0.1/tcp/0"],
+            &["dfs-p2p", "--bootstrap", "/ip4/127.0.0.1/udp/3000"],
         ] {
             let e = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");

@@ -103,6 +103,7 @@ pub struct Ctx {
 pub fn main() -> ExitCode {
     install_panic_hook();
     keep_large_allocations_on_the_heap();
+    raise_file_limit();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -236,6 +237,11 @@ impl Signals {
 
     /// Waits for the next SIGINT or SIGTERM.
     pub async fn recv(&mut self) {
+        self.next().await;
+    }
+
+    /// Waits for the next SIGINT (`true`) or SIGTERM (`false`).
+    pub async fn next(&mut self) -> bool {
         async fn next(s: &mut Option<Signal>) {
             match s {
                 Some(s) => {
@@ -245,8 +251,8 @@ impl Signals {
             }
         }
         tokio::select! {
-            _ = next(&mut self.interrupt) => {}
-            _ = next(&mut self.terminate) => {}
+            _ = next(&mut self.interrupt) => true,
+            _ = next(&mut self.terminate) => false,
         }
     }
 }
@@ -260,8 +266,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let work = async {
         match command {
             Command::Put { file } => put(args, ctx, &file).await,
-            Command::Get { ticket, output } => get(args, ctx, ticket, output).await,
+            Command::Get { ticket, output, force } => get(args, ctx, ticket, output, force).await,
             Command::Id => id(args),
+            Command::Gc => gc(args).await,
+            Command::RebuildIndex => rebuild_index(args),
             Command::Bench(bench) => run_bench(bench).await,
         }
     };
@@ -291,7 +299,8 @@ fn node_config(args: &NodeArgs, listen_by_default: bool) -> Result<NodeConfig, F
     }
     config.bootstrap = args.bootstrap.clone();
     config.replicas = args.replicas;
-    config.cache_size = args.cache_size;
+    config.cache_size =
+        args.cache_size.unwrap_or_else(|| crate::node::default_cache_size(&config.data_dir));
     config.replica_quota = args.replica_quota;
     config.accept_replicas = args.accept_replicas_from.clone();
     Ok(config)
@@ -315,22 +324,32 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
         output::status("type `help` for the commands, `quit` or Ctrl-C to stop");
     }
 
-    let mut prompt = tokio::spawn(repl::run(node.clone(), ctx, interactive));
+    let interrupts = repl::Interrupts::default();
+    let mut prompt = tokio::spawn(repl::run(node.clone(), ctx, interactive, interrupts.clone()));
     enum Stop {
         Quit,
         Signal,
         InputEnded,
     }
-    let stop = tokio::select! {
-        end = &mut prompt => match end {
-            Ok(repl::End::Quit) => Stop::Quit,
-            Ok(repl::End::Eof) => Stop::InputEnded,
-            Err(e) => {
-                output::print_error(&format!("the command prompt stopped: {e}"));
-                Stop::InputEnded
+    // At a terminal, Ctrl-C cancels the command running; with none
+    // running (or without a terminal) it stops the node, as SIGTERM does.
+    let stop = loop {
+        tokio::select! {
+            end = &mut prompt => break match end {
+                Ok(repl::End::Quit) => Stop::Quit,
+                Ok(repl::End::Eof) => Stop::InputEnded,
+                Err(e) => {
+                    output::print_error(&format!("the command prompt stopped: {e}"));
+                    Stop::InputEnded
+                }
+            },
+            interrupt = signals.next() => {
+                if interactive && interrupt && interrupts.cancel_running() {
+                    continue;
+                }
+                break Stop::Signal;
             }
-        },
-        _ = signals.recv() => Stop::Signal,
+        }
     };
     if let Stop::InputEnded = stop {
         output::status("end of input: still serving until Ctrl-C or SIGTERM");
@@ -351,15 +370,36 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
 }
 
 /// Starts a node for a one-shot command and waits (briefly) for its
-/// bootstrap peers.
-async fn oneshot_node(args: &NodeArgs) -> Result<Node, Failure> {
+/// bootstrap peers: until enough are connected, or every bootstrap
+/// address has failed, or [`PEER_WAIT`]. When none is reachable, says why
+/// for each, and fails if `need_peers`.
+async fn oneshot_node(args: &NodeArgs, need_peers: bool) -> Result<Node, Failure> {
     let node = Node::start(node_config(args, false)?).await?;
-    if !args.bootstrap.is_empty() {
-        let want = args.bootstrap.len().min(args.replicas.saturating_sub(1)).max(1);
-        let found = node.wait_for_peers(want, PEER_WAIT).await;
-        if found == 0 {
-            output::status("no peers reachable");
-        }
+    if args.bootstrap.is_empty() {
+        return Ok(node);
+    }
+    let want = args.bootstrap.len().min(args.replicas.saturating_sub(1)).max(1);
+    let states = node.net().wait_for_bootstrap(want, PEER_WAIT).await;
+    if node.net().connected_now() > 0 {
+        return Ok(node);
+    }
+    let reasons: Vec<String> = states
+        .iter()
+        .map(|b| {
+            let why = b.error.as_deref().unwrap_or("no connection yet");
+            format!("{}: {why}", b.addr)
+        })
+        .collect();
+    if need_peers {
+        node.shutdown().await;
+        return Err(Failure::Error(format!(
+            "cannot reach the bootstrap peer{} {}",
+            if reasons.len() == 1 { "" } else { "s" },
+            reasons.join("; ")
+        )));
+    }
+    for reason in reasons {
+        output::status(&format!("cannot reach bootstrap {reason}"));
     }
     Ok(node)
 }
@@ -367,8 +407,8 @@ async fn oneshot_node(args: &NodeArgs) -> Result<Node, Failure> {
 async fn put(args: &NodeArgs, ctx: Ctx, file: &std::path::Path) -> Result<(), Failure> {
     let input = transfer::open_input(file)?;
     let label = input.label.clone();
-    let node = oneshot_node(args).await?;
-    let result = transfer::put(&node, input, ctx.progress).await;
+    let node = oneshot_node(args, false).await?;
+    let result = transfer::put(&node, input, ctx.progress, None).await;
     node.shutdown().await;
     let report = result?;
     output::status(&transfer::put_summary(&label, &report));
@@ -381,13 +421,14 @@ async fn get(
     ctx: Ctx,
     ticket: crate::Ticket,
     out: Option<PathBuf>,
+    force: bool,
 ) -> Result<(), Failure> {
     let out = match out {
-        Some(path) if path != std::path::Path::new("-") => Output::file(path)?,
+        Some(path) if path != std::path::Path::new("-") => Output::file(path, force)?,
         _ => Output::Stdout,
     };
-    let node = oneshot_node(args).await?;
-    let result = transfer::get(&node, ticket, &out, ctx.progress).await;
+    let node = oneshot_node(args, true).await?;
+    let result = transfer::get(&node, ticket, &out, ctx.progress, None).await;
     node.shutdown().await;
     let report = result?;
     if let Output::File(path) = &out {
@@ -397,8 +438,44 @@ async fn get(
 }
 
 fn id(args: &NodeArgs) -> Result<(), Failure> {
-    let store = crate::store::Store::open(data_dir(args)?, crate::store::StoreOptions::default())?;
+    let options = crate::store::StoreOptions::default();
+    // The identity needs no index: `id` works on a damaged one too.
+    let store = crate::store::Store::open_unindexed(data_dir(args)?, options)?;
     output::result(&format!("{}\n", store.peer_id()));
+    Ok(())
+}
+
+async fn gc(args: &NodeArgs) -> Result<(), Failure> {
+    let dir = data_dir(args)?;
+    let stats = tokio::task::spawn_blocking(move || {
+        let store = crate::store::Store::open(dir, crate::store::StoreOptions::default())?;
+        store.gc()
+    })
+    .await
+    .map_err(|e| Failure::Error(format!("garbage collection stopped: {e}")))??;
+    output::status(&output::gc_summary(&stats));
+    Ok(())
+}
+
+fn rebuild_index(args: &NodeArgs) -> Result<(), Failure> {
+    let (store, rebuilt) = crate::store::Store::open_rebuilding(
+        data_dir(args)?,
+        crate::store::StoreOptions::default(),
+    )?;
+    for path in &rebuilt.moved_aside {
+        output::status(&format!("moved the old index to {}", path.display()));
+    }
+    output::status(&format!(
+        "rebuilt the index: {} whole file{} kept as this node's own{}",
+        rebuilt.roots.len(),
+        if rebuilt.roots.len() == 1 { "" } else { "s" },
+        if rebuilt.incomplete > 0 {
+            format!("; {} incomplete ones left to garbage collection", rebuilt.incomplete)
+        } else {
+            String::new()
+        }
+    ));
+    drop(store);
     Ok(())
 }
 
@@ -443,6 +520,21 @@ fn keep_large_allocations_on_the_heap() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 8 * 1024 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// A node holds a file descriptor per connection, pending or established
+/// (up to 1,536 at once), beside its block files: the soft limit of open
+/// files, often 1,024, is raised to the hard limit.
+fn raise_file_limit() {
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 

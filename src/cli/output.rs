@@ -60,10 +60,24 @@ pub fn result(text: &str) {
     let _ = out.flush();
 }
 
-/// Shows the prompt on stderr.
-pub fn prompt(text: &str) {
+/// Shows the prompt on stderr. Until [`prompt_answered`], anything else
+/// written on stderr (a log line, a status) clears the prompt's line first
+/// and shows the prompt again after it, when stderr is a terminal.
+pub fn prompt(text: &'static str) {
+    prompt_answered();
     write_stderr(text.as_bytes());
+    if io::stderr().is_terminal() {
+        *PROMPT_SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
 }
+
+/// The prompt's line was entered: output no longer shares its line.
+pub fn prompt_answered() {
+    *PROMPT_SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// The prompt on screen, waiting for a line, if any.
+static PROMPT_SHOWN: Mutex<Option<&'static str>> = Mutex::new(None);
 
 /// Lays out rows in aligned columns, two spaces apart; the last column is
 /// not padded.
@@ -110,17 +124,22 @@ pub fn roots_table(roots: &[RootInfo]) -> String {
                 PinKind::Cached => "cached",
             };
             let mut owners: Vec<String> = r.owners.iter().map(ToString::to_string).collect();
-            if r.local || owners.is_empty() {
+            if r.local {
                 owners.insert(0, "this node".into());
             }
-            let owner = owners.join(", ");
-            vec![r.root.to_string(), kind.into(), size(r.size), owner]
+            let owner = if owners.is_empty() { "-".into() } else { owners.join(", ") };
+            let (name, file_size) = match &r.file {
+                Some(f) => (f.name.clone().unwrap_or_else(|| "-".into()), size(f.size)),
+                // A replica held for others: this node has no key to read it.
+                None => ("(encrypted)".into(), "?".into()),
+            };
+            vec![r.root.to_string(), name, file_size, size(r.size), kind.into(), owner]
         })
         .collect();
     let total: u64 = roots.iter().map(|r| r.size).sum();
-    let mut out = table(&["ROOT", "KIND", "SIZE", "OWNER"], &rows);
+    let mut out = table(&["ROOT", "NAME", "SIZE", "STORED", "KIND", "OWNERS"], &rows);
     let n = roots.len();
-    let _ = writeln!(out, "{n} {}, {}", if n == 1 { "root" } else { "roots" }, size(total));
+    let _ = writeln!(out, "{n} {}, {} stored", if n == 1 { "root" } else { "roots" }, size(total));
     out
 }
 
@@ -142,6 +161,27 @@ pub fn peers_table(peers: &[PeerInfo]) -> String {
 }
 
 /// The `stat` table.
+/// What a garbage collection did, in one line.
+pub fn gc_summary(stats: &crate::store::GcStats) -> String {
+    let mut line = format!(
+        "collected {} ({})",
+        plural(stats.removed_blocks, "block"),
+        size(stats.removed_bytes)
+    );
+    if stats.kept_recent > 0 {
+        line.push_str(&format!(
+            "; kept {} that running transfers may still need",
+            plural(stats.kept_recent, "unused block")
+        ));
+    }
+    line
+}
+
+/// `n thing` or `n things`.
+pub fn plural(n: u64, thing: &str) -> String {
+    if n == 1 { format!("1 {thing}") } else { format!("{n} {thing}s") }
+}
+
 pub fn stat_table(stat: &Stat) -> String {
     let mut rows = vec![vec!["peer id".into(), stat.peer_id.to_string()]];
     if stat.listen_addrs.is_empty() {
@@ -180,8 +220,19 @@ static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 fn write_stderr(bytes: &[u8]) {
     let bar = ACTIVE_BAR.lock().map(|b| b.clone()).unwrap_or(None);
     let write = || {
+        let prompt = PROMPT_SHOWN.lock().unwrap_or_else(|e| e.into_inner());
         let mut err = io::stderr().lock();
-        let _ = err.write_all(bytes);
+        match *prompt {
+            // Erase the prompt's line, write, and show the prompt again.
+            Some(text) => {
+                let _ = err.write_all(b"\r\x1b[2K");
+                let _ = err.write_all(bytes);
+                let _ = err.write_all(text.as_bytes());
+            }
+            None => {
+                let _ = err.write_all(bytes);
+            }
+        }
         let _ = err.flush();
     };
     match bar {
@@ -231,12 +282,25 @@ impl Progress {
 
     /// Leaves the finished bar on screen.
     pub fn finish(self) {
-        if let Some(bar) = &self.bar {
-            if let Some(len) = bar.length() {
-                bar.set_position(len);
-            }
-            bar.finish();
+        finish_bar(self.bar.as_ref());
+    }
+
+    /// Finishes the bar from another thread, before the transfer returns
+    /// (a put's upload, before its copies are sought).
+    pub fn finisher(&self) -> impl Fn() + Send + Sync + 'static {
+        let bar = self.bar.clone();
+        move || finish_bar(bar.as_ref())
+    }
+}
+
+fn finish_bar(bar: Option<&ProgressBar>) {
+    if let Some(bar) = bar
+        && !bar.is_finished()
+    {
+        if let Some(len) = bar.length() {
+            bar.set_position(len);
         }
+        bar.finish();
     }
 }
 

@@ -5,13 +5,22 @@
 //! terminal. Commands run one at a time, in order, so a script that pipes
 //! commands in reads its results (tickets, tables) in the same order.
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
+    sync::Notify,
+};
 
 use super::{Ctx, Failure, output, transfer};
 use crate::{
-    node::Node,
+    node::{Cancel, Node},
     ticket::{Ticket, TicketOrCid},
 };
 
@@ -33,25 +42,60 @@ pub enum End {
 pub const HELP: &str = "\
 commands:
   put <path>                  store a file; prints its ticket
-  get <ticket> [<out>]        fetch a file into <out>, or print it
+  get <ticket> [<out>] [--force]
+                              fetch a file into <out> (--force: replace an existing file), or print it
   delete <ticket-or-cid>      delete a file here, and the copies this node asked peers to keep
   ls                          files stored here (pinned and cached) with their sizes
   peers                       connected peers and their addresses
   providers <cid-or-ticket>   peers that hold a file
   stat                        peer id, addresses, peers, storage use
+  gc                          remove the blocks no stored file needs; says what it freed
   help                        this list
-  quit                        stop the node (so do Ctrl-C and SIGTERM)
+  quit                        stop the node (so does SIGTERM; Ctrl-C cancels the command
+                              running, or stops the node when none is)
 Quote paths with spaces: put \"my file.txt\". Lines starting with # are ignored.
 ";
 
-/// Reads and runs commands until `quit` or the end of stdin.
-pub async fn run(node: Node, ctx: Ctx, interactive: bool) -> End {
+/// How Ctrl-C reaches the command running at the prompt.
+#[derive(Clone, Default)]
+pub struct Interrupts {
+    running: Arc<Mutex<Option<Cancel>>>,
+    notify: Arc<Notify>,
+}
+
+impl Interrupts {
+    /// Cancels the command running, if one is; returns whether one was.
+    pub fn cancel_running(&self) -> bool {
+        let running = self.running.lock().expect("interrupts lock");
+        let Some(cancel) = running.as_ref() else { return false };
+        cancel.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+        true
+    }
+
+    fn start(&self) -> Cancel {
+        let cancel: Cancel = Arc::new(AtomicBool::new(false));
+        *self.running.lock().expect("interrupts lock") = Some(cancel.clone());
+        cancel
+    }
+
+    fn end(&self) {
+        *self.running.lock().expect("interrupts lock") = None;
+    }
+}
+
+/// Reads and runs commands until `quit` or the end of stdin. A command
+/// cancelled through `interrupts` stops at once (what it was writing is
+/// left for garbage collection) and the prompt goes on.
+pub async fn run(node: Node, ctx: Ctx, interactive: bool, interrupts: Interrupts) -> End {
     let mut stdin = BufReader::new(tokio::io::stdin());
     loop {
         if interactive {
             output::prompt(PROMPT);
         }
-        let line = match read_line(&mut stdin).await {
+        let line = read_line(&mut stdin).await;
+        output::prompt_answered();
+        let line = match line {
             Ok(Some(line)) => line,
             Ok(None) => return End::Eof,
             Err(e) => {
@@ -59,9 +103,18 @@ pub async fn run(node: Node, ctx: Ctx, interactive: bool) -> End {
                 return End::Eof;
             }
         };
-        match execute(&node, ctx, &line).await {
+        let cancel = interrupts.start();
+        let result = tokio::select! {
+            result = execute(&node, ctx, &line, &cancel) => result,
+            _ = interrupts.notify.notified() => Err(Failure::Interrupted),
+        };
+        interrupts.end();
+        match result {
             Ok(Flow::Continue) => {}
             Ok(Flow::Quit) => return End::Quit,
+            Err(Failure::Interrupted) => {
+                output::status("cancelled (Ctrl-C again or `quit` stops the node)")
+            }
             Err(e) => output::print_error(&e.to_string()),
         }
     }
@@ -97,7 +150,13 @@ enum Flow {
 }
 
 /// Runs one command line.
-async fn execute(node: &Node, ctx: Ctx, line: &Result<String, String>) -> Result<Flow, Failure> {
+async fn execute(
+    node: &Node,
+    ctx: Ctx,
+    line: &Result<String, String>,
+    cancel: &Cancel,
+) -> Result<Flow, Failure> {
+    let cancel = Some(cancel.clone());
     let line = line.as_ref().map_err(|e| Failure::Error(e.clone()))?;
     let words = split_words(line).map_err(Failure::Error)?;
     let Some((command, args)) = words.split_first() else { return Ok(Flow::Continue) };
@@ -111,18 +170,19 @@ async fn execute(node: &Node, ctx: Ctx, line: &Result<String, String>) -> Result
         ("put", [path]) => {
             let input = transfer::open_input(&PathBuf::from(path))?;
             let label = input.label.clone();
-            let report = transfer::put(node, input, ctx.progress).await?;
+            let report = transfer::put(node, input, ctx.progress, cancel).await?;
             output::status(&transfer::put_summary(&label, &report));
             output::result(&format!("{}\n", report.ticket));
         }
         ("get", [ticket] | [ticket, "-"]) => {
             let ticket = parse_ticket(ticket)?;
-            transfer::get(node, ticket, &transfer::Output::Stdout, ctx.progress).await?;
+            transfer::get(node, ticket, &transfer::Output::Stdout, ctx.progress, cancel).await?;
         }
-        ("get", [ticket, out]) => {
+        ("get", [ticket, out] | [ticket, out, "--force"] | [ticket, "--force", out]) => {
+            let force = args.contains(&"--force");
             let ticket = parse_ticket(ticket)?;
-            let out = transfer::Output::file(PathBuf::from(out))?;
-            let report = transfer::get(node, ticket, &out, ctx.progress).await?;
+            let out = transfer::Output::file(PathBuf::from(out), force)?;
+            let report = transfer::get(node, ticket, &out, ctx.progress, cancel).await?;
             if let transfer::Output::File(path) = &out {
                 output::status(&transfer::get_summary(path, &report));
             }
@@ -141,6 +201,7 @@ async fn execute(node: &Node, ctx: Ctx, line: &Result<String, String>) -> Result
             }
         }
         ("stat", []) => output::result(&output::stat_table(&node.stat().await?)),
+        ("gc", []) => output::status(&output::gc_summary(&node.gc().await?)),
         ("help" | "?", []) => output::result(HELP),
         ("quit" | "exit", []) => return Ok(Flow::Quit),
         (command, _) => return Err(usage(command)),

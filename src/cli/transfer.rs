@@ -13,7 +13,7 @@ use std::{
 
 use super::{Failure, output};
 use crate::{
-    node::{GetReport, Node, PutReport},
+    node::{Cancel, GetOptions, GetReport, Node, PutOptions, PutReport},
     ticket::Ticket,
 };
 
@@ -53,12 +53,48 @@ pub fn open_input(path: &Path) -> Result<Input, Failure> {
     })
 }
 
-/// Stores `input` through the node, with a progress bar when enabled.
-pub async fn put(node: &Node, input: Input, progress: bool) -> Result<PutReport, Failure> {
+/// Stores `input` through the node, with a progress bar when enabled,
+/// then reports each copy as it is confirmed or refused (the second phase,
+/// which waits on other nodes). `cancel` stops it.
+pub async fn put(
+    node: &Node,
+    input: Input,
+    progress: bool,
+    cancel: Option<Cancel>,
+) -> Result<PutReport, Failure> {
     let bar = output::Progress::new(progress, "put", &input.label, input.total);
-    let report = node.put(input.reader, input.name, input.total, bar.callback()).await?;
+    let started = std::time::Instant::now();
+    let options = PutOptions {
+        name: input.name,
+        total: input.total,
+        progress: bar.callback(),
+        on_stored: Some(std::sync::Arc::new({
+            let finish = bar.finisher();
+            move |size, copies| {
+                finish();
+                if copies > 0 {
+                    output::status(&format!(
+                        "stored here ({}); asking peers for {} {}",
+                        output::size(size),
+                        copies,
+                        if copies == 1 { "copy" } else { "copies" }
+                    ));
+                }
+            }
+        })),
+        on_copy: Some(std::sync::Arc::new(move |peer, result| {
+            let took = started.elapsed().as_secs_f64();
+            let line = match result {
+                Ok(_) => format!("copy confirmed by {} ({took:.1} s)", short_peer(peer)),
+                Err(why) => format!("no copy on {}: {why}", short_peer(peer)),
+            };
+            output::status(&line);
+        })),
+        cancel,
+    };
+    let report = node.put_with(input.reader, options).await;
     bar.finish();
-    Ok(report)
+    Ok(report?)
 }
 
 /// The status line after a put (the ticket itself goes to stdout).
@@ -105,8 +141,15 @@ pub enum Output {
 }
 
 impl Output {
-    /// Checks that `path` can be written before anything is fetched.
-    pub fn file(path: PathBuf) -> Result<Output, Failure> {
+    /// Checks that `path` can be written before anything is fetched: an
+    /// existing file is replaced only if `force`.
+    pub fn file(path: PathBuf, force: bool) -> Result<Output, Failure> {
+        if !force && fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            return Err(Failure::Error(format!(
+                "{} exists: give another name, or add --force to replace it",
+                path.display()
+            )));
+        }
         if path.is_dir() {
             return Err(Failure::Error(format!(
                 "{} is a directory: give a file name",
@@ -153,13 +196,15 @@ pub async fn get(
     ticket: Ticket,
     out: &Output,
     progress: bool,
+    cancel: Option<Cancel>,
 ) -> Result<GetReport, Failure> {
     match out {
         Output::Stdout => {
             let progress = progress && !io::stdout().is_terminal();
             let bar = output::Progress::new(progress, "get", &short_cid(&ticket), None);
             let writer = Box::new(BufWriter::with_capacity(1 << 16, io::stdout()));
-            let report = node.get(ticket, writer, bar.callback()).await?;
+            let options = GetOptions { progress: bar.callback(), output_dir: None, cancel };
+            let report = node.get_with(ticket, writer, options).await?;
             bar.finish();
             Ok(report)
         }
@@ -177,6 +222,7 @@ pub async fn get(
                 }
                 Destination::Replace(target) => {
                     let name = target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+                    remove_stale_parts(parent_dir(&target), &name);
                     let part_path =
                         parent_dir(&target).join(format!(".{name}.{}.part", std::process::id()));
                     let file = File::create(&part_path).map_err(|e| {
@@ -187,7 +233,9 @@ pub async fn get(
             };
             let bar = output::Progress::new(progress, "get", &shown, None);
             let writer = Box::new(BufWriter::with_capacity(1 << 16, file));
-            let report = node.get(ticket, writer, bar.callback()).await?;
+            let output_dir = Some(parent_dir(path).to_path_buf());
+            let options = GetOptions { progress: bar.callback(), output_dir, cancel };
+            let report = node.get_with(ticket, writer, options).await?;
             if let Some((mut part, target)) = part {
                 fs::rename(&part.path, &target)
                     .map_err(|e| Failure::io(format!("cannot write {shown}"), &e))?;
@@ -195,6 +243,23 @@ pub async fn get(
             }
             bar.finish();
             Ok(report)
+        }
+    }
+}
+
+/// Removes the part files of earlier gets into `name` in `dir` whose
+/// process is gone (a get killed before it could clean up).
+fn remove_stale_parts(dir: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else { continue };
+        let Some(pid) = rest.strip_suffix(".part").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
         }
     }
 }
@@ -240,10 +305,10 @@ fn follow_links(path: &Path) -> io::Result<PathBuf> {
 /// The status line after a get into a file.
 pub fn get_summary(path: &Path, report: &GetReport) -> String {
     format!(
-        "wrote {} ({}, {} blocks from the network)",
+        "wrote {} ({}, {} from the network)",
         path.display(),
         output::size(report.size),
-        report.from_network
+        output::plural(report.from_network, "block")
     )
 }
 

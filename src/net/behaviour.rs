@@ -42,10 +42,13 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_ESTABLISHED: u32 = 512;
 /// Established connections per peer (two covers a simultaneous dial).
 pub const MAX_ESTABLISHED_PER_PEER: u32 = 2;
-/// Connections being set up, per direction: room for a crowd of sockets
-/// that never finish their handshake, until [`HANDSHAKE_TIMEOUT`] drops
-/// them (see also `net::limits` for the share of one address).
-pub const MAX_PENDING: u32 = 256;
+/// Inbound connections being set up: room for a crowd of sockets that
+/// never finish their handshake, until [`HANDSHAKE_TIMEOUT`] drops them
+/// (see also `net::limits` for the share of one address). Each costs a file
+/// descriptor and a few KiB.
+pub const MAX_PENDING: u32 = 1024;
+/// Outbound connections being set up.
+pub const MAX_PENDING_OUTGOING: u32 = 256;
 /// How long a connection may take to be set up (TCP accepted, then
 /// multistream-select, Noise and Yamux); libp2p has no limit by default.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,7 +96,7 @@ impl Behaviour {
             .with_max_established(Some(MAX_ESTABLISHED))
             .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER))
             .with_max_pending_incoming(Some(MAX_PENDING))
-            .with_max_pending_outgoing(Some(MAX_PENDING));
+            .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING));
 
         Behaviour {
             blocked: Default::default(),

@@ -79,8 +79,16 @@ async fn discovery_round(net: &NetHandle, set: &Arc<ProviderSet>) {
 }
 
 /// One discovery round for `root`, collected: the peers that hold it.
+///
+/// Every peer listed answered, just now, that it holds the root: DHT
+/// records outlive the nodes that published them, so a provider found
+/// there is asked too.
 pub async fn find_holders(net: &NetHandle, root: Cid) -> Vec<PeerId> {
     let set = ProviderSet::new(root, true);
     discovery_round(net, &set).await;
-    set.peers()
+    let probes = set.peers().into_iter().map(|peer| async move {
+        let present = rpc_have(net, peer, vec![root], HAVE_TIMEOUT).await;
+        (present.as_deref() == Some(&[true])).then_some(peer)
+    });
+    futures::future::join_all(probes).await.into_iter().flatten().collect()
 }

@@ -44,6 +44,9 @@ pub const COMMAND_QUEUE: usize = 1024;
 pub const INBOUND_QUEUE: usize = 1024;
 /// Providers buffered per provider lookup (more are dropped: they are hints).
 pub const PROVIDER_QUEUE: usize = 256;
+/// Dials of every bootstrap address that fail in a row before a one-shot
+/// command or a get gives up waiting for a peer (a node keeps trying).
+pub const BOOTSTRAP_ATTEMPTS: u32 = 2;
 /// How often unreachable bootstrap addresses are dialed again.
 pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(3);
 /// How often Kademlia is bootstrapped again (besides libp2p's own timer).
@@ -165,6 +168,7 @@ pub struct NetHandle {
     local_peer_id: PeerId,
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     connected: watch::Receiver<usize>,
+    bootstrap: watch::Receiver<Vec<BootstrapState>>,
 }
 
 impl NetHandle {
@@ -259,6 +263,11 @@ impl NetHandle {
         }
     }
 
+    /// Waits until the event loop has stopped.
+    pub async fn stopped(&self) {
+        self.commands.closed().await;
+    }
+
     /// The listen addresses, each with the `/p2p/<id>` suffix.
     pub fn listen_addrs_now(&self) -> Vec<Multiaddr> {
         self.listen_addrs.borrow().clone()
@@ -283,6 +292,37 @@ impl NetHandle {
         let mut rx = self.connected.clone();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|&c| c >= n)).await;
         self.connected_now()
+    }
+
+    /// How each bootstrap address fares right now.
+    pub fn bootstrap_now(&self) -> Vec<BootstrapState> {
+        self.bootstrap.borrow().clone()
+    }
+
+    /// Waits up to `timeout` until at least `n` peers are connected, or
+    /// every bootstrap address has failed [`BOOTSTRAP_ATTEMPTS`] times in a
+    /// row (and nothing is connected); returns how the bootstrap addresses
+    /// fare.
+    pub async fn wait_for_bootstrap(&self, n: usize, timeout: Duration) -> Vec<BootstrapState> {
+        let (mut peers, mut states) = (self.connected.clone(), self.bootstrap.clone());
+        let _ = tokio::time::timeout(timeout, async {
+            loop {
+                let connected = *peers.borrow_and_update();
+                let all_failed = {
+                    let states = states.borrow_and_update();
+                    !states.is_empty() && states.iter().all(|b| b.failures >= BOOTSTRAP_ATTEMPTS)
+                };
+                if connected >= n || (connected == 0 && all_failed) {
+                    return;
+                }
+                tokio::select! {
+                    r = peers.changed() => if r.is_err() { return },
+                    r = states.changed() => if r.is_err() { return },
+                }
+            }
+        })
+        .await;
+        self.bootstrap_now()
     }
 }
 
@@ -312,9 +352,27 @@ impl Work {
 
 /// A bootstrap address and the peer it led to, once known.
 struct Bootstrap {
+    /// The address as given, and without its `/p2p` part.
+    given: Multiaddr,
     addr: Multiaddr,
     peer: Option<PeerId>,
     dialing: Option<ConnectionId>,
+    /// Why the last dial failed, until one succeeds.
+    error: Option<String>,
+    /// Dials failed since the last success.
+    failures: u32,
+}
+
+/// How a bootstrap address fares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapState {
+    /// The address as given.
+    pub addr: Multiaddr,
+    pub connected: bool,
+    /// Why the last dial failed, if it did and none succeeded since.
+    pub error: Option<String>,
+    /// Dials failed since the last success.
+    pub failures: u32,
 }
 
 /// The loop itself; see the module docs.
@@ -345,6 +403,9 @@ pub struct EventLoop {
     bootstrap: Vec<Bootstrap>,
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
     connected: watch::Sender<usize>,
+    bootstrap_state: watch::Sender<Vec<BootstrapState>>,
+    /// Whether this is a node that listens (not a one-shot client).
+    listens: bool,
     routing_empty: bool,
 }
 
@@ -360,18 +421,21 @@ impl EventLoop {
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
         let (connected_tx, connected_rx) = watch::channel(0);
         let local_peer_id = *swarm.local_peer_id();
+        let swarm_listens = swarm.listeners().next().is_some();
         let bootstrap = bootstrap
             .into_iter()
-            .map(|addr| {
-                let (addr, peer) = split_peer_id(addr);
-                Bootstrap { addr, peer, dialing: None }
+            .map(|given: Multiaddr| {
+                let (addr, peer) = split_peer_id(given.clone());
+                Bootstrap { given, addr, peer, dialing: None, error: None, failures: 0 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let (bootstrap_tx, bootstrap_rx) = watch::channel(Vec::new());
         let handle = NetHandle {
             commands: command_tx,
             local_peer_id,
             listen_addrs: listen_rx,
             connected: connected_rx,
+            bootstrap: bootstrap_rx,
         };
         let event_loop = EventLoop {
             swarm,
@@ -394,6 +458,8 @@ impl EventLoop {
             bootstrap,
             listen_addrs: listen_tx,
             connected: connected_tx,
+            bootstrap_state: bootstrap_tx,
+            listens: swarm_listens,
             routing_empty: true,
         };
         (event_loop, handle, inbound_rx)
@@ -407,6 +473,7 @@ impl EventLoop {
             }
         }
         self.dial_bootstrap();
+        self.publish_bootstrap();
         let mut retry = tokio::time::interval(BOOTSTRAP_RETRY);
         let mut rebootstrap = tokio::time::interval(BOOTSTRAP_INTERVAL);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -432,6 +499,21 @@ impl EventLoop {
             }
         }
         tracing::debug!("event loop stopped");
+    }
+
+    /// Tells the handles how the bootstrap addresses fare.
+    fn publish_bootstrap(&self) {
+        let states = self
+            .bootstrap
+            .iter()
+            .map(|b| BootstrapState {
+                addr: b.given.clone(),
+                connected: b.peer.is_some_and(|p| self.swarm.is_connected(&p)),
+                error: b.error.clone(),
+                failures: b.failures,
+            })
+            .collect();
+        self.bootstrap_state.send_replace(states);
     }
 
     /// Dials every bootstrap address that is neither connected nor dialing.
@@ -727,7 +809,7 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let mut address = address;
                 address.push(Protocol::P2p(self.local_peer_id()));
-                tracing::info!("listening on {address}");
+                tracing::debug!("listening on {address}");
                 self.listen_addrs.send_modify(|a| {
                     if !a.contains(&address) {
                         a.push(address)
@@ -746,20 +828,26 @@ impl EventLoop {
                     self.keep_connections_free();
                 }
                 for b in &mut self.bootstrap {
-                    if b.dialing == Some(connection_id) {
+                    if b.dialing == Some(connection_id) || b.peer == Some(peer_id) {
                         b.dialing = None;
+                        b.error = None;
+                        b.failures = 0;
                         if b.peer.is_none() {
                             b.peer = Some(peer_id);
                             self.swarm.behaviour_mut().kad.add_address(&peer_id, b.addr.clone());
                         }
                     }
                 }
+                self.publish_bootstrap();
                 self.connected.send_replace(self.swarm.connected_peers().count());
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
                 if num_established == 0 {
                     tracing::debug!("disconnected from {peer_id}");
                     self.last_active.remove(&peer_id);
+                    if self.bootstrap.iter().any(|b| b.peer == Some(peer_id)) {
+                        self.publish_bootstrap();
+                    }
                 }
                 let connected = self.swarm.connected_peers().count();
                 if connected == 0 {
@@ -770,10 +858,26 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 tracing::debug!("dial {peer_id:?} failed: {error}");
+                let mut changed = false;
                 for b in &mut self.bootstrap {
                     if b.dialing == Some(connection_id) {
                         b.dialing = None;
+                        let reason = dial_error_reason(&error, b.peer);
+                        if b.error.is_none() && self.listens {
+                            // A one-shot client reports it itself.
+                            tracing::warn!(
+                                "cannot reach bootstrap {}: {reason}; trying again every {} s",
+                                b.given,
+                                BOOTSTRAP_RETRY.as_secs()
+                            );
+                        }
+                        b.error = Some(reason);
+                        b.failures += 1;
+                        changed = true;
                     }
+                }
+                if changed {
+                    self.publish_bootstrap();
                 }
             }
             _ => {}
@@ -926,6 +1030,42 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+}
+
+/// Why a dial failed, in a few words a user can act on.
+fn dial_error_reason(error: &libp2p::swarm::DialError, expected: Option<PeerId>) -> String {
+    use libp2p::swarm::DialError;
+    match error {
+        DialError::WrongPeerId { obtained, .. } => match expected {
+            Some(expected) => format!("it is peer {obtained}, not {expected}"),
+            None => format!("it is peer {obtained}"),
+        },
+        DialError::Transport(errors) => {
+            let reasons: Vec<String> = errors
+                .iter()
+                .map(|(_, e)| {
+                    // The innermost cause says it best ("connection refused").
+                    let mut cause: &dyn std::error::Error = e;
+                    while let Some(inner) = cause.source() {
+                        cause = inner;
+                    }
+                    let text = cause.to_string();
+                    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+                    if text.is_empty() { e.to_string() } else { text.to_lowercase() }
+                })
+                .collect();
+            if reasons.iter().any(|r| r.contains("timeout") || r.contains("timed out")) {
+                "no answer (timed out)".into()
+            } else {
+                reasons.join("; ")
+            }
+        }
+        DialError::Denied { cause } => format!("refused by this node's limits: {cause}"),
+        DialError::LocalPeerId { .. } => "that is this node itself".into(),
+        DialError::NoAddresses => "no address to dial".into(),
+        DialError::Aborted => "the dial was aborted".into(),
+        DialError::DialPeerConditionFalse(_) => "already connected or dialing".into(),
     }
 }
 

@@ -92,7 +92,12 @@ pub struct Placed {
 /// Asks peers closest to the root to replicate it until `want` confirm or
 /// the candidates run out; a peer that refuses, is busy or fails is
 /// replaced by the next closest.
-pub async fn replicate(net: &NetHandle, offer: Offer, want: usize) -> Placed {
+pub async fn replicate(
+    net: &NetHandle,
+    offer: Offer,
+    want: usize,
+    on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
+) -> Placed {
     let mut placed = Placed::default();
     if want == 0 {
         return placed;
@@ -109,6 +114,7 @@ pub async fn replicate(net: &NetHandle, offer: Offer, want: usize) -> Placed {
     }
     use futures::StreamExt;
     while let Some((peer, result)) = running.next().await {
+        on_copy(&peer, &result);
         match result {
             Ok(blocks) => {
                 tracing::info!("{peer} holds a replica of {root} ({blocks} blocks)");
@@ -292,7 +298,7 @@ impl ReplicaService {
             .await;
             let response = match pinned {
                 Ok(Ok((blocks, _))) => Response::Replicated { blocks },
-                Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
+                Ok(Err(e)) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
                 Err(_) => Response::error(ErrorCode::Internal, "replication task failed"),
             };
             return self.net.respond(channel, response).await;
@@ -432,10 +438,7 @@ impl ReplicaService {
                     Error::Cancelled => {
                         "the pull stopped: past its deadline or its asker left".into()
                     }
-                    Error::DiskFull { .. } => "this node's disk is full".into(),
-                    // The responder's own paths are nobody else's business.
-                    Error::Io { .. } => "cannot store the replica".into(),
-                    e => e.to_string(),
+                    e => told_to_peers(&e),
                 };
                 Response::error(code, message)
             }
@@ -467,7 +470,7 @@ impl ReplicaService {
                         "only its owners may delete {root} ({})",
                         owners_list(&info.owners)
                     )),
-                    Err(e) => Err(Response::error(ErrorCode::Internal, e.to_string())),
+                    Err(e) => Err(Response::error(ErrorCode::Internal, told_to_peers(&e))),
                 },
             }
         })
@@ -579,4 +582,17 @@ fn owners_list(owners: &[PeerId]) -> String {
         list.push(format!("and {} more", owners.len() - SHOWN));
     }
     list.join(", ")
+}
+
+/// What a peer is told of a local failure: the cause, without this node's
+/// paths (which are nobody else's business).
+fn told_to_peers(e: &Error) -> String {
+    match e {
+        Error::DiskFull { .. } | Error::NoSpace { .. } => "this node's disk is full".into(),
+        Error::Io { .. } | Error::DamagedIndex { .. } | Error::InUse { .. } => {
+            "this node cannot write to its store".into()
+        }
+        Error::InsecureKey { .. } | Error::Config(_) => "this node is misconfigured".into(),
+        e => e.to_string(),
+    }
 }

@@ -59,6 +59,16 @@ pub struct RootInfo {
     pub size: u64,
     /// Unix milliseconds of the last put, pin or read.
     pub last_access: u64,
+    /// The file's plaintext length and name, when this node has read its
+    /// root (a put or a get here; a replica's holder has no key).
+    pub file: Option<FileInfo>,
+}
+
+/// What a node that has the key knows of a stored file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub size: u64,
+    pub name: Option<String>,
 }
 
 /// A root as the index files store it.
@@ -76,6 +86,8 @@ struct PinRecord {
     owner: Option<String>,
     size: u64,
     last_access: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<FileInfo>,
 }
 
 /// The roots in memory, keyed by root CID.
@@ -103,6 +115,7 @@ impl Store {
                 local: false,
                 size,
                 last_access: now,
+                file: None,
             });
             if kind == PinKind::Pinned {
                 entry.kind = PinKind::Pinned;
@@ -141,6 +154,22 @@ impl Store {
             self.request_gc();
         }
         Ok(Some(removed))
+    }
+
+    /// Records what a node that read the root knows of its file.
+    pub fn describe(&self, root: &Cid, file: FileInfo) {
+        let changed = match self.roots_lock().get_mut(root) {
+            Some(e) if e.file.as_ref() != Some(&file) => {
+                e.file = Some(file);
+                Some(e.kind == PinKind::Pinned)
+            }
+            _ => None,
+        };
+        if let Some(pinned) = changed
+            && let Err(e) = self.save_index(pinned)
+        {
+            tracing::warn!("cannot record the file of {root}: {e}");
+        }
     }
 
     /// Marks a root as just used (for LRU eviction).
@@ -257,10 +286,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Roots::new()),
             Err(e) => return Err(Error::io("cannot read pin index", &path, e)),
         };
-        let bad = |reason: String| Error::Io {
-            context: format!("pin index {} is damaged: {reason}", path.display()),
-            source: io::ErrorKind::InvalidData.into(),
-        };
+        let bad = |reason: String| Error::DamagedIndex { path: path.clone(), reason };
         let records: Vec<PinRecord> =
             ciborium::from_reader(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
         records
@@ -286,6 +312,7 @@ impl Store {
                         local,
                         size: r.size,
                         last_access: r.last_access,
+                        file: r.file,
                     },
                 ))
             })
@@ -313,6 +340,7 @@ impl Store {
                     owner: None,
                     size: r.size,
                     last_access: r.last_access,
+                    file: r.file.clone(),
                 })
                 .collect()
         };
@@ -340,6 +368,63 @@ impl Store {
             Ok(())
         };
         write().map_err(|e| Error::io("cannot write pin index", &path, e))
+    }
+}
+
+/// What [`Store::rebuild_index`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Rebuilt {
+    /// Roots whose whole DAG is on disk, now pinned as this node's own.
+    pub roots: Vec<Cid>,
+    /// Structure blocks that no other block links, whose DAG is not whole
+    /// (left to garbage collection).
+    pub incomplete: usize,
+    /// Where the damaged index files were moved.
+    pub moved_aside: Vec<std::path::PathBuf>,
+}
+
+impl Store {
+    /// Rebuilds the root index from the blocks on disk: every structure
+    /// block that no other block links is a root; those whose DAG is whole
+    /// are pinned as this node's own (who asked for a replica cannot be
+    /// known from the blocks, so replicas become the node's own content).
+    /// The old index files are moved aside, not deleted.
+    pub fn rebuild_index(&self) -> Result<Rebuilt> {
+        let mut rebuilt = Rebuilt::default();
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        for name in [PINS_FILE, CACHE_FILE] {
+            let path = self.inner.dir.dir.join(name);
+            if path.exists() {
+                let aside = self.inner.dir.dir.join(format!("{name}.damaged-{stamp}"));
+                fs::rename(&path, &aside).map_err(|e| Error::io("cannot move aside", &path, e))?;
+                rebuilt.moved_aside.push(aside);
+            }
+        }
+        self.roots_lock().clear();
+        let mut structure = Vec::new();
+        self.for_each_block(|cid, _, _| {
+            if cid.codec() == crate::block::DAG_CBOR {
+                structure.push(cid);
+            }
+        })?;
+        let mut linked = std::collections::HashSet::new();
+        for cid in &structure {
+            // A block that fails its check is moved aside by `get`.
+            if let Ok(node) = self.get(cid).and_then(|b| crate::dag::Node::decode(cid, &b)) {
+                linked.extend(node.links);
+            }
+        }
+        let _guard = self.guard();
+        for cid in structure.into_iter().filter(|c| !linked.contains(c)) {
+            if self.is_complete(&cid) {
+                self.pin(&cid, PinKind::Pinned, None)?;
+                rebuilt.roots.push(cid);
+            } else {
+                rebuilt.incomplete += 1;
+            }
+        }
+        self.save_index(true)?;
+        Ok(rebuilt)
     }
 }
 

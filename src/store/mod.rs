@@ -45,7 +45,7 @@ use libp2p::{PeerId, identity::Keypair};
 pub use self::{
     blocks::Usage,
     gc::{GcStats, Guard, SWEEP_BATCH},
-    index::{PinKind, RootInfo},
+    index::{FileInfo, PinKind, Rebuilt, RootInfo},
     writer::{BlockWriter, Durability, Prepared},
 };
 use crate::{crypto::ConvergenceSecret, error::Result};
@@ -98,6 +98,25 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the data directory `dir`, taking its lock.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let store = Store::open_unindexed(dir, options)?;
+        store.load_index()?;
+        Ok(store)
+    }
+
+    /// Opens the data directory and rebuilds its root index from the blocks
+    /// on disk (see [`rebuild_index`](Self::rebuild_index)).
+    pub fn open_rebuilding(
+        dir: impl AsRef<Path>,
+        options: StoreOptions,
+    ) -> Result<(Store, Rebuilt)> {
+        let store = Store::open_unindexed(dir, options)?;
+        let rebuilt = store.rebuild_index()?;
+        Ok((store, rebuilt))
+    }
+
+    /// Opens the data directory without reading its root index: enough for
+    /// its identity, and for nothing that touches roots.
+    pub fn open_unindexed(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let dir = dir::DataDir::open(PathBuf::from(dir.as_ref()))?;
         let checker = check::Checker::new(&dir.identity_bytes);
         let stamp = dir.dir.join(dir::CLOCK_FILE);
@@ -115,7 +134,6 @@ impl Store {
                 checker,
             }),
         };
-        store.load_index()?;
         Ok(store)
     }
 
