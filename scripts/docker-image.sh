@@ -12,7 +12,9 @@
 #   DFS_IMAGE  tag to build (default dfs-p2p:local, the tag docker-compose.yml uses)
 #
 # The binary and its libraries are staged in target/docker/rootfs, the only
-# part of the repository the build context sends (see .dockerignore).
+# part of the repository the build context sends (see .dockerignore). The
+# script then records DFS_STAGED in .env, which docker-compose.yml requires:
+# without it `docker-compose up` stops at once and names this script.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -61,5 +63,10 @@ fi
 # want; docker bind-mounts /etc/hosts and /etc/resolv.conf at run time.
 
 echo "docker-image: staged $(du -sh "$root" | cut -f1) from $bin ($nlibs shared libraries)" >&2
+# Tell docker-compose the stage exists (keeping any other lines of .env).
+touch .env
+grep -v '^DFS_STAGED=' .env >.env.new || true
+echo "DFS_STAGED=$root" >>.env.new
+mv .env.new .env
 docker build --quiet -t "$image" . >/dev/null
 echo "docker-image: built $image ($(docker image inspect -f '{{.Size}}' "$image") bytes)" >&2

@@ -151,6 +151,22 @@ get_cmp() {
     cmp "$orig" "$tmp/got" >&2 || { say "get through $node returned different bytes"; return 1; }
 }
 
+# ---- a clean checkout: compose stops at once, naming the command to run ------
+# No DFS_STAGED (no .env, as in a fresh clone): `up -d --build` must fail
+# before it creates a network, a volume or a container.
+bare="${project}bare"
+: >"$tmp/empty.env"
+rc=0
+env -u DFS_STAGED "${compose_cmd[@]}" -p "$bare" --env-file "$tmp/empty.env" -f "$repo/docker-compose.yml" \
+    up -d --build >"$tmp/bare.out" 2>&1 || rc=$?
+[[ $rc -ne 0 ]] || die "compose up without a staged image succeeded"
+grep -q 'scripts/docker-image.sh' "$tmp/bare.out" || die "compose up without a staged image did not name scripts/docker-image.sh: $(cat "$tmp/bare.out")"
+left=$(docker ps -aq --filter "label=com.docker.compose.project=$bare"
+    docker network ls -q --filter "label=com.docker.compose.project=$bare"
+    docker volume ls -q --filter "label=com.docker.compose.project=$bare")
+[[ -z $left ]] || die "compose up without a staged image left things behind: $left"
+ok "compose up in a clean checkout stops at once: $(grep -o 'run scripts/docker-image.sh[^}]*' "$tmp/bare.out" | head -n 1 | tr -d "'\"")"
+
 # ---- image ------------------------------------------------------------------
 t0=$(now)
 scripts/docker-image.sh ${DFS_BIN:+"$DFS_BIN"}
@@ -168,6 +184,37 @@ net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{"\
 [[ -n $net ]] || die "cannot find the compose network of node1"
 wait_listening "$t0" "${nodes[@]}"
 ok "node1..node3 listening $(elapsed "$t0")s after compose up"
+
+# ---- the prompt: attach on a terminal, run a command, detach --------------------
+# As the README says: `docker attach`, a command, Ctrl-P Ctrl-Q; the node
+# keeps running. tmux gives attach the terminal a person would have.
+if command -v tmux >/dev/null; then
+    tsock="$tmp/tmux.sock"
+    tmux -S "$tsock" new-session -d -x 200 -y 50 \
+        "docker attach ${cid[node1]}; echo attach-exited-\$?; sleep 60"
+    pane() { tmux -S "$tsock" capture-pane -p -S -100; }
+    deadline=$(($(date +%s) + 30))
+    sleep 1
+    tmux -S "$tsock" send-keys 'stat' Enter
+    until pane | grep -q 'peer id'; do
+        (($(date +%s) < deadline)) || die "attached prompt of node1 did not answer stat: $(pane | tr -s '\n' ' ')"
+        sleep 0.5
+        tmux -S "$tsock" send-keys '' Enter
+    done
+    tmux -S "$tsock" send-keys C-p C-q
+    until pane | grep -q 'read escape sequence'; do
+        (($(date +%s) < deadline)) || die "Ctrl-P Ctrl-Q did not detach from node1: $(pane | tr -s '\n' ' ')"
+        sleep 0.5
+    done
+    tmux -S "$tsock" kill-server 2>/dev/null || true
+    [[ $(docker inspect -f '{{.State.Running}}' "${cid[node1]}") == true ]] || die "node1 stopped after detaching"
+    ok "docker attach reaches node1's prompt; Ctrl-P Ctrl-Q detaches and node1 keeps running"
+else
+    case ${CI:-} in
+    '' | 0 | false) say "no tmux: the attach test skipped" ;;
+    *) die "no tmux: the attach test cannot run" ;;
+    esac
+fi
 
 # ---- put through node3, get through node2 --------------------------------------
 head -c $((3 * 1024 * 1024)) /dev/urandom >"$tmp/a.bin"
