@@ -206,7 +206,8 @@ fn missing_subcommand(help: &str) -> String {
 /// elsewhere (files, docker, journald) they carry a timestamp.
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn,dfs_p2p=info",
+        // A lone first node is no fault: kad's "no known peers" is noise.
+        0 => "warn,dfs_p2p=info,libp2p_kad=error",
         1 => "warn,dfs_p2p=debug",
         _ => "info,dfs_p2p=trace,libp2p=debug",
     };
