@@ -74,10 +74,10 @@ pub async fn put(
                 finish();
                 if copies > 0 {
                     output::status(&format!(
-                        "stored here ({}); asking peers for {} {}",
-                        output::size(size),
+                        "asking peers for {} {} ({} stored here)",
                         copies,
-                        if copies == 1 { "copy" } else { "copies" }
+                        if copies == 1 { "copy" } else { "copies" },
+                        output::size(size),
                     ));
                 }
             }
