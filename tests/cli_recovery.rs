@@ -98,6 +98,12 @@ fn bootstrap_failures_name_the_address_and_the_reason_at_once() {
     // The README promises up to 10 s of waiting for peers.
     assert!(took < Duration::from_secs(10), "took {took:?}: {e}");
 
+    // A node says it too, and keeps running.
+    let mut lone = Node::spawn("lone", &tmp.path().join("lone"), &["--bootstrap", &addr]);
+    let warning = lone.expect_err(|l| l.contains("cannot reach bootstrap"));
+    assert!(warning.contains(&addr) && warning.contains("connection refused"), "{warning}");
+    lone.stop();
+
     // A live node, with another node's peer id in the address.
     let mut node = Node::start("node", &tmp.path().join("node"), &[]);
     let other = run(&["id", "--data-dir", &d("other")], b"");

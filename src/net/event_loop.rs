@@ -421,7 +421,9 @@ impl EventLoop {
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
         let (connected_tx, connected_rx) = watch::channel(0);
         let local_peer_id = *swarm.local_peer_id();
-        let swarm_listens = swarm.listeners().next().is_some();
+        // Its listeners report their addresses only once the swarm runs;
+        // a node that listens is the one whose DHT mode is server.
+        let swarm_listens = swarm.behaviour().kad.mode() == libp2p::kad::Mode::Server;
         let bootstrap = bootstrap
             .into_iter()
             .map(|given: Multiaddr| {
