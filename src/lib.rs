@@ -11,7 +11,9 @@
 //!   memory, reporting through [`progress`]);
 //! - [`net`] (the swarm and the file protocol);
 //! - [`node`] (a running node: the API the command line uses);
-//! - [`bench`] (the benchmarks) and [`cli`] (the `dfs-p2p` command).
+//! - [`bench`] (the benchmarks) and `fuzzing` (the checks the fuzz targets
+//!   in `fuzz/` run; hidden, not part of the API);
+//! - [`cli`] (the `dfs-p2p` command).
 //!
 //! The data format is specified in `protocols/data-format.md`, the wire
 //! protocol in `protocols/file-protocol.md`.
@@ -23,6 +25,8 @@ pub mod crypto;
 pub mod dag;
 pub mod error;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod net;
 pub mod node;

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["import", "export"],
     &["net"],
     &["node"],
-    &["bench"],
+    &["bench", "fuzzing"],
     &["cli"],
 ];
 
