@@ -234,6 +234,19 @@ t0=$(now)
 get_cmp node2 "$ticket_a" "$tmp/a.bin" || die "get through node2 failed"
 ok "get through node2 returned the same 3 MiB in $(elapsed "$t0")s"
 
+# ---- a get that would not fit stops before it fills the disk --------------------
+# A container whose only writable disk is a 32 MiB tmpfs gets a 40 MiB file.
+head -c $((40 * 1024 * 1024)) /dev/urandom >"$tmp/big.bin"
+put node3 "$tmp/big.bin" --replicas 2 || die "put of 40 MiB through node3 failed"
+rc=0
+timeout -k 10 "$op_timeout" docker run --rm --network "$net" --tmpfs /small:rw,size=32m "$image" \
+    get "$ticket" -o /small/out --data-dir /small/data --bootstrap /dns4/node1/tcp/3000 \
+    >"$tmp/out" 2>"$tmp/err" </dev/null || rc=$?
+[[ $rc -eq 1 ]] || die "a get into a 32 MiB disk of a 40 MiB file exited $rc"
+grep -q '^error: not enough disk space in /small' "$tmp/err" ||
+    die "a get into a disk too small did not say so: $(cat "$tmp/err")"
+ok "a 40 MiB get into a 32 MiB disk stops at once: $(grep '^error:' "$tmp/err")"
+
 # ---- kill the uploader ----------------------------------------------------------
 docker kill "${cid[node3]}" >/dev/null
 for node in node1 node2; do

@@ -37,8 +37,10 @@ pub enum Error {
     /// Not enough disk space for what an operation would write; checked
     /// before it writes anything.
     #[error(
-        "not enough disk space in {path}: {need} bytes needed, {free} free (and {reserve} kept free)",
+        "not enough disk space in {path}: {need} needed, {free} free (and {reserve} kept free)",
         path = path.display(),
+        need = crate::units::human_size(*need),
+        free = crate::units::human_size(*free),
         reserve = "64 MiB"
     )]
     NoSpace { path: PathBuf, need: u64, free: u64 },

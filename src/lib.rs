@@ -1,6 +1,7 @@
 //! dfs-p2p: a decentralized, end-to-end encrypted, content-addressed file
 //! store. The modules, lowest layer first; none imports one above it:
 //!
+//! - [`units`] (byte counts in human form);
 //! - [`testdata`] (deterministic pseudo-random bytes) and [`error`];
 //! - [`crypto`] (convergent keys, AES-256-GCM) and [`block`] (CIDs, block
 //!   buffers);
@@ -34,6 +35,7 @@ pub mod progress;
 pub mod store;
 pub mod testdata;
 pub mod ticket;
+pub mod units;
 
 pub use error::{Error, ParseError, Result};
 pub use ticket::Ticket;

@@ -11,6 +11,7 @@ use std::{
 
 /// Top-level modules by layer, lowest first.
 const LAYERS: &[&[&str]] = &[
+    &["units"],
     &["testdata", "error", "progress"],
     &["crypto", "block"],
     &["dag", "ticket"],
