@@ -54,6 +54,12 @@ pub struct NodeConfig {
     pub replica_quota: Option<u64>,
     /// Who may ask this node to hold replicas.
     pub accept_replicas: Accept,
+    /// How often the node publishes its provider records again, give or
+    /// take [`REPROVIDE_JITTER`].
+    pub reprovide_interval: Duration,
+    /// How long the node keeps other peers' provider records unless they
+    /// publish them again.
+    pub provider_ttl: Duration,
 }
 
 impl NodeConfig {
@@ -67,6 +73,8 @@ impl NodeConfig {
             chunk_size: import::DEFAULT_CHUNK_SIZE,
             replica_quota: None,
             accept_replicas: Accept::Any,
+            reprovide_interval: REPROVIDE_INTERVAL,
+            provider_ttl: behaviour::PROVIDER_TTL,
         }
     }
 }
@@ -171,6 +179,8 @@ pub struct Stat {
     pub replica_quota: u64,
     /// Blocks sent to peers since the node started.
     pub blocks_served: u64,
+    /// Provider records of other peers this node keeps for the DHT.
+    pub provider_records: usize,
 }
 
 /// Errors of node operations; each displays as one line.
@@ -214,8 +224,12 @@ impl Node {
             tokio::task::spawn_blocking(move || Store::open(dir, StoreOptions { cache_limit }))
                 .await
                 .map_err(|_| NodeError::Stopped)??;
-        let mut swarm = behaviour::build_swarm(store.identity().clone(), !config.listen.is_empty())
-            .map_err(NodeError::Transport)?;
+        let mut swarm = behaviour::build_swarm(
+            store.identity().clone(),
+            !config.listen.is_empty(),
+            config.provider_ttl,
+        )
+        .map_err(NodeError::Transport)?;
         for addr in &config.listen {
             check_port_free(addr)?;
             swarm
@@ -236,7 +250,7 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner { store, net, blocks, config, replica_quota, event_loop }),
         };
-        tokio::spawn(node.clone().provide_held_roots());
+        tokio::spawn(node.clone().reprovide());
         // Blocks left by whatever was interrupted before (a killed put, get
         // or replica) go now, and later ones as they appear.
         node.inner.store.request_gc();
@@ -255,7 +269,26 @@ impl Node {
     }
 
     /// After a start: provide every root still held whole.
-    async fn provide_held_roots(self) {
+    /// Publishes the provider records of every root held whole: at once
+    /// (a node that restarts is findable again straight away), then every
+    /// reprovide interval, give or take [`REPROVIDE_JITTER`] so that nodes
+    /// started together do not publish together. Roots dropped meanwhile
+    /// were withdrawn when they were dropped and are not published again.
+    async fn reprovide(self) {
+        let net = self.inner.net.clone();
+        let interval = self.inner.config.reprovide_interval;
+        loop {
+            self.provide_held_roots().await;
+            let jitter = rand::random_range(-REPROVIDE_JITTER..=REPROVIDE_JITTER);
+            let wait = interval.mul_f64(1.0 + jitter);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = net.stopped() => return,
+            }
+        }
+    }
+
+    async fn provide_held_roots(&self) {
         let store = self.inner.store.clone();
         let complete = tokio::task::spawn_blocking(move || {
             store
@@ -269,6 +302,8 @@ impl Node {
         .unwrap_or_default();
         for root in complete {
             self.inner.net.provide(root).await;
+            // Each starts a DHT query: a node holding many roots spreads them.
+            tokio::time::sleep(REPROVIDE_PACE).await;
         }
     }
 
@@ -541,6 +576,7 @@ impl Node {
             held_for_others: self.inner.store.held_for_others(),
             replica_quota: self.inner.replica_quota,
             blocks_served: self.inner.blocks.blocks_served(),
+            provider_records: self.inner.net.known_providers(Cid::default()).await.1,
         })
     }
 
@@ -554,6 +590,17 @@ impl Node {
         }
     }
 }
+
+/// How often a node publishes its provider records again by default: a
+/// quarter of their time to live ([`behaviour::PROVIDER_TTL`], 48 h), so a
+/// record survives three missed rounds (IPFS: every 22 h).
+pub const REPROVIDE_INTERVAL: Duration = Duration::from_secs(12 * 3600);
+
+/// The pause between two roots published: 50 a second.
+pub const REPROVIDE_PACE: Duration = Duration::from_millis(20);
+
+/// The reprovide interval varies by up to this fraction either way.
+pub const REPROVIDE_JITTER: f64 = 0.1;
 
 /// How often a node collects garbage besides at start and after a root is
 /// dropped or an operation fails.

@@ -709,3 +709,56 @@ async fn many_large_gets_from_one_provider_share_its_streams() {
     })
     .await
 }
+
+/// A node publishes its provider records again on its reprovide timer, so
+/// other nodes keep them past their time to live; a node that does not
+/// (here: once a day) is forgotten when its records expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_records_are_published_again_before_they_expire() {
+    run(async {
+        const TTL: Duration = Duration::from_secs(2);
+        let start_with = |bootstrap: Vec<Multiaddr>, reprovide: Duration| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = config(dir.path(), bootstrap, 1);
+            c.provider_ttl = TTL;
+            c.reprovide_interval = reprovide;
+            let node = Node::start(c).await.unwrap();
+            let addr = node.listen_addrs().await.into_iter().next().unwrap();
+            TestNode { node, addr, _dir: dir }
+        };
+        let keeper = start_with(vec![], Duration::from_secs(86400)).await;
+        let fresh = start_with(vec![keeper.addr.clone()], Duration::from_millis(300)).await;
+        let stale = start_with(vec![keeper.addr.clone()], Duration::from_secs(86400)).await;
+        for n in [&fresh, &stale] {
+            assert!(n.node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+        }
+        // One copy each (replicas 1): only the DHT says who holds them.
+        let a = put(&fresh.node, &data(64 * 1024, 41)).await.ticket.root;
+        let b = put(&stale.node, &data(64 * 1024, 42)).await.ticket.root;
+        let knows = |root, node: &TestNode| {
+            let net = keeper.node.net().clone();
+            let peer = node.node.peer_id();
+            async move { net.known_providers(root).await.0.contains(&peer) }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !(knows(a, &fresh).await && knows(b, &stale).await) {
+            assert!(std::time::Instant::now() < deadline, "the keeper never got both records");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The stale record expires; the fresh one, published again every
+        // 0.3 s, never does.
+        let deadline = std::time::Instant::now() + TTL * 5;
+        while knows(b, &stale).await {
+            assert!(std::time::Instant::now() < deadline, "an expired record is still handed out");
+            assert!(knows(a, &fresh).await, "a record published again expired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let until = std::time::Instant::now() + TTL * 2;
+        while std::time::Instant::now() < until {
+            assert!(knows(a, &fresh).await, "a record published again expired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(keeper.node.stat().await.unwrap().provider_records >= 1);
+    })
+    .await
+}

@@ -72,6 +72,11 @@ pub struct NodeArgs {
     /// list of peer ids.
     #[arg(long, value_name = "any|none|PEERID,...", default_value = "any", global = true)]
     pub accept_replicas_from: Accept,
+
+    /// How often to publish again, in the DHT, that this node holds each
+    /// file it holds whole (give or take 10 %), e.g. 12h, 30m, 90s.
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration, global = true)]
+    pub reprovide_interval: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +170,31 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(value.round() as u64)
 }
 
+/// Parses a duration: a number and a unit, `s`, `m`, `h` or `d` (`90s`,
+/// `1.5h`); at least a second, at most a year.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let seconds = match unit.trim().to_ascii_lowercase().as_str() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => {
+            return Err(format!(
+                "`{s}` is not a duration: give a number and s, m, h or d, as in 12h"
+            ));
+        }
+    };
+    let value: f64 = number.parse().map_err(|_| format!("`{s}` is not a duration: no number"))?;
+    let total = value * seconds;
+    if !(1.0..=365.0 * 86400.0).contains(&total) {
+        return Err(format!("`{s}` is out of range: from 1s to 365d"));
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
 /// Parses a bootstrap address: a host (`/ip4`, `/ip6`, `/dns`, `/dns4`,
 /// `/dns6`), a TCP port other than 0, and optionally `/p2p/<peer id>`.
 pub fn parse_bootstrap(s: &str) -> Result<Multiaddr, String> {
@@ -244,6 +274,19 @@ mod tests {
             assert!(!e.contains('\n'), "{e}");
         }
         assert!(parse_size("20000000T").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        for (s, secs) in
+            [("90s", 90), ("30m", 1800), ("12h", 43200), ("1.5h", 5400), ("2d", 172800)]
+        {
+            assert_eq!(parse_duration(s), Ok(Duration::from_secs(secs)), "{s}");
+        }
+        for s in ["", "12", "h", "0s", "0.5s", "400d", "1x", "-1h", "1.2.3h"] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
     }
 
     #[test]

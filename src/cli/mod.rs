@@ -304,6 +304,7 @@ fn node_config(args: &NodeArgs, listen_by_default: bool) -> Result<NodeConfig, F
         args.cache_size.unwrap_or_else(|| crate::node::default_cache_size(&config.data_dir));
     config.replica_quota = args.replica_quota;
     config.accept_replicas = args.accept_replicas_from.clone();
+    config.reprovide_interval = args.reprovide_interval;
     Ok(config)
 }
 

@@ -194,6 +194,10 @@ pub fn stat_table(stat: &Stat) -> String {
         "for others".into(),
         format!("{} of {} quota", size(stat.held_for_others), size(stat.replica_quota)),
     ]);
+    rows.push(vec![
+        "dht records".into(),
+        format!("{} provider records of other peers", stat.provider_records),
+    ]);
     let mut out = String::new();
     let width = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
     for row in rows {

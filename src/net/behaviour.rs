@@ -58,6 +58,12 @@ pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// and a lookup converges to (libp2p's default, the `k` of the paper).
 pub const KAD_REPLICATION: usize = 20;
 
+/// How long a provider record from another peer is kept unless published
+/// again (libp2p's and IPFS's default). A node publishes its own records
+/// again every reprovide interval (`node::REPROVIDE_INTERVAL`, 12 h by
+/// default), so a record outlives three missed rounds.
+pub const PROVIDER_TTL: Duration = Duration::from_secs(48 * 3600);
+
 /// The DHT key of the provider records of `root`: its whole binary CID
 /// (see `protocols/data-format.md` for why not the multihash).
 pub fn provider_key(root: &cid::Cid) -> kad::RecordKey {
@@ -77,12 +83,16 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    fn new(key: &Keypair, kad_server: bool) -> Self {
+    fn new(key: &Keypair, kad_server: bool, provider_ttl: Duration) -> Self {
         let peer_id = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
             .set_query_timeout(KAD_QUERY_TIMEOUT)
             .set_periodic_bootstrap_interval(Some(Duration::from_secs(120)))
+            .set_provider_record_ttl(Some(provider_ttl))
+            // The node publishes its records again itself, on a timer with
+            // jitter (node.rs), and only for roots it still holds whole.
+            .set_provider_publication_interval(None)
             .set_replication_factor(NonZeroUsize::new(KAD_REPLICATION).expect("non-zero"));
         let mut kad =
             kad::Behaviour::with_config(peer_id, ProviderRecords::new(peer_id), kad_config);
@@ -120,8 +130,13 @@ impl Behaviour {
 
 /// Builds the swarm: TCP with nodelay, Noise, Yamux (every connection set up
 /// within [`HANDSHAKE_TIMEOUT`]), DNS, and [`Behaviour`]; Kademlia answers
-/// queries (server mode) only on a node that listens.
-pub fn build_swarm(key: Keypair, listens: bool) -> Result<Swarm<Behaviour>, String> {
+/// queries (server mode) only on a node that listens. Records of other
+/// peers are kept `provider_ttl` unless published again.
+pub fn build_swarm(
+    key: Keypair,
+    listens: bool,
+    provider_ttl: Duration,
+) -> Result<Swarm<Behaviour>, String> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
@@ -134,7 +149,7 @@ pub fn build_swarm(key: Keypair, listens: bool) -> Result<Swarm<Behaviour>, Stri
         .map_err(|e| format!("cannot set up TCP/Noise/Yamux: {e}"))?
         .with_dns()
         .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
-        .with_behaviour(|key| Behaviour::new(key, listens))
+        .with_behaviour(|key| Behaviour::new(key, listens, provider_ttl))
         .map_err(|e| format!("cannot set up the behaviour: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();

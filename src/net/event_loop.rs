@@ -147,6 +147,12 @@ pub enum Command {
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
     },
+    /// The other peers whose live provider records for `root` this node
+    /// holds, and how many such records it holds in all.
+    KnownProviders {
+        root: Cid,
+        reply: oneshot::Sender<(Vec<PeerId>, usize)>,
+    },
     BlockPeer {
         peer: PeerId,
     },
@@ -205,6 +211,17 @@ impl NetHandle {
     /// Announces in the DHT that this node holds the whole DAG of `root`.
     pub async fn provide(&self, root: Cid) {
         let _ = self.send(Command::Provide { root }).await;
+    }
+
+    /// What this node's own record store knows of the providers of `root`
+    /// (no lookup): the other peers with a live record for it, and the
+    /// records of other peers it holds in all.
+    pub async fn known_providers(&self, root: Cid) -> (Vec<PeerId>, usize) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::KnownProviders { root, reply }).await.is_err() {
+            return (Vec::new(), 0);
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Withdraws this node's provider record for `root`.
@@ -576,6 +593,11 @@ impl EventLoop {
             }
             Command::Unprovide { root } => {
                 behaviour.kad.stop_providing(&provider_key(&root));
+            }
+            Command::KnownProviders { root, reply } => {
+                let store = behaviour.kad.store_mut();
+                let live = store.foreign_providers(&provider_key(&root), Instant::now());
+                let _ = reply.send((live, store.foreign_count()));
             }
             Command::FindProviders { root, found } => {
                 if self.provider_queries.len() + self.closest_queries.len() < MAX_QUERIES {

@@ -56,6 +56,12 @@ impl ProviderRecords {
         self.foreign_count
     }
 
+    /// The other peers whose live records say they provide `key`.
+    pub fn foreign_providers(&self, key: &RecordKey, now: Instant) -> Vec<PeerId> {
+        let records = self.foreign.get(key).into_iter().flatten();
+        records.filter(|r| !r.is_expired(now)).map(|r| r.provider).collect()
+    }
+
     /// Forgets the expired records of other peers.
     pub fn remove_expired(&mut self, now: Instant) {
         let mut gone = Vec::new();
@@ -151,7 +157,10 @@ impl RecordStore for ProviderRecords {
 
     fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
         let mut out: Vec<ProviderRecord> = self.own.get(key).cloned().into_iter().collect();
-        out.extend(self.foreign.get(key).into_iter().flatten().cloned());
+        // Expired ones wait for the next sweep, but are never handed out.
+        let now = Instant::now();
+        let live = self.foreign.get(key).into_iter().flatten().filter(|r| !r.is_expired(now));
+        out.extend(live.cloned());
         out
     }
 
