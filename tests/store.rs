@@ -346,6 +346,36 @@ fn a_corrupt_block_is_moved_aside_and_never_returned() {
 }
 
 #[test]
+fn gc_keeps_the_newest_blocks_set_aside_for_a_week_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ticket = put(&store, &data(2 * CHUNK, 3), &opts()).ticket;
+    let leaf = leaves(&store, &ticket)[0];
+    flip_bit(&block_path(dir.path(), &leaf));
+    assert!(matches!(store.get(&leaf), Err(Error::Corrupt { .. })));
+    let corrupt = dir.path().join("corrupt");
+    let set_aside = fs::read_dir(&corrupt).unwrap().next().unwrap().unwrap().path();
+    // Older ones, and one beyond the retention time.
+    let week = dfs_p2p::store::CORRUPT_KEPT_FOR;
+    let extra = dfs_p2p::store::CORRUPT_KEPT + 5;
+    for i in 0..extra {
+        let path = corrupt.join(format!("old-{i}"));
+        fs::write(&path, [0u8; 10]).unwrap();
+        let age = std::time::Duration::from_secs(60 * (i as u64 + 1));
+        let when = std::time::SystemTime::now() - if i == 0 { week * 2 } else { age };
+        fs::File::options().write(true).open(&path).unwrap().set_modified(when).unwrap();
+    }
+    let stats = store.gc().unwrap();
+    let left: Vec<_> = fs::read_dir(&corrupt).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(left.len(), dfs_p2p::store::CORRUPT_KEPT, "{left:?}");
+    assert_eq!(stats.removed_corrupt as usize, extra + 1 - dfs_p2p::store::CORRUPT_KEPT);
+    assert!(left.contains(&set_aside), "the newest was removed");
+    assert!(!left.contains(&corrupt.join("old-0")), "one older than a week was kept");
+    // The file is whole again once the block is fetched back; nothing else went.
+    assert!(store.has(&leaves(&store, &ticket)[1]));
+}
+
+#[test]
 fn a_block_file_truncated_or_replaced_underneath_is_refused_and_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

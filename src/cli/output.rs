@@ -156,6 +156,12 @@ pub fn gc_summary(stats: &crate::store::GcStats) -> String {
         plural(stats.removed_blocks, "block"),
         size(stats.removed_bytes)
     );
+    if stats.removed_corrupt > 0 {
+        line.push_str(&format!(
+            ", and {} set aside after failing verification",
+            plural(stats.removed_corrupt, "block")
+        ));
+    }
     if stats.kept_recent > 0 {
         line.push_str(&format!(
             "; kept {} that running transfers may still need",

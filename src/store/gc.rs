@@ -62,7 +62,16 @@ pub struct GcStats {
     pub removed_bytes: u64,
     /// Unreachable blocks kept because a live operation may still need them.
     pub kept_recent: u64,
+    /// Blocks that failed verification, set aside in `corrupt/` longer than
+    /// [`CORRUPT_KEPT_FOR`] or beyond the newest [`CORRUPT_KEPT`], removed.
+    pub removed_corrupt: u64,
 }
+
+/// Blocks that failed verification are kept in `corrupt/` for inspection,
+/// the newest this many at most...
+pub const CORRUPT_KEPT: usize = 64;
+/// ...for this long at most: after that, only space they take.
+pub const CORRUPT_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 86400);
 
 /// A moment on the file system's clock: a `ctime` (seconds, nanoseconds).
 type FsTime = (i64, i64);
@@ -271,7 +280,31 @@ impl Store {
                 }
             }
         }
+        self.prune_corrupt(&mut stats);
         Ok(stats)
+    }
+
+    /// Keeps the newest [`CORRUPT_KEPT`] files of `corrupt/`, none older
+    /// than [`CORRUPT_KEPT_FOR`]: set-aside blocks are evidence for a
+    /// while, not a leak.
+    fn prune_corrupt(&self, stats: &mut GcStats) {
+        let Ok(entries) = fs::read_dir(&self.inner.dir.corrupt) else { return };
+        let mut files: Vec<(std::time::SystemTime, PathBuf, u64)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let meta = e.metadata().ok().filter(fs::Metadata::is_file)?;
+                Some((meta.modified().ok()?, e.path(), meta.len()))
+            })
+            .collect();
+        files.sort_by_key(|f| std::cmp::Reverse(f.0)); // newest first
+        let now = std::time::SystemTime::now();
+        for (i, (modified, path, len)) in files.into_iter().enumerate() {
+            let old = now.duration_since(modified).is_ok_and(|age| age > CORRUPT_KEPT_FOR);
+            if (i >= CORRUPT_KEPT || old) && fs::remove_file(&path).is_ok() {
+                stats.removed_corrupt += 1;
+                stats.removed_bytes += len;
+            }
+        }
     }
 
     /// Every block reachable from the index's roots. A root whose DAG

@@ -44,7 +44,7 @@ use libp2p::{PeerId, identity::Keypair};
 
 pub use self::{
     blocks::Usage,
-    gc::{GcStats, Guard, SWEEP_BATCH},
+    gc::{CORRUPT_KEPT, CORRUPT_KEPT_FOR, GcStats, Guard, SWEEP_BATCH},
     index::{FileInfo, PinKind, Rebuilt, RootInfo},
     writer::{BlockWriter, Durability, Prepared},
 };
