@@ -194,12 +194,11 @@ if command -v tmux >/dev/null; then
         "docker attach ${cid[node1]}; echo attach-exited-\$?; sleep 60"
     pane() { tmux -S "$tsock" capture-pane -p -S -100; }
     deadline=$(($(date +%s) + 30))
-    sleep 1
-    tmux -S "$tsock" send-keys 'stat' Enter
+    # Keys typed before attach is connected are lost: type until answered.
     until pane | grep -q 'peer id'; do
         (($(date +%s) < deadline)) || die "attached prompt of node1 did not answer stat: $(pane | tr -s '\n' ' ')"
-        sleep 0.5
-        tmux -S "$tsock" send-keys '' Enter
+        tmux -S "$tsock" send-keys 'stat' Enter
+        sleep 1
     done
     tmux -S "$tsock" send-keys C-p C-q
     until pane | grep -q 'read escape sequence'; do

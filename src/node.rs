@@ -576,7 +576,7 @@ impl Node {
             held_for_others: self.inner.store.held_for_others(),
             replica_quota: self.inner.replica_quota,
             blocks_served: self.inner.blocks.blocks_served(),
-            provider_records: self.inner.net.known_providers(Cid::default()).await.1,
+            provider_records: self.inner.net.provider_records().await,
         })
     }
 

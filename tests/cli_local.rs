@@ -14,14 +14,6 @@ use std::{
 
 use cli_support::*;
 
-fn put_file(dir: &Path, path: &Path) -> String {
-    let out = run(&["put", path.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()], b"");
-    assert!(out.status.success(), "put failed: {}", text(&out.stderr));
-    let ticket = last_line(&out);
-    assert!(is_ticket(&ticket), "not a ticket: {ticket:?}");
-    ticket
-}
-
 #[test]
 fn one_shot_put_and_get_round_trip() {
     let tmp = tempfile::tempdir().unwrap();

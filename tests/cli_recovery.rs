@@ -83,9 +83,7 @@ fn bootstrap_failures_name_the_address_and_the_reason_at_once() {
     let file = tmp.path().join("f.bin");
     fs::write(&file, data(4096, 1)).unwrap();
     let d = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
-    let out = run(&["put", file.to_str().unwrap(), "--data-dir", &d("owner")], b"");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ticket = last_line(&out);
+    let ticket = put_file(&tmp.path().join("owner"), &file);
 
     // Nobody listens on the port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -143,9 +141,7 @@ fn gc_reports_what_it_freed() {
     let kept = data(3 << 20, 7);
     fs::write(&file, &kept).unwrap();
     let d = dir.to_str().unwrap();
-    let out = run(&["put", file.to_str().unwrap(), "--data-dir", d], b"");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ticket = last_line(&out);
+    let ticket = put_file(&dir, &file);
     let stored = block_files(&dir);
 
     kill_a_put_halfway(&dir);
@@ -178,9 +174,7 @@ fn a_damaged_index_is_named_and_rebuilt_from_the_blocks() {
     let file = tmp.path().join("f.bin");
     let bytes = data(2 << 20, 9);
     fs::write(&file, &bytes).unwrap();
-    let out = run(&["put", file.to_str().unwrap(), "--data-dir", d], b"");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ticket = last_line(&out);
+    let ticket = put_file(&dir, &file);
 
     fs::write(dir.join("pins.cbor"), b"\xa1\x63not a pin index").unwrap();
     let out_path = tmp.path().join("out.bin");

@@ -738,7 +738,7 @@ async fn provider_records_are_published_again_before_they_expire() {
         let knows = |root, node: &TestNode| {
             let net = keeper.node.net().clone();
             let peer = node.node.peer_id();
-            async move { net.known_providers(root).await.0.contains(&peer) }
+            async move { net.known_providers(root).await.contains(&peer) }
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !(knows(a, &fresh).await && knows(b, &stale).await) {

@@ -17,11 +17,8 @@ use crate::{
     store::{PinKind, RootInfo},
 };
 
-/// A byte count in binary units with at most one decimal: "512 B",
-/// "1.5 MiB", "10 GiB".
-pub fn size(bytes: u64) -> String {
-    crate::units::human_size(bytes)
-}
+/// A byte count in binary units with at most one decimal.
+pub use crate::units::human_size as size;
 
 /// An error as one line: newlines (from any source) are folded into "; ".
 pub fn one_line(message: &str) -> String {

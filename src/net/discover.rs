@@ -49,46 +49,63 @@ pub async fn discover(net: NetHandle, set: Arc<ProviderSet>, seed: Vec<PeerId>) 
 async fn discovery_round(net: &NetHandle, set: &Arc<ProviderSet>) {
     let root = set.root();
     let ask_connected = async {
-        let peers = net.peers().await;
-        let probes = peers.into_iter().map(|p| {
-            let net = net.clone();
-            async move {
-                let present = rpc_have(&net, p.peer_id, vec![root], HAVE_TIMEOUT).await;
-                (present.as_deref() == Some(&[true])).then_some(p.peer_id)
-            }
-        });
-        for peer in futures::future::join_all(probes).await.into_iter().flatten() {
+        let connected = net.peers().await.into_iter().map(|p| p.peer_id);
+        for peer in holders_among(net, connected, root).await {
             set.add(peer);
         }
     };
-    let ask_dht = async {
-        let mut found = net.find_providers(root).await;
-        let deadline = tokio::time::sleep(LOOKUP_TIMEOUT);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                peer = found.recv() => match peer {
-                    Some(peer) => set.add(peer),
-                    None => break,
-                },
-                _ = &mut deadline => break,
-            }
+    futures::join!(ask_connected, dht_providers(net, root, |peer| set.add(peer)));
+}
+
+/// Looks the provider records of `root` up in the DHT, for at most
+/// [`LOOKUP_TIMEOUT`], handing each provider found to `found`.
+async fn dht_providers(net: &NetHandle, root: Cid, mut found: impl FnMut(PeerId)) {
+    let mut providers = net.find_providers(root).await;
+    let deadline = tokio::time::sleep(LOOKUP_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            peer = providers.recv() => match peer {
+                Some(peer) => found(peer),
+                None => break,
+            },
+            _ = &mut deadline => break,
         }
-    };
-    futures::join!(ask_connected, ask_dht);
+    }
+}
+
+/// How many `Have` probes one round sends at once.
+const PROBES_AT_ONCE: usize = 16;
+
+/// The peers among `peers` that answer, within [`HAVE_TIMEOUT`], that they
+/// hold `root`; [`PROBES_AT_ONCE`] asked at a time.
+async fn holders_among(
+    net: &NetHandle,
+    peers: impl IntoIterator<Item = PeerId>,
+    root: Cid,
+) -> Vec<PeerId> {
+    use futures::StreamExt;
+    let probes = peers.into_iter().map(|peer| async move {
+        let present = rpc_have(net, peer, vec![root], HAVE_TIMEOUT).await;
+        (present.as_deref() == Some(&[true])).then_some(peer)
+    });
+    let answers = futures::stream::iter(probes).buffer_unordered(PROBES_AT_ONCE);
+    answers.filter_map(std::future::ready).collect().await
 }
 
 /// One discovery round for `root`, collected: the peers that hold it.
 ///
 /// Every peer listed answered, just now, that it holds the root: DHT
-/// records outlive the nodes that published them, so a provider found
-/// there is asked too.
+/// records outlive the nodes that published them, so the providers found
+/// there are asked like the connected peers, each once.
 pub async fn find_holders(net: &NetHandle, root: Cid) -> Vec<PeerId> {
-    let set = ProviderSet::new(root, true);
-    discovery_round(net, &set).await;
-    let probes = set.peers().into_iter().map(|peer| async move {
-        let present = rpc_have(net, peer, vec![root], HAVE_TIMEOUT).await;
-        (present.as_deref() == Some(&[true])).then_some(peer)
-    });
-    futures::future::join_all(probes).await.into_iter().flatten().collect()
+    let mut candidates = std::collections::HashSet::new();
+    let (connected, ()) = futures::join!(
+        net.peers(),
+        dht_providers(net, root, |peer| {
+            candidates.insert(peer);
+        })
+    );
+    candidates.extend(connected.into_iter().map(|p| p.peer_id));
+    holders_among(net, candidates, root).await
 }

@@ -147,10 +147,10 @@ pub enum Command {
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
     },
-    /// The other peers whose live provider records for `root` this node
-    /// holds, and how many such records it holds in all.
+    /// The other peers whose live provider records for `root` (if given)
+    /// this node holds, and how many such records it holds in all.
     KnownProviders {
-        root: Cid,
+        root: Option<Cid>,
         reply: oneshot::Sender<(Vec<PeerId>, usize)>,
     },
     BlockPeer {
@@ -214,9 +214,17 @@ impl NetHandle {
     }
 
     /// What this node's own record store knows of the providers of `root`
-    /// (no lookup): the other peers with a live record for it, and the
-    /// records of other peers it holds in all.
-    pub async fn known_providers(&self, root: Cid) -> (Vec<PeerId>, usize) {
+    /// (no lookup): the other peers with a live record for it.
+    pub async fn known_providers(&self, root: Cid) -> Vec<PeerId> {
+        self.record_store(Some(root)).await.0
+    }
+
+    /// The provider records of other peers this node keeps for the DHT.
+    pub async fn provider_records(&self) -> usize {
+        self.record_store(None).await.1
+    }
+
+    async fn record_store(&self, root: Option<Cid>) -> (Vec<PeerId>, usize) {
         let (reply, rx) = oneshot::channel();
         if self.send(Command::KnownProviders { root, reply }).await.is_err() {
             return (Vec::new(), 0);
@@ -596,7 +604,9 @@ impl EventLoop {
             }
             Command::KnownProviders { root, reply } => {
                 let store = behaviour.kad.store_mut();
-                let live = store.foreign_providers(&provider_key(&root), Instant::now());
+                let live = root.map_or_else(Vec::new, |root| {
+                    store.foreign_providers(&provider_key(&root), Instant::now())
+                });
                 let _ = reply.send((live, store.foreign_count()));
             }
             Command::FindProviders { root, found } => {

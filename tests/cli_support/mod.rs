@@ -79,6 +79,15 @@ pub fn assert_one_line_error(out: &Output, code: i32, what: &str) -> String {
     errors[0].to_string()
 }
 
+/// A one-shot put of `path` into the data directory `dir`; its ticket.
+pub fn put_file(dir: &Path, path: &Path) -> String {
+    let out = run(&["put", path.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()], b"");
+    assert!(out.status.success(), "put failed: {}", text(&out.stderr));
+    let ticket = last_line(&out);
+    assert!(is_ticket(&ticket), "not a ticket: {ticket:?}");
+    ticket
+}
+
 /// The last line of stdout, which for a put is the ticket.
 pub fn last_line(out: &Output) -> String {
     text(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
