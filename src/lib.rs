@@ -7,6 +7,7 @@
 //!   buffers);
 //! - [`dag`] (structure nodes, the file tree, bounded walks) and [`ticket`]
 //!   (read capabilities);
+//! - [`lease`] (owner-signed leases and delete records);
 //! - [`store`] (the data directory);
 //! - [`import`] and [`export`] (streaming files in and out in constant
 //!   memory, reporting through [`progress`]);
@@ -29,6 +30,7 @@ pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod import;
+pub mod lease;
 pub mod net;
 pub mod node;
 pub mod progress;

@@ -20,6 +20,7 @@ use crate::{
     error::Error,
     export::{self, ExportOptions},
     import::{self, ImportOptions},
+    lease::{DeleteRecord, Lease},
     net::{
         behaviour,
         blocks::BlockService,
@@ -28,6 +29,7 @@ use crate::{
         get::{self, GET_WINDOW, GET_WORKERS, NetSource},
         inbound::Responder,
         providers::ProviderSet,
+        repair::{self, Health, RepairConfig, Repairer},
         replicas::{self, Accept, Offer, ReplicaPolicy},
     },
     store::{Durability, FileInfo, PinKind, RootInfo, Store, StoreOptions},
@@ -60,6 +62,13 @@ pub struct NodeConfig {
     /// How long the node keeps other peers' provider records unless they
     /// publish them again.
     pub provider_ttl: Duration,
+    /// How often the node checks that the roots it holds pinned have their
+    /// copies, give or take [`repair::REPAIR_JITTER`].
+    pub repair_interval: Duration,
+    /// How long the leases this node grants as an owner run (it renews them
+    /// while it runs), and the longest it holds a copy for an owner that
+    /// does not renew.
+    pub lease: Duration,
 }
 
 impl NodeConfig {
@@ -75,6 +84,8 @@ impl NodeConfig {
             accept_replicas: Accept::Any,
             reprovide_interval: REPROVIDE_INTERVAL,
             provider_ttl: behaviour::PROVIDER_TTL,
+            repair_interval: repair::REPAIR_INTERVAL,
+            lease: repair::LEASE,
         }
     }
 }
@@ -151,6 +162,8 @@ pub struct GetReport {
 pub struct DeleteReport {
     /// Whether a local copy was removed.
     pub local: bool,
+    /// On how many other peers the delete record was stored, or why on none.
+    pub record: Result<usize, String>,
     pub remote_deleted: Vec<PeerId>,
     pub remote_refused: Vec<(PeerId, String)>,
 }
@@ -210,6 +223,7 @@ struct Inner {
     net: NetHandle,
     /// The responder's block service (for its count of blocks served).
     blocks: BlockService,
+    repairer: Repairer,
     config: NodeConfig,
     replica_quota: u64,
     event_loop: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -241,14 +255,29 @@ impl Node {
         let policy = ReplicaPolicy {
             quota: config.replica_quota.unwrap_or_else(|| default_replica_quota(store.dir())),
             accept: config.accept_replicas.clone(),
+            longest_lease: config.lease,
         };
         let replica_quota = policy.quota;
         let responder = Responder::new(store.clone(), net.clone(), policy);
         let blocks = responder.blocks().clone();
         tokio::spawn(responder.run(inbound));
         let event_loop = Mutex::new(Some(event_loop));
+        let repair_config = RepairConfig { interval: config.repair_interval, lease: config.lease };
+        let repairer = Repairer::new(store.clone(), net.clone(), repair_config);
+        if !config.listen.is_empty() {
+            // A one-shot client is gone before a round would end.
+            tokio::spawn(repairer.clone().run());
+        }
         let node = Node {
-            inner: Arc::new(Inner { store, net, blocks, config, replica_quota, event_loop }),
+            inner: Arc::new(Inner {
+                store,
+                net,
+                blocks,
+                repairer,
+                config,
+                replica_quota,
+                event_loop,
+            }),
         };
         tokio::spawn(node.clone().reprovide());
         // Blocks left by whatever was interrupted before (a killed put, get
@@ -362,6 +391,8 @@ impl Node {
         put: PutOptions,
     ) -> Result<PutReport, NodeError> {
         let store = self.inner.store.clone();
+        let wanted = u8::try_from(self.inner.config.replicas.clamp(1, MAX_REPLICAS))
+            .expect("at most MAX_REPLICAS");
         let options = ImportOptions {
             chunk_size: self.inner.config.chunk_size,
             name: put.name,
@@ -379,6 +410,7 @@ impl Node {
             let imported = import::import(&store, reader, &options, progress)?;
             let file = FileInfo { size: imported.size, name: options.name.clone() };
             store.describe(&imported.ticket.root, file);
+            store.set_replicas(&imported.ticket.root, wanted)?;
             let (_, bytes) = store.dag_stats(&imported.ticket.root)?;
             Ok::<_, Error>((imported, bytes))
         })
@@ -395,15 +427,17 @@ impl Node {
         // A node that does not listen (a one-shot client) serves nobody, so
         // its own copy does not count: it asks for all `replicas` elsewhere.
         let serving = !self.inner.config.listen.is_empty();
-        let wanted = self.inner.config.replicas.max(1);
-        let elsewhere = wanted - usize::from(serving);
+        let elsewhere = usize::from(wanted) - usize::from(serving);
         if let Some(on_stored) = &put.on_stored {
             on_stored(imported.size, elsewhere);
         }
         if elsewhere > 0 {
             self.wait_for_first_peer().await;
         }
-        let offer = Offer { root, blocks: imported.blocks, bytes, replicas: wanted as u8 };
+        let lease =
+            Lease::issue(self.inner.store.identity(), root, wanted, self.inner.config.lease)
+                .map_err(|e| NodeError::Transport(format!("cannot sign a lease: {e}")))?;
+        let offer = Offer { root, blocks: imported.blocks, bytes, lease };
         let on_copy = put.on_copy.clone();
         let report = move |peer: &PeerId, result: &Result<u64, String>| {
             if let Some(f) = &on_copy {
@@ -415,7 +449,7 @@ impl Node {
             ticket: imported.ticket,
             size: imported.size,
             copies: usize::from(serving) + placed.confirmed.len(),
-            wanted,
+            wanted: usize::from(wanted),
             counts_local: serving,
             failed: placed.failed,
         })
@@ -509,8 +543,10 @@ impl Node {
         Ok(GetReport { size, from_network })
     }
 
-    /// Deletes the local copy and asks the holders (which obey only the
-    /// owner) to delete theirs.
+    /// Deletes the local copy, publishes this node's signed delete record
+    /// in the DHT (so that no repair brings a copy held for it back, even
+    /// from a holder offline now) and asks the holders (which obey only
+    /// the owner) to delete theirs.
     pub async fn delete(&self, target: TicketOrCid) -> Result<DeleteReport, NodeError> {
         let root = target.root();
         let store = self.inner.store.clone();
@@ -518,8 +554,33 @@ impl Node {
             .await
             .map_err(|_| NodeError::Stopped)??;
         self.inner.net.unprovide(root).await;
+        let keep = self.inner.config.lease;
+        let record = match DeleteRecord::issue(self.inner.store.identity(), root, keep) {
+            Ok(record) if self.inner.net.connected_now() > 0 => {
+                let key = DeleteRecord::dht_key(&root, &self.peer_id());
+                self.inner.net.put_record(key, record.encode(), keep).await
+            }
+            Ok(_) => Err("no peer connected".into()),
+            Err(e) => Err(e.to_string()),
+        };
         let (remote_deleted, remote_refused) = replicas::delete_remote(&self.inner.net, root).await;
-        Ok(DeleteReport { local, remote_deleted, remote_refused })
+        Ok(DeleteReport { local, record, remote_deleted, remote_refused })
+    }
+
+    /// How many copies of `root` the network holds now: the holders that
+    /// answer, the target, and the last repair.
+    pub async fn status(&self, target: TicketOrCid) -> Health {
+        let root = target.root();
+        if self.inner.store.root_info(&root).is_none() {
+            self.wait_for_first_peer().await;
+        }
+        self.inner.repairer.health(root).await
+    }
+
+    /// Runs one repair round now (for tests and tools; a node that listens
+    /// runs them on its own every repair interval).
+    pub async fn repair_round(&self) {
+        self.inner.repairer.round().await;
     }
 
     /// Collects garbage now (waiting for a collection already running);
@@ -590,6 +651,9 @@ impl Node {
         }
     }
 }
+
+/// The most copies a put may ask for (a lease carries the count in a byte).
+pub const MAX_REPLICAS: usize = 255;
 
 /// How often a node publishes its provider records again by default: a
 /// quarter of their time to live ([`behaviour::PROVIDER_TTL`], 48 h), so a

@@ -15,6 +15,7 @@ use std::{
 };
 
 use cid::Cid;
+use dfs_p2p::lease::Lease;
 use dfs_p2p::{
     Ticket,
     block::{self, BlockBuf, DAG_CBOR, RAW},
@@ -23,6 +24,7 @@ use dfs_p2p::{
     fuzzing::TARGETS,
     net::codec::{ErrorCode, Request, Response, encode_request, encode_response},
 };
+use libp2p::identity::{Keypair, ed25519};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -133,6 +135,14 @@ fn sealed_part_input(cid: &Cid, key: &Key, bytes: &[u8]) -> Vec<u8> {
     input
 }
 
+/// A lease for 3 copies of `root`, signed by a fixed key at a fixed time.
+fn lease(root: Cid) -> Vec<u8> {
+    let mut secret = [1u8; 32];
+    let secret = ed25519::SecretKey::try_from_bytes(&mut secret).unwrap();
+    let owner = Keypair::from(ed25519::Keypair::from(secret));
+    Lease::issue_at(&owner, root, 3, 1_767_225_600, 1_769_817_600).unwrap().encode()
+}
+
 /// The seed corpus: (target, file name, bytes).
 fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let empty = import(&[], None, 8192);
@@ -149,8 +159,9 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ("get_block", Request::GetBlock { cid: leaf }),
         ("have_0", Request::Have { cids: vec![] }),
         ("have_3", Request::Have { cids: vec![leaf, root, tree.ticket.root] }),
-        ("replicate", Request::Replicate { root, blocks: 2, bytes: 150, replicas: 3 }),
+        ("replicate", Request::Replicate { root, blocks: 2, bytes: 150, lease: lease(root) }),
         ("delete", Request::Delete { root }),
+        ("holds", Request::Holds { root }),
     ] {
         add("request_frame", name, encode_request(&request));
     }
@@ -168,6 +179,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ("have_11", Response::Have { present: (0..11).map(|i| i % 3 == 0).collect() }),
         ("replicated", Response::Replicated { blocks: 9 }),
         ("deleted", Response::Deleted),
+        ("holding", Response::Holding { pinned: true, replicas: 3, repaired: 1_767_312_000 }),
         ("error_busy", Response::error(ErrorCode::Busy, "too many requests in progress")),
         ("error_bad_request", Response::error(ErrorCode::BadRequest, reason)),
         ("error_unknown_code", Response::error(ErrorCode::Unknown(0x8001), "")),

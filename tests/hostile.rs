@@ -256,9 +256,18 @@ fn chain(depth: usize) -> (Cid, HashMap<Cid, Vec<u8>>) {
 }
 
 /// A replicate request declaring what `blocks` hold under `root`.
+/// A lease for `replicas` copies of `root` for a day, signed by a key of
+/// its own (an owner that is not the peer asking: the victim holds the copy
+/// for it, as for a repair).
+fn test_lease(root: Cid, replicas: u8) -> Vec<u8> {
+    let owner = libp2p::identity::Keypair::generate_ed25519();
+    let day = Duration::from_secs(24 * 3600);
+    dfs_p2p::lease::Lease::issue(&owner, root, replicas, day).unwrap().encode()
+}
+
 fn honest_offer(root: Cid, blocks: &HashMap<Cid, Vec<u8>>) -> Request {
     let bytes = blocks.values().map(|b| b.len() as u64).sum();
-    Request::Replicate { root, blocks: blocks.len() as u64, bytes, replicas: 2 }
+    Request::Replicate { root, blocks: blocks.len() as u64, bytes, lease: test_lease(root, 2) }
 }
 
 fn expect_error(answer: Result<Response, String>, code: ErrorCode, words: &str) -> String {
@@ -383,10 +392,10 @@ fn replicas_beyond_the_quota_or_the_declaration_or_from_strangers_are_refused() 
     assert_eq!(hostile.served.load(Ordering::Relaxed), 0);
 
     // Declared small: the pull stops once it passes the declaration.
-    let lie = Request::Replicate { root, blocks: 81, bytes: 1 << 20, replicas: 2 };
+    let lie = Request::Replicate { root, blocks: 81, bytes: 1 << 20, lease: test_lease(root, 2) };
     let answer = rt.block_on(hostile.ask(lie));
     expect_error(answer, ErrorCode::Refused, "more than declared");
-    let lie = Request::Replicate { root, blocks: 10, bytes: 1 << 20, replicas: 2 };
+    let lie = Request::Replicate { root, blocks: 10, bytes: 1 << 20, lease: test_lease(root, 2) };
     let answer = rt.block_on(hostile.ask(lie));
     expect_error(answer, ErrorCode::Refused, "more than 10 blocks");
 

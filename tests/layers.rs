@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["units"],
     &["testdata", "error", "progress"],
     &["crypto", "block"],
-    &["dag", "ticket"],
+    &["dag", "ticket", "lease"],
     &["store"],
     &["import", "export"],
     &["net"],

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use cid::Cid;
 use cid::multihash::Multihash;
+use dfs_p2p::lease::{LEASE_LEN, Lease};
 use dfs_p2p::net::codec::{
     ErrorCode, FRAME_HEADER_LEN, FileCodec, MAX_BLOCK_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_HAVE_CIDS,
     MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE, PROTOCOL, Request, RequestFrame, Response,
@@ -20,6 +21,7 @@ use dfs_p2p::net::codec::{
 };
 use futures::executor::block_on;
 use futures::io::{AsyncRead, Cursor};
+use libp2p::identity::{Keypair, ed25519};
 use libp2p::request_response::Codec;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -104,14 +106,26 @@ const HAVE_RESPONSE: &str = r#"
 
 const REPLICATE: &str = r"
 03                                                # type 0x03: Replicate
-00 00 00 36                                       # body length: 54
+00 00 00 cb                                       # body length: 203
 24                                                # CID length: 36
 01 71 12 20                                       # CIDv1, dag-cbor, sha2-256, 32-byte digest
 c1 9a 79 7f a1 fd 59 0c d2 e5 b4 2d 1c f5 f2 46
 e2 9b 91 68 4e 2f 87 40 4b 81 dc 34 5c 7a 56 a0   # digest = sha256(a0), the empty dag-cbor map
 00 00 00 00 00 00 00 03                           # blocks: 3
 00 00 00 00 00 10 04 00                           # bytes: 1,049,600
+01                                                # lease (150 bytes): kind 0x01
+01 71 12 20                                       # the root's CID again, without a length
+c1 9a 79 7f a1 fd 59 0c d2 e5 b4 2d 1c f5 f2 46
+e2 9b 91 68 4e 2f 87 40 4b 81 dc 34 5c 7a 56 a0
 03                                                # replicas: 3
+00 00 00 00 69 55 b9 00                           # issued: 1,767,225,600 (2026-01-01 00:00 UTC)
+00 00 00 00 69 7d 46 00                           # expires: 1,769,817,600 (30 days later)
+8a 88 e3 dd 74 09 f1 95 fd 52 db 2d 3c ba 5d 72
+ca 67 09 bf 1d 94 12 1b f3 74 88 01 b4 0f 6f 5c   # owner's Ed25519 public key
+6e bb 1d b2 82 59 f8 58 9a 6c 54 af 95 ab 20 c0
+ee 4a df df f9 3c b0 46 2b 87 4f d6 4d 5c 1d 0d
+16 e5 24 70 58 c0 d3 19 7d 20 f8 c4 bb 01 83 ec
+b8 9b ed 34 fd a8 3d a6 61 8b 36 a5 d7 49 5c 00   # Ed25519 signature
 ";
 
 const REPLICATED: &str = r"
@@ -127,6 +141,23 @@ const DELETE: &str = r"
 01 71 12 20                                       # CIDv1, dag-cbor, sha2-256, 32-byte digest
 c1 9a 79 7f a1 fd 59 0c d2 e5 b4 2d 1c f5 f2 46
 e2 9b 91 68 4e 2f 87 40 4b 81 dc 34 5c 7a 56 a0   # digest = sha256(a0), the empty dag-cbor map
+";
+
+const HOLDS: &str = r"
+07                                                # type 0x07: Holds
+00 00 00 25                                       # body length: 37
+24                                                # CID length: 36
+01 71 12 20                                       # CIDv1, dag-cbor, sha2-256, 32-byte digest
+c1 9a 79 7f a1 fd 59 0c d2 e5 b4 2d 1c f5 f2 46
+e2 9b 91 68 4e 2f 87 40 4b 81 dc 34 5c 7a 56 a0   # digest = sha256(a0), the empty dag-cbor map
+";
+
+const HOLDING: &str = r"
+87                                                # type 0x87: Holding
+00 00 00 0a                                       # body length: 10
+01                                                # pinned: yes
+03                                                # replicas: 3
+00 00 00 00 69 57 0a 80                           # repaired: 1,767,312,000 (2026-01-02 00:00 UTC)
 ";
 
 const DELETED: &str = r"
@@ -155,7 +186,7 @@ const BAD_REQUEST: &str = r#"
 "#;
 
 /// Every vector, in the order the spec lists them.
-const VECTORS: [&str; 11] = [
+const VECTORS: [&str; 13] = [
     GET_BLOCK,
     BLOCK,
     NOT_FOUND,
@@ -165,6 +196,8 @@ const VECTORS: [&str; 11] = [
     REPLICATED,
     DELETE,
     DELETED,
+    HOLDS,
+    HOLDING,
     ERROR,
     BAD_REQUEST,
 ];
@@ -200,6 +233,22 @@ fn world() -> Cid {
 
 fn empty_map() -> Cid {
     cid_of(0x71, &[0xa0])
+}
+
+/// The lease of the Replicate example: the owner's key is the Ed25519 key
+/// whose secret is 32 bytes of 0x01 (peer id
+/// 12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5).
+fn example_lease() -> Lease {
+    let mut secret = [1u8; 32];
+    let secret = ed25519::SecretKey::try_from_bytes(&mut secret).unwrap();
+    let owner = Keypair::from(ed25519::Keypair::from(secret));
+    assert_eq!(
+        owner.public().to_peer_id().to_string(),
+        "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
+    );
+    let lease = Lease::issue_at(&owner, empty_map(), 3, 1_767_225_600, 1_769_817_600).unwrap();
+    assert_eq!(Lease::decode(&lease.encode()).unwrap().owner(), owner.public().to_peer_id());
+    lease
 }
 
 fn assert_invalid_data<T: std::fmt::Debug>(result: io::Result<T>, what: &str) {
@@ -275,9 +324,15 @@ fn golden_requests() {
         (HAVE_REQUEST, Request::Have { cids: vec![hello(), world()] }),
         (
             REPLICATE,
-            Request::Replicate { root: empty_map(), blocks: 3, bytes: 1_049_600, replicas: 3 },
+            Request::Replicate {
+                root: empty_map(),
+                blocks: 3,
+                bytes: 1_049_600,
+                lease: example_lease().encode(),
+            },
         ),
         (DELETE, Request::Delete { root: empty_map() }),
+        (HOLDS, Request::Holds { root: empty_map() }),
     ];
     for (dump, request) in cases {
         let bytes = hex(dump);
@@ -295,6 +350,7 @@ fn golden_responses() {
         (HAVE_RESPONSE, Response::Have { present: vec![true, false] }),
         (REPLICATED, Response::Replicated { blocks: 3 }),
         (DELETED, Response::Deleted),
+        (HOLDING, Response::Holding { pinned: true, replicas: 3, repaired: 1_767_312_000 }),
         (ERROR, Response::Error { code: ErrorCode::Refused, message: "not the owner".to_owned() }),
     ];
     for (dump, response) in cases {
@@ -412,8 +468,9 @@ fn unsupported_cids_are_refused_on_both_sides() {
         for request in [
             Request::GetBlock { cid },
             Request::Have { cids: vec![hello(), cid] },
-            Request::Replicate { root: cid, blocks: 1, bytes: 1, replicas: 1 },
+            Request::Replicate { root: cid, blocks: 1, bytes: 1, lease: example_lease().encode() },
             Request::Delete { root: cid },
+            Request::Holds { root: cid },
         ] {
             assert_eq!(request.validate().unwrap_err().kind(), io::ErrorKind::InvalidInput);
             assert_invalid_data(decode_request(&encode_request(&request)), "bad CID");
@@ -704,10 +761,11 @@ fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         arb_cid().prop_map(|cid| Request::GetBlock { cid }),
         vec(arb_cid(), 0..=MAX_HAVE_CIDS).prop_map(|cids| Request::Have { cids }),
-        (arb_cid(), any::<u64>(), any::<u64>(), any::<u8>()).prop_map(
-            |(root, blocks, bytes, replicas)| Request::Replicate { root, blocks, bytes, replicas }
+        (arb_cid(), any::<u64>(), any::<u64>(), vec(any::<u8>(), LEASE_LEN)).prop_map(
+            |(root, blocks, bytes, lease)| Request::Replicate { root, blocks, bytes, lease }
         ),
         arb_cid().prop_map(|root| Request::Delete { root }),
+        arb_cid().prop_map(|root| Request::Holds { root }),
     ]
 }
 
@@ -732,6 +790,9 @@ fn arb_response() -> impl Strategy<Value = Response> {
         vec(any::<bool>(), 0..=MAX_HAVE_CIDS).prop_map(|present| Response::Have { present }),
         any::<u64>().prop_map(|blocks| Response::Replicated { blocks }),
         Just(Response::Deleted),
+        (any::<bool>(), any::<u8>(), any::<u64>()).prop_map(|(pinned, replicas, repaired)| {
+            Response::Holding { pinned, replicas, repaired }
+        }),
         // At most 256 chars of at most 4 bytes: within the 1024-byte limit.
         (arb_error_code(), "\\PC{0,256}")
             .prop_map(|(code, message)| Response::Error { code, message }),

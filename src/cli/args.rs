@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 
-use crate::{net::replicas::Accept, ticket::Ticket};
+use crate::{
+    net::replicas::Accept,
+    ticket::{Ticket, TicketOrCid},
+};
 
 /// The listen address a node uses when none is given.
 pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/0";
@@ -77,6 +80,18 @@ pub struct NodeArgs {
     /// file it holds whole (give or take 10 %), e.g. 12h, 30m, 90s.
     #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration, global = true)]
     pub reprovide_interval: std::time::Duration,
+
+    /// How often to check that each file this node holds still has its
+    /// copies on the network, and repair it if not (give or take 10 %),
+    /// e.g. 30m, 10s.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration, global = true)]
+    pub repair_interval: std::time::Duration,
+
+    /// How long the copies this node's puts place on other nodes are kept
+    /// unless it renews them (it does while it runs), and the longest this
+    /// node keeps a copy for another whose owner stopped renewing, e.g. 30d.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration, global = true)]
+    pub lease: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +113,19 @@ pub enum Command {
         /// Replace OUT if it is an existing file.
         #[arg(long)]
         force: bool,
+    },
+    /// Show how many nodes hold a file now, how many its owner wants, and
+    /// when it was last repaired.
+    Status {
+        /// A ticket or a root CID.
+        #[arg(value_name = "TICKET|CID")]
+        target: TicketOrCid,
+    },
+    /// List the peers that answer that they hold a file.
+    Providers {
+        /// A ticket or a root CID.
+        #[arg(value_name = "TICKET|CID")]
+        target: TicketOrCid,
     },
     /// Print this node's peer id (creating its identity if needed).
     Id,

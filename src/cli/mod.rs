@@ -268,6 +268,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         match command {
             Command::Put { file } => put(args, ctx, &file).await,
             Command::Get { ticket, output, force } => get(args, ctx, ticket, output, force).await,
+            Command::Status { target } => status(args, target).await,
+            Command::Providers { target } => providers(args, target).await,
             Command::Id => id(args),
             Command::Gc => gc(args).await,
             Command::RebuildIndex => rebuild_index(args),
@@ -305,6 +307,8 @@ fn node_config(args: &NodeArgs, listen_by_default: bool) -> Result<NodeConfig, F
     config.replica_quota = args.replica_quota;
     config.accept_replicas = args.accept_replicas_from.clone();
     config.reprovide_interval = args.reprovide_interval;
+    config.repair_interval = args.repair_interval;
+    config.lease = args.lease;
     Ok(config)
 }
 
@@ -377,6 +381,11 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
 /// for each, and fails if `need_peers`.
 async fn oneshot_node(args: &NodeArgs, need_peers: bool) -> Result<Node, Failure> {
     let node = Node::start(node_config(args, false)?).await?;
+    join_bootstrap(args, node, need_peers).await
+}
+
+/// Waits for a one-shot node's bootstrap peers (see [`oneshot_node`]).
+async fn join_bootstrap(args: &NodeArgs, node: Node, need_peers: bool) -> Result<Node, Failure> {
     if args.bootstrap.is_empty() {
         return Ok(node);
     }
@@ -404,6 +413,59 @@ async fn oneshot_node(args: &NodeArgs, need_peers: bool) -> Result<Node, Failure
         output::status(&format!("cannot reach bootstrap {reason}"));
     }
     Ok(node)
+}
+
+/// A one-shot node that only asks the network: on the data directory if
+/// it is free, else (a node runs on it) on a temporary one, removed after
+/// (returned with the node).
+async fn query_node(args: &NodeArgs) -> Result<(Node, Option<PathBuf>), Failure> {
+    let mut config = node_config(args, false)?;
+    let (node, temporary) = match Node::start(config.clone()).await {
+        Err(crate::node::NodeError::Store(crate::Error::InUse { .. })) => {
+            let dir = std::env::temp_dir().join(format!(
+                "dfs-p2p-query-{}-{:x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            config.data_dir = dir.clone();
+            (Node::start(config).await?, Some(dir))
+        }
+        started => (started?, None),
+    };
+    match join_bootstrap(args, node, false).await {
+        Ok(node) => Ok((node, temporary)),
+        Err(e) => {
+            if let Some(dir) = temporary {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn end_query(node: Node, temporary: Option<PathBuf>) {
+    node.shutdown().await;
+    if let Some(dir) = temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+async fn status(args: &NodeArgs, target: crate::ticket::TicketOrCid) -> Result<(), Failure> {
+    let (node, temporary) = query_node(args).await?;
+    let health = node.status(target).await;
+    let local = node.peer_id();
+    end_query(node, temporary).await;
+    output::result(&output::health_report(&health, local));
+    Ok(())
+}
+
+async fn providers(args: &NodeArgs, target: crate::ticket::TicketOrCid) -> Result<(), Failure> {
+    let (node, temporary) = query_node(args).await?;
+    let root = target.root();
+    let found = node.providers(root).await;
+    end_query(node, temporary).await;
+    output::result(&output::providers_list(root, &found?));
+    Ok(())
 }
 
 async fn put(args: &NodeArgs, ctx: Ctx, file: &std::path::Path) -> Result<(), Failure> {

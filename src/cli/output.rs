@@ -348,6 +348,49 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     }
 }
 
+/// The `providers` answer: one peer per line, or why there is none.
+pub fn providers_list(root: cid::Cid, peers: &[libp2p::PeerId]) -> String {
+    if peers.is_empty() {
+        return format!("no providers found for {root}\n");
+    }
+    peers.iter().map(|p| format!("{p}\n")).collect()
+}
+
+/// The `status` answer: the copies that answered against the target, each
+/// holder, and the last repair.
+pub fn health_report(health: &crate::net::repair::Health, local: libp2p::PeerId) -> String {
+    let mut out = format!("root: {}\n", health.root);
+    let target = match health.target {
+        0 => "unknown (no holder answered)".to_string(),
+        n => n.to_string(),
+    };
+    out.push_str(&format!("copies: {} of {target}\n", health.holders.len()));
+    for peer in &health.holders {
+        let mark = if *peer == local { " (this node)" } else { "" };
+        out.push_str(&format!("holder: {peer}{mark}\n"));
+    }
+    out.push_str(&format!("last repair: {}\n", ago(health.last_repair)));
+    if health.last_check != 0 {
+        out.push_str(&format!("last check here: {}\n", ago(health.last_check)));
+    }
+    out
+}
+
+/// Unix seconds as "N s ago (at <seconds>)", or "never" for 0.
+fn ago(unix: u64) -> String {
+    if unix == 0 {
+        return "never".into();
+    }
+    let secs = crate::lease::unix_secs().saturating_sub(unix);
+    let when = match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 => format!("{} min", secs / 60),
+        7200..172_800 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86400),
+    };
+    format!("{when} ago (Unix time {unix})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,7 @@ commands:
   ls                          files stored here (pinned and cached) with their sizes
   peers                       connected peers and their addresses
   providers <cid-or-ticket>   peers that hold a file
+  status <ticket-or-cid>      copies of a file that answer now, the copies wanted, the last repair
   stat                        peer id, addresses, peers, storage use
   gc                          remove the blocks no stored file needs; says what it freed
   help                        this list
@@ -192,13 +193,11 @@ async fn execute(
         ("peers", []) => output::result(&output::peers_table(&node.peers().await)),
         ("providers", [target]) => {
             let root = parse_target(target)?.root();
-            let providers = node.providers(root).await?;
-            if providers.is_empty() {
-                output::result(&format!("no providers found for {root}\n"));
-            }
-            for peer in providers {
-                output::result(&format!("{peer}\n"));
-            }
+            output::result(&output::providers_list(root, &node.providers(root).await?));
+        }
+        ("status", [target]) => {
+            let health = node.status(parse_target(target)?).await;
+            output::result(&output::health_report(&health, node.peer_id()));
         }
         ("stat", []) => output::result(&output::stat_table(&node.stat().await?)),
         ("gc", []) => output::status(&output::gc_summary(&node.gc().await?)),
@@ -225,6 +224,17 @@ async fn delete(node: &Node, target: &str) -> Result<(), Failure> {
     };
     line.push_str(&format!("; {} peers deleted their copies", report.remote_deleted.len()));
     output::status(&line);
+    match &report.record {
+        Ok(peers) => output::status(&format!(
+            "delete record published ({}): no repair brings a copy back",
+            output::plural(*peers as u64, "peer")
+        )),
+        Err(reason) => output::status(&format!(
+            "delete record not published ({}): copies on nodes offline now may be repaired \
+             until their lease ends",
+            output::one_line(reason)
+        )),
+    }
     for (peer, reason) in &report.remote_refused {
         output::status(&format!("peer {peer} kept its copy: {}", output::one_line(reason)));
     }
@@ -246,6 +256,7 @@ fn usage(command: &str) -> Failure {
         "get" => "get <ticket> [<out>]",
         "delete" | "rm" => "delete <ticket-or-cid>",
         "providers" => "providers <cid-or-ticket>",
+        "status" => "status <ticket-or-cid>",
         "ls" | "peers" | "stat" | "help" | "?" | "quit" | "exit" => {
             return Failure::Error(format!("`{command}` takes no arguments"));
         }

@@ -64,6 +64,10 @@ pub const KAD_REPLICATION: usize = 20;
 /// default), so a record outlives three missed rounds.
 pub const PROVIDER_TTL: Duration = Duration::from_secs(48 * 3600);
 
+/// The longest a value record (an owner's delete record) is kept; each
+/// says itself how long it wants (the owner's lease length).
+pub const MAX_RECORD_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
+
 /// The DHT key of the provider records of `root`: its whole binary CID
 /// (see `protocols/data-format.md` for why not the multihash).
 pub fn provider_key(root: &cid::Cid) -> kad::RecordKey {
@@ -93,6 +97,11 @@ impl Behaviour {
             // The node publishes its records again itself, on a timer with
             // jitter (node.rs), and only for roots it still holds whole.
             .set_provider_publication_interval(None)
+            // Value records are owners' delete records only: each is
+            // checked before it is stored (`records::put_from`), and kept
+            // no longer than its signer asked, at most this long.
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_record_ttl(Some(MAX_RECORD_TTL))
             .set_replication_factor(NonZeroUsize::new(KAD_REPLICATION).expect("non-zero"));
         let mut kad =
             kad::Behaviour::with_config(peer_id, ProviderRecords::new(peer_id), kad_config);

@@ -1,4 +1,4 @@
-//! The dfs-p2p file protocol, version 2 (`/dfs-p2p/file/2.0.0`): its messages,
+//! The dfs-p2p file protocol, version 3 (`/dfs-p2p/file/3.0.0`): its messages,
 //! their binary framing, and the [`FileCodec`] that carries them over a
 //! libp2p `request_response` stream.
 //!
@@ -28,10 +28,11 @@ use libp2p::StreamProtocol;
 use libp2p::request_response;
 
 use crate::block::{self, BlockBuf, DAG_CBOR, RAW, SHA2_256};
+use crate::lease::LEASE_LEN;
 
 /// The protocol id negotiated by multistream-select.
 /// Must not change: a different wire format gets a different id.
-pub const PROTOCOL: &str = "/dfs-p2p/file/2.0.0";
+pub const PROTOCOL: &str = "/dfs-p2p/file/3.0.0";
 
 /// [`PROTOCOL`] as the type `request_response::Behaviour::new` takes.
 pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(PROTOCOL);
@@ -63,20 +64,23 @@ pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
 /// 10 s; this is a default, not part of the wire format.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-// Message type bytes. Must not change. Requests are 0x01..=0x04; the
-// response to request type `t` is `0x80 | t`, and the two responses that can
-// answer more than one request follow. 0x00, 0x80 and 0xFF are reserved and
+// Message type bytes. Must not change. Requests are 0x01..=0x04 and 0x07;
+// the response to request type `t` is `0x80 | t`, and the two responses that
+// can answer more than one request are 0x85 and 0x86 (so 0x05 and 0x06 are
+// never requests). 0x00, 0x80 and 0xFF are reserved and
 // never assigned; every unassigned byte is rejected as malformed.
 const TYPE_GET_BLOCK: u8 = 0x01;
 const TYPE_HAVE: u8 = 0x02;
 const TYPE_REPLICATE: u8 = 0x03;
 const TYPE_DELETE: u8 = 0x04;
+const TYPE_HOLDS: u8 = 0x07;
 const TYPE_BLOCK: u8 = 0x81;
 const TYPE_HAVE_RESULT: u8 = 0x82;
 const TYPE_REPLICATED: u8 = 0x83;
 const TYPE_DELETED: u8 = 0x84;
 const TYPE_NOT_FOUND: u8 = 0x85;
 const TYPE_ERROR: u8 = 0x86;
+const TYPE_HOLDING: u8 = 0x87;
 
 // The only CIDs this protocol carries are those `block` supports: CIDv1,
 // codec raw or dag-cbor, multihash sha2-256 with a 32-byte digest. Their
@@ -90,7 +94,8 @@ const _: () = assert!(block::DIGEST_LEN < 0x80);
 // Exact or maximal body lengths per message type, derived from the field
 // encodings in the spec. A reader checks these before allocating.
 const CID_FIELD_LEN: usize = 1 + CID_LEN;
-const REPLICATE_BODY: usize = CID_FIELD_LEN + 8 + 8 + 1;
+const REPLICATE_BODY: usize = CID_FIELD_LEN + 8 + 8 + LEASE_LEN;
+const HOLDING_BODY: usize = 1 + 1 + 8;
 const MAX_HAVE_REQUEST_BODY: usize = 2 + MAX_HAVE_CIDS * CID_FIELD_LEN;
 const MAX_HAVE_RESULT_BODY: usize = 2 + MAX_HAVE_CIDS.div_ceil(8);
 const MAX_ERROR_BODY: usize = 2 + MAX_ERROR_MESSAGE_LEN;
@@ -112,10 +117,10 @@ pub enum Request {
         /// The blocks asked about.
         cids: Vec<Cid>,
     },
-    /// Pull, verify, pin (owned by the requester) and provide the DAG under
-    /// `root`, then answer. The requester declares what it asks to be
-    /// stored; the responder reserves that against its quota first, and
-    /// stops pulling a DAG that turns out bigger.
+    /// Pull, verify, pin (for the owner the lease names) and provide the
+    /// DAG under `root`, then answer. The requester declares what it asks
+    /// to be stored; the responder reserves that against its quota first,
+    /// and stops pulling a DAG that turns out bigger.
     Replicate {
         /// Root of the DAG to replicate.
         root: Cid,
@@ -123,12 +128,20 @@ pub enum Request {
         blocks: u64,
         /// Bytes of those blocks.
         bytes: u64,
-        /// The copies the owner wants on the network, this one included.
-        replicas: u8,
+        /// The owner's signed lease ([`crate::lease::Lease`], exactly
+        /// [`LEASE_LEN`] bytes; checked by the responder, not here): who
+        /// owns the replica, how many copies it wants, until when.
+        lease: Vec<u8>,
     },
     /// Drop the replica of `root` that the requester owns.
     Delete {
         /// Root of the replica to drop.
+        root: Cid,
+    },
+    /// Does the peer hold the whole DAG under `root` as a replica or as its
+    /// own content (a repair's live count)?
+    Holds {
+        /// The root asked about.
         root: Cid,
     },
 }
@@ -166,6 +179,16 @@ pub enum Response {
     },
     /// The requester's pin on the root is gone.
     Deleted,
+    /// The answer to `Holds`.
+    Holding {
+        /// The peer holds the whole DAG pinned (not only cached).
+        pinned: bool,
+        /// The copies its owners want (0: unknown, or not pinned).
+        replicas: u8,
+        /// Unix seconds of the last repair this peer made of the root; 0
+        /// if none.
+        repaired: u64,
+    },
     /// The request failed; `message` (at most [`MAX_ERROR_MESSAGE_LEN`]
     /// bytes) is for humans and logs, `code` for programs.
     Error {
@@ -288,9 +311,13 @@ impl Request {
     /// [`is_supported_cid`] accepts or a `Have` has over [`MAX_HAVE_CIDS`].
     pub fn validate(&self) -> io::Result<()> {
         match self {
-            Self::GetBlock { cid: root } | Self::Replicate { root, .. } | Self::Delete { root } => {
-                check_cid(root)
+            Self::Replicate { lease, .. } if lease.len() != LEASE_LEN => {
+                Err(invalid_input(format!("lease of {} bytes (exactly {LEASE_LEN})", lease.len())))
             }
+            Self::GetBlock { cid: root }
+            | Self::Replicate { root, .. }
+            | Self::Delete { root }
+            | Self::Holds { root } => check_cid(root),
             Self::Have { cids } => {
                 if cids.len() > MAX_HAVE_CIDS {
                     return Err(invalid_input(format!(
@@ -355,15 +382,16 @@ impl Response {
 pub fn encode_request(request: &Request) -> Vec<u8> {
     match request {
         Request::GetBlock { cid } => encode_cid_frame(TYPE_GET_BLOCK, cid),
-        Request::Replicate { root, blocks, bytes, replicas } => {
-            let mut frame = begin_frame(TYPE_REPLICATE, REPLICATE_BODY);
+        Request::Replicate { root, blocks, bytes, lease } => {
+            let mut frame = begin_frame(TYPE_REPLICATE, CID_FIELD_LEN + 16 + lease.len());
             put_cid(&mut frame, root);
             frame.extend_from_slice(&blocks.to_be_bytes());
             frame.extend_from_slice(&bytes.to_be_bytes());
-            frame.push(*replicas);
+            frame.extend_from_slice(lease);
             finish_frame(frame)
         }
         Request::Delete { root } => encode_cid_frame(TYPE_DELETE, root),
+        Request::Holds { root } => encode_cid_frame(TYPE_HOLDS, root),
         Request::Have { cids } => {
             let mut frame = begin_frame(TYPE_HAVE, 2 + cids.len() * CID_FIELD_LEN);
             frame.extend_from_slice(&saturating_u16(cids.len()).to_be_bytes());
@@ -388,6 +416,13 @@ pub fn encode_response(response: &Response) -> Vec<u8> {
         }
         Response::NotFound => finish_frame(begin_frame(TYPE_NOT_FOUND, 0)),
         Response::Deleted => finish_frame(begin_frame(TYPE_DELETED, 0)),
+        Response::Holding { pinned, replicas, repaired } => {
+            let mut frame = begin_frame(TYPE_HOLDING, HOLDING_BODY);
+            frame.push(u8::from(*pinned));
+            frame.push(*replicas);
+            frame.extend_from_slice(&repaired.to_be_bytes());
+            finish_frame(frame)
+        }
         Response::Replicated { blocks } => {
             let mut frame = begin_frame(TYPE_REPLICATED, 8);
             frame.extend_from_slice(&blocks.to_be_bytes());
@@ -546,12 +581,13 @@ enum Direction {
 /// type is not one of `direction`'s.
 fn max_body_len(direction: Direction, message_type: u8) -> Option<usize> {
     match (direction, message_type) {
-        (Direction::Request, TYPE_GET_BLOCK | TYPE_DELETE) => Some(CID_FIELD_LEN),
+        (Direction::Request, TYPE_GET_BLOCK | TYPE_DELETE | TYPE_HOLDS) => Some(CID_FIELD_LEN),
         (Direction::Request, TYPE_REPLICATE) => Some(REPLICATE_BODY),
         (Direction::Request, TYPE_HAVE) => Some(MAX_HAVE_REQUEST_BODY),
         (Direction::Response, TYPE_BLOCK) => Some(MAX_BLOCK_SIZE),
         (Direction::Response, TYPE_HAVE_RESULT) => Some(MAX_HAVE_RESULT_BODY),
         (Direction::Response, TYPE_REPLICATED) => Some(8),
+        (Direction::Response, TYPE_HOLDING) => Some(HOLDING_BODY),
         (Direction::Response, TYPE_DELETED | TYPE_NOT_FOUND) => Some(0),
         (Direction::Response, TYPE_ERROR) => Some(MAX_ERROR_BODY),
         _ => None,
@@ -637,9 +673,10 @@ fn decode_request_body(message_type: u8, body: &[u8]) -> io::Result<Request> {
             root: body.cid()?,
             blocks: u64::from_be_bytes(body.array()?),
             bytes: u64::from_be_bytes(body.array()?),
-            replicas: u8::from_be_bytes(body.array()?),
+            lease: body.bytes(LEASE_LEN)?.to_vec(),
         },
         TYPE_DELETE => Request::Delete { root: body.cid()? },
+        TYPE_HOLDS => Request::Holds { root: body.cid()? },
         TYPE_HAVE => {
             let count = usize::from(body.u16()?);
             if count > MAX_HAVE_CIDS {
@@ -663,6 +700,18 @@ fn decode_small_response_body(message_type: u8, body: &[u8]) -> io::Result<Respo
         TYPE_NOT_FOUND => Response::NotFound,
         TYPE_DELETED => Response::Deleted,
         TYPE_REPLICATED => Response::Replicated { blocks: u64::from_be_bytes(body.array()?) },
+        TYPE_HOLDING => {
+            let pinned = match body.array::<1>()? {
+                [0] => false,
+                [1] => true,
+                [other] => return Err(invalid_data(format!("Holding flag {other} is not 0 or 1"))),
+            };
+            Response::Holding {
+                pinned,
+                replicas: u8::from_be_bytes(body.array()?),
+                repaired: u64::from_be_bytes(body.array()?),
+            }
+        }
         TYPE_HAVE_RESULT => {
             let count = usize::from(body.u16()?);
             if count > MAX_HAVE_CIDS {

@@ -59,7 +59,7 @@ async fn discovery_round(net: &NetHandle, set: &Arc<ProviderSet>) {
 
 /// Looks the provider records of `root` up in the DHT, for at most
 /// [`LOOKUP_TIMEOUT`], handing each provider found to `found`.
-async fn dht_providers(net: &NetHandle, root: Cid, mut found: impl FnMut(PeerId)) {
+pub async fn dht_providers(net: &NetHandle, root: Cid, mut found: impl FnMut(PeerId)) {
     let mut providers = net.find_providers(root).await;
     let deadline = tokio::time::sleep(LOOKUP_TIMEOUT);
     tokio::pin!(deadline);

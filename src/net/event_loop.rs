@@ -144,6 +144,20 @@ pub enum Command {
         key: Vec<u8>,
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    /// Stores a value record here and on the peers closest to its key;
+    /// answers with the peers that stored it, or why none did.
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        keep: Duration,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+    /// Streams the values found under `key` (unchecked) into `found`;
+    /// closes it when done. Dropping the receiver ends the lookup.
+    GetRecord {
+        key: Vec<u8>,
+        found: mpsc::Sender<Vec<u8>>,
+    },
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
     },
@@ -242,6 +256,29 @@ impl NetHandle {
     pub async fn find_providers(&self, root: Cid) -> mpsc::Receiver<PeerId> {
         let (found, rx) = mpsc::channel(PROVIDER_QUEUE);
         let _ = self.send(Command::FindProviders { root, found }).await;
+        rx
+    }
+
+    /// Publishes a value record in the DHT (this node's store first):
+    /// how many other peers stored it, or why none did.
+    pub async fn put_record(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        keep: Duration,
+    ) -> Result<usize, String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::PutRecord { key, value, keep, reply })
+            .await
+            .map_err(|e| e.to_string())?;
+        rx.await.map_err(|_| "the node stopped".to_string())?
+    }
+
+    /// The values the DHT holds under `key`, as they are found (unchecked:
+    /// any peer may answer anything).
+    pub async fn get_record(&self, key: Vec<u8>) -> mpsc::Receiver<Vec<u8>> {
+        let (found, rx) = mpsc::channel(8);
+        let _ = self.send(Command::GetRecord { key, found }).await;
         rx
     }
 
@@ -411,6 +448,8 @@ pub struct EventLoop {
     queued: HashMap<PeerId, VecDeque<(Request, Reply)>>,
     provider_queries: HashMap<QueryId, mpsc::Sender<PeerId>>,
     closest_queries: HashMap<QueryId, oneshot::Sender<Vec<PeerId>>>,
+    put_queries: HashMap<QueryId, oneshot::Sender<Result<usize, String>>>,
+    get_queries: HashMap<QueryId, mpsc::Sender<Vec<u8>>>,
     /// Inbound requests being answered, by kind, per peer and in all.
     inbound_work: HashMap<InboundRequestId, (PeerId, Work)>,
     inbound_per_peer: HashMap<(PeerId, Work), usize>,
@@ -473,6 +512,8 @@ impl EventLoop {
             queued: HashMap::new(),
             provider_queries: HashMap::new(),
             closest_queries: HashMap::new(),
+            put_queries: HashMap::new(),
+            get_queries: HashMap::new(),
             inbound_work: HashMap::new(),
             inbound_per_peer: HashMap::new(),
             inbound_total: HashMap::new(),
@@ -569,6 +610,7 @@ impl EventLoop {
     }
 
     fn handle_command(&mut self, command: Command) {
+        let queries = self.queries();
         let behaviour = self.swarm.behaviour_mut();
         match command {
             Command::Request { peer, request, reply } => {
@@ -610,13 +652,39 @@ impl EventLoop {
                 let _ = reply.send((live, store.foreign_count()));
             }
             Command::FindProviders { root, found } => {
-                if self.provider_queries.len() + self.closest_queries.len() < MAX_QUERIES {
+                if queries < MAX_QUERIES {
                     let id = behaviour.kad.get_providers(provider_key(&root));
                     self.provider_queries.insert(id, found);
                 }
             }
+            Command::PutRecord { key, value, keep, reply } => {
+                if queries >= MAX_QUERIES {
+                    let _ = reply.send(Err("too many DHT queries under way".into()));
+                    return;
+                }
+                let record = kad::Record {
+                    key: RecordKey::new(&key),
+                    value,
+                    publisher: None,
+                    expires: Some(Instant::now() + keep),
+                };
+                match behaviour.kad.put_record(record, kad::Quorum::One) {
+                    Ok(id) => {
+                        self.put_queries.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("refused by this node's store: {e:?}")));
+                    }
+                }
+            }
+            Command::GetRecord { key, found } => {
+                if queries < MAX_QUERIES {
+                    let id = behaviour.kad.get_record(RecordKey::new(&key));
+                    self.get_queries.insert(id, found);
+                }
+            }
             Command::ClosestPeers { key, reply } => {
-                if self.provider_queries.len() + self.closest_queries.len() < MAX_QUERIES {
+                if queries < MAX_QUERIES {
                     let id = behaviour.kad.get_closest_peers(key);
                     self.closest_queries.insert(id, reply);
                 } else {
@@ -657,6 +725,14 @@ impl EventLoop {
             }
             Command::Shutdown { .. } => unreachable!("handled by run"),
         }
+    }
+
+    /// DHT queries this node's users have under way.
+    fn queries(&self) -> usize {
+        self.provider_queries.len()
+            + self.closest_queries.len()
+            + self.put_queries.len()
+            + self.get_queries.len()
     }
 
     fn send_request(&mut self, peer: PeerId, request: Request, reply: Reply) {
@@ -1045,10 +1121,60 @@ impl EventLoop {
                         let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
                     }
                 }
+                QueryResult::PutRecord(result) => {
+                    if let Some(reply) = self.put_queries.remove(&id) {
+                        let _ = reply.send(match result {
+                            Ok(_) => Ok(1),
+                            Err(kad::PutRecordError::QuorumFailed { success, .. })
+                            | Err(kad::PutRecordError::Timeout { success, .. })
+                                if !success.is_empty() =>
+                            {
+                                Ok(success.len())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        });
+                    }
+                }
+                QueryResult::GetRecord(result) => {
+                    let gone = match (self.get_queries.get(&id), result) {
+                        (Some(found), Ok(kad::GetRecordOk::FoundRecord(r))) => matches!(
+                            found.try_send(r.record.value),
+                            Err(mpsc::error::TrySendError::Closed(_))
+                        ),
+                        _ => false,
+                    };
+                    if gone {
+                        // Nobody is listening any more.
+                        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                            query.finish();
+                        }
+                    }
+                    if step.last || gone {
+                        self.get_queries.remove(&id);
+                    }
+                }
                 QueryResult::Bootstrap(Err(e)) => tracing::debug!("bootstrap failed: {e}"),
                 QueryResult::StartProviding(Err(e)) => tracing::debug!("provide failed: {e}"),
                 _ => {}
             },
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::AddProvider { record: Some(record) },
+            } => {
+                // Filtered because value records are (see `behaviour`);
+                // the store caps provider records itself.
+                if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().add_provider(record) {
+                    tracing::debug!("provider record not stored: {e:?}");
+                }
+            }
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
+            } => {
+                let key = record.key.clone();
+                if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put_from(source, record)
+                {
+                    tracing::debug!("refused a DHT record from {source} ({key:?}): {e:?}");
+                }
+            }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } if self.routing_empty => {
                 // We just joined (or rejoined) a network: look around, and
                 // announce what we hold to the peers now reachable.

@@ -10,7 +10,7 @@ use crate::{
         blocks::BlockService,
         codec::Request,
         event_loop::{InboundRequest, NetHandle},
-        replicas::{Offer, ReplicaPolicy, ReplicaService},
+        replicas::{ReplicaPolicy, ReplicaService},
     },
     store::Store,
 };
@@ -46,9 +46,13 @@ impl Responder {
                 Request::Have { cids } => {
                     tokio::spawn(self.blocks.clone().handle_have(cids, channel));
                 }
-                Request::Replicate { root, blocks, bytes, replicas } => {
-                    let offer = Offer { root, blocks, bytes, replicas };
-                    tokio::spawn(self.replicas.clone().handle_replicate(peer, offer, channel));
+                Request::Replicate { root, blocks, bytes, lease } => {
+                    let request = (root, blocks, bytes, lease);
+                    let replicas = self.replicas.clone();
+                    tokio::spawn(replicas.handle_replicate_request(peer, request, channel));
+                }
+                Request::Holds { root } => {
+                    tokio::spawn(self.replicas.clone().handle_holds(root, channel));
                 }
                 Request::Delete { root } => {
                     tokio::spawn(self.replicas.clone().handle_delete(peer, root, channel));

@@ -11,14 +11,17 @@
 //! - [`blocks`]: both sides of `GetBlock` and `Have`;
 //! - [`providers`] and [`discover`]: who holds a root;
 //! - [`get`]: fetching a download's blocks from its providers;
-//! - [`replicas`]: both sides of `Replicate` and `Delete`;
+//! - [`replicas`]: both sides of `Replicate`, `Delete` and `Holds`, and
+//!   the owners' delete records in the DHT;
+//! - [`repair`]: keeping each pinned root at its replica count, and the
+//!   owner's leases renewed;
 //! - [`inbound`]: dispatching inbound requests to their handlers.
 //!
 //! Naming: for each message, `rpc_<message>` sends the request and judges
 //! the answer (the outbound side), and `handle_<message>` answers it (the
 //! inbound side, a method of the message's service); both live in the
 //! module of the message ([`blocks`]: `GetBlock`, `Have`; [`replicas`]:
-//! `Replicate`, `Delete`).
+//! `Replicate`, `Delete`, `Holds`).
 //!
 //! [`NetHandle`]: event_loop::NetHandle
 
@@ -32,4 +35,5 @@ pub mod inbound;
 pub mod limits;
 pub mod providers;
 pub mod records;
+pub mod repair;
 pub mod replicas;

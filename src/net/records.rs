@@ -3,12 +3,15 @@
 //! bounded apart. Any peer can send `ADD_PROVIDER`, so what others store is
 //! capped in all, per peer and per key, and each record keeps a few
 //! addresses only (a lookup answer must stay within what other nodes
-//! accept). Kademlia value records are not used by dfs-p2p and are refused.
+//! accept). The only value records kept are owners' delete records
+//! ([`DeleteRecord`]): each is checked (its signature, and that it belongs
+//! under its key) before it is stored, kept no longer than its signer asked,
+//! and capped in all and per peer that sent it; anything else is refused.
 
 use std::{
     borrow::Cow,
     collections::{HashMap, hash_map},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use libp2p::{
@@ -18,6 +21,8 @@ use libp2p::{
         store::{Error, RecordStore, Result},
     },
 };
+
+use crate::lease::{self, DeleteRecord};
 
 /// Roots this node may provide (one record each, never per block).
 pub const MAX_OWN_RECORDS: usize = 1 << 20;
@@ -30,6 +35,10 @@ pub const MAX_RECORDS_PER_PEER: usize = 1024;
 pub const MAX_PROVIDERS_PER_KEY: usize = 20;
 /// Addresses kept of a provider record from another peer.
 pub const MAX_ADDRS_PER_RECORD: usize = 4;
+/// Delete records held in all.
+pub const MAX_VALUE_RECORDS: usize = 16 * 1024;
+/// Delete records one peer may have sent here.
+pub const MAX_VALUE_RECORDS_PER_PEER: usize = 1024;
 
 /// See the module docs.
 pub struct ProviderRecords {
@@ -38,6 +47,9 @@ pub struct ProviderRecords {
     foreign: HashMap<RecordKey, Vec<ProviderRecord>>,
     foreign_count: usize,
     per_peer: HashMap<PeerId, usize>,
+    /// Delete records, with the peer that sent each (this node for its own).
+    values: HashMap<RecordKey, (Record, PeerId)>,
+    values_per_peer: HashMap<PeerId, usize>,
 }
 
 impl ProviderRecords {
@@ -48,6 +60,60 @@ impl ProviderRecords {
             foreign: HashMap::new(),
             foreign_count: 0,
             per_peer: HashMap::new(),
+            values: HashMap::new(),
+            values_per_peer: HashMap::new(),
+        }
+    }
+
+    /// Delete records held (for tests).
+    pub fn value_count(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Stores a delete record `source` sent, if it is one: its signature
+    /// checks out, it belongs under its key, and it is still kept. It is
+    /// kept until its signer's `keep_until` at the latest. Refused when the
+    /// store or `source`'s share of it is full.
+    pub fn put_from(&mut self, source: PeerId, mut record: Record) -> Result<()> {
+        let now = lease::unix_secs();
+        let Ok(delete) = DeleteRecord::from_dht(record.key.as_ref(), &record.value, now) else {
+            return Err(Error::ValueTooLarge);
+        };
+        let left = Duration::from_secs(delete.keep_until.saturating_sub(now));
+        let until = Instant::now() + left;
+        record.expires = Some(record.expires.map_or(until, |e| e.min(until)));
+        record.publisher = None;
+        if let Some((old, _)) = self.values.get_mut(&record.key) {
+            // One key, one signer and root: the record kept longest wins.
+            if old.expires < record.expires {
+                *old = record;
+            }
+            return Ok(());
+        }
+        if self.values_per_peer.get(&source).copied().unwrap_or(0) >= MAX_VALUE_RECORDS_PER_PEER
+            && source != self.local
+        {
+            return Err(Error::MaxRecords);
+        }
+        if self.values.len() >= MAX_VALUE_RECORDS {
+            self.remove_expired(Instant::now());
+            if self.values.len() >= MAX_VALUE_RECORDS {
+                return Err(Error::MaxRecords);
+            }
+        }
+        self.values.insert(record.key.clone(), (record, source));
+        *self.values_per_peer.entry(source).or_default() += 1;
+        Ok(())
+    }
+
+    fn remove_value(&mut self, key: &RecordKey) {
+        if let Some((_, source)) = self.values.remove(key)
+            && let hash_map::Entry::Occupied(mut e) = self.values_per_peer.entry(source)
+        {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
         }
     }
 
@@ -62,8 +128,18 @@ impl ProviderRecords {
         records.filter(|r| !r.is_expired(now)).map(|r| r.provider).collect()
     }
 
-    /// Forgets the expired records of other peers.
+    /// Forgets the expired records of other peers, and expired delete
+    /// records.
     pub fn remove_expired(&mut self, now: Instant) {
+        let expired: Vec<RecordKey> = self
+            .values
+            .iter()
+            .filter(|(_, (r, _))| r.is_expired(now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.remove_value(&key);
+        }
         let mut gone = Vec::new();
         self.foreign.retain(|_, records| {
             records.retain(|r| {
@@ -123,25 +199,35 @@ impl ProviderRecords {
     }
 }
 
+type ValueEntry = (Record, PeerId);
+
 impl RecordStore for ProviderRecords {
-    type RecordsIter<'a> = std::iter::Empty<Cow<'a, Record>>;
+    type RecordsIter<'a> = std::iter::Map<
+        hash_map::Values<'a, RecordKey, ValueEntry>,
+        fn(&'a ValueEntry) -> Cow<'a, Record>,
+    >;
     type ProvidedIter<'a> = std::iter::Map<
         hash_map::Values<'a, RecordKey, ProviderRecord>,
         fn(&'a ProviderRecord) -> Cow<'a, ProviderRecord>,
     >;
 
-    fn get(&self, _: &RecordKey) -> Option<Cow<'_, Record>> {
-        None
+    fn get(&self, key: &RecordKey) -> Option<Cow<'_, Record>> {
+        let (record, _) = self.values.get(key)?;
+        (!record.is_expired(Instant::now())).then_some(Cow::Borrowed(record))
     }
 
-    fn put(&mut self, _: Record) -> Result<()> {
-        Err(Error::MaxRecords)
+    /// This node's own records (Kademlia's `put_record`); others' come
+    /// through [`put_from`](ProviderRecords::put_from).
+    fn put(&mut self, record: Record) -> Result<()> {
+        self.put_from(self.local, record)
     }
 
-    fn remove(&mut self, _: &RecordKey) {}
+    fn remove(&mut self, key: &RecordKey) {
+        self.remove_value(key);
+    }
 
     fn records(&self) -> Self::RecordsIter<'_> {
-        std::iter::empty()
+        self.values.values().map(|(r, _)| Cow::Borrowed(r))
     }
 
     fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {

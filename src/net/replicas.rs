@@ -28,6 +28,7 @@ use crate::{
     dag::{Frontier, Node},
     error::{DagLimit, Error, Result},
     export::BlockSource,
+    lease::{self, DeleteRecord, Lease, RecordError},
     net::{
         codec::{ErrorCode, Request, Response},
         discover,
@@ -53,7 +54,7 @@ pub const PULL_WORKERS: usize = 16;
 pub const MAX_CONCURRENT_REPLICATIONS: usize = 4;
 
 /// Candidates for `root`'s replicas, closest (XOR) first.
-async fn candidates(net: &NetHandle, root: &Cid) -> Vec<PeerId> {
+pub async fn candidates(net: &NetHandle, root: &Cid) -> Vec<PeerId> {
     let key = root.to_bytes();
     let mut peers = net.closest_peers(key.clone()).await;
     // Small networks: connected peers the DHT did not report.
@@ -67,17 +68,17 @@ async fn candidates(net: &NetHandle, root: &Cid) -> Vec<PeerId> {
     peers
 }
 
-/// What a put asks other nodes to hold: a root, what it takes, and how
-/// many copies its owner wants on the network.
-#[derive(Debug, Clone, Copy)]
+/// What a put or a repair asks other nodes to hold: a root, what it
+/// takes, and the owner's lease (who owns it, how many copies it wants on
+/// the network, until when).
+#[derive(Debug, Clone)]
 pub struct Offer {
     pub root: Cid,
     /// Distinct blocks of the DAG, the root included.
     pub blocks: u64,
     /// Bytes of those blocks.
     pub bytes: u64,
-    /// Copies wanted, the owner's own included.
-    pub replicas: u8,
+    pub lease: Lease,
 }
 
 /// How the replicas of a put went.
@@ -98,16 +99,30 @@ pub async fn replicate(
     want: usize,
     on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
 ) -> Placed {
+    replicate_avoiding(net, offer, want, &[], on_copy).await
+}
+
+/// [`replicate`], never asking the peers in `holders` (a repair: they hold
+/// a copy already).
+pub async fn replicate_avoiding(
+    net: &NetHandle,
+    offer: Offer,
+    want: usize,
+    holders: &[PeerId],
+    on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
+) -> Placed {
     let mut placed = Placed::default();
     if want == 0 {
         return placed;
     }
     let root = offer.root;
-    let mut candidates = candidates(net, &root).await.into_iter();
+    let mut candidates = candidates(net, &root).await;
+    candidates.retain(|p| !holders.contains(p));
+    let mut candidates = candidates.into_iter();
     let mut running = futures::stream::FuturesUnordered::new();
     let ask = |peer: PeerId| {
-        let net = net.clone();
-        async move { (peer, rpc_replicate(&net, peer, offer).await) }
+        let (net, offer) = (net.clone(), offer.clone());
+        async move { (peer, rpc_replicate(&net, peer, &offer).await) }
     };
     for peer in candidates.by_ref().take(want) {
         running.push(ask(peer));
@@ -136,15 +151,16 @@ pub async fn replicate(
 
 /// One peer's replica: `Replicate`, re-sent after each stream timeout until
 /// [`REPLICATE_DEADLINE`].
-pub async fn rpc_replicate(net: &NetHandle, peer: PeerId, offer: Offer) -> Result<u64, String> {
-    let Offer { root, blocks, bytes, replicas } = offer;
+pub async fn rpc_replicate(net: &NetHandle, peer: PeerId, offer: &Offer) -> Result<u64, String> {
+    let Offer { root, blocks, bytes, .. } = *offer;
+    let lease = offer.lease.encode();
     let started = Instant::now();
     loop {
         let left = REPLICATE_DEADLINE.saturating_sub(started.elapsed());
         if left.is_zero() {
             return Err("no confirmation before the deadline".into());
         }
-        let request = Request::Replicate { root, blocks, bytes, replicas };
+        let request = Request::Replicate { root, blocks, bytes, lease: lease.clone() };
         match net.request(peer, request, left).await {
             Ok(Response::Replicated { blocks }) => return Ok(blocks),
             Ok(Response::Error { code, message }) => return Err(format!("{code}: {message}")),
@@ -153,6 +169,51 @@ pub async fn rpc_replicate(net: &NetHandle, peer: PeerId, offer: Offer) -> Resul
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// What a peer says of a root it is asked `Holds` about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holding {
+    pub pinned: bool,
+    pub replicas: u8,
+    pub repaired: u64,
+}
+
+/// Asks `peer` whether it holds `root` pinned; `None` if it does not answer
+/// within `timeout` (or answers something else).
+pub async fn rpc_holds(
+    net: &NetHandle,
+    peer: PeerId,
+    root: Cid,
+    timeout: Duration,
+) -> Option<Holding> {
+    match net.request(peer, Request::Holds { root }, timeout).await {
+        Ok(Response::Holding { pinned, replicas, repaired }) => {
+            Some(Holding { pinned, replicas, repaired })
+        }
+        _ => None,
+    }
+}
+
+/// How long a lookup of a delete record may take.
+pub const DELETE_LOOKUP: Duration = Duration::from_secs(10);
+
+/// `owner`'s delete record for `root`, if the DHT holds a valid one (any
+/// other answer is ignored). Nothing if none is found within
+/// [`DELETE_LOOKUP`].
+pub async fn find_delete(net: &NetHandle, root: Cid, owner: PeerId) -> Option<DeleteRecord> {
+    let key = DeleteRecord::dht_key(&root, &owner);
+    let mut found = net.get_record(key.clone()).await;
+    let lookup = async {
+        while let Some(value) = found.recv().await {
+            match DeleteRecord::from_dht(&key, &value, lease::unix_secs()) {
+                Ok(record) => return Some(record),
+                Err(e) => tracing::debug!("ignored a delete record for {root}: {e}"),
+            }
+        }
+        None
+    };
+    tokio::time::timeout(DELETE_LOOKUP, lookup).await.ok().flatten()
 }
 
 /// Asks every holder of `root` but us to drop the replica it holds for us.
@@ -219,6 +280,10 @@ pub struct ReplicaPolicy {
     /// at most.
     pub quota: u64,
     pub accept: Accept,
+    /// The longest this node holds a replica without its owner renewing
+    /// the lease (a lease asking for longer ends this long after it was
+    /// issued).
+    pub longest_lease: Duration,
 }
 
 /// Replications one peer may have running or waiting here at once.
@@ -265,10 +330,32 @@ impl ReplicaService {
         }
     }
 
+    /// Answers a `Replicate` from `peer` whose lease is still encoded.
+    pub async fn handle_replicate_request(
+        self,
+        peer: PeerId,
+        (root, blocks, bytes, lease): (Cid, u64, u64, Vec<u8>),
+        channel: ResponseChannel<Response>,
+    ) {
+        match Lease::decode(&lease) {
+            Ok(lease) => {
+                self.handle_replicate(peer, Offer { root, blocks, bytes, lease }, channel).await
+            }
+            Err(e) => {
+                tracing::info!("refused to replicate {root} for {peer}: its lease: {e}");
+                let refusal = Response::error(ErrorCode::Refused, format!("the lease: {e}"));
+                self.net.respond(channel, refusal).await
+            }
+        }
+    }
+
     /// Answers a `Replicate` from `peer`: refused unless the policy accepts
-    /// the peer and the declared size fits the quota; at once if the
-    /// replica is already here; else after pulling the DAG (joining a
-    /// replication of the same root already running).
+    /// the peer, the lease is valid and the declared size fits the quota;
+    /// refused too when it comes from another peer than the owner (a
+    /// repair) and the owner's delete record is in the DHT. At once if the
+    /// replica is already here (the lease is kept if newer: a renewal);
+    /// else after pulling the DAG (joining a replication of the same root
+    /// already running).
     pub async fn handle_replicate(
         self,
         peer: PeerId,
@@ -280,6 +367,17 @@ impl ReplicaService {
             tracing::info!("refused to replicate {root} for {peer}: {refusal:?}");
             return self.net.respond(channel, refusal).await;
         }
+        let owner = offer.lease.owner();
+        if owner != peer
+            && let Some(deleted) = find_delete(&self.net, root, owner).await
+        {
+            tracing::info!(
+                "refused to repair {root} for {peer}: its owner {owner} deleted it at {}",
+                deleted.deleted
+            );
+            let refusal = Response::error(ErrorCode::Refused, "its owner deleted it");
+            return self.net.respond(channel, refusal).await;
+        }
         let store = self.store.clone();
         let held = tokio::task::spawn_blocking(move || {
             let info = store.root_info(&root)?;
@@ -289,11 +387,12 @@ impl ReplicaService {
         .ok()
         .flatten();
         if held.is_some() {
-            // Already pinned here: one more owner costs no space.
-            let store = self.store.clone();
+            // Already pinned here: one more owner, or a newer lease, costs
+            // no space.
+            let (store, lease) = (self.store.clone(), offer.lease.clone());
             let pinned = tokio::task::spawn_blocking(move || {
                 let _guard = store.guard();
-                store.pin(&root, PinKind::Pinned, Some(peer)).and_then(|_| store.dag_stats(&root))
+                store.pin_leased(&root, lease).and_then(|_| store.dag_stats(&root))
             })
             .await;
             let response = match pinned {
@@ -325,13 +424,14 @@ impl ReplicaService {
             state.waiting.insert(root, vec![channel]);
             *state.per_peer.entry(peer).or_default() += 1;
         }
+        let reserved = offer.bytes;
         let response = match self.replications.clone().acquire_owned().await {
             Ok(_permit) => self.pull_and_pin(peer, offer).await,
             Err(_) => Response::error(ErrorCode::Busy, "shutting down"),
         };
         let waiting = {
             let mut state = self.state.lock().await;
-            state.reserved -= offer.bytes;
+            state.reserved -= reserved;
             if let Some(n) = state.per_peer.get_mut(&peer) {
                 *n -= 1;
                 if *n == 0 {
@@ -360,13 +460,20 @@ impl ReplicaService {
         if offer.root.codec() != DAG_CBOR {
             return Err(Response::error(ErrorCode::BadRequest, "a root must be a dag-cbor block"));
         }
-        if offer.blocks == 0 || offer.replicas == 0 {
-            return Err(Response::error(
-                ErrorCode::BadRequest,
-                "a replica has at least one block and one copy",
-            ));
+        if offer.blocks == 0 {
+            return Err(Response::error(ErrorCode::BadRequest, "a replica has at least one block"));
         }
-        Ok(())
+        let now = lease::unix_secs();
+        match offer.lease.check(&offer.root, now) {
+            Err(RecordError::OtherRoot) => {
+                Err(Response::error(ErrorCode::BadRequest, "the lease is for another root"))
+            }
+            Err(e) => refused(format!("the lease: {e}")),
+            Ok(()) if offer.lease.ends(self.policy.longest_lease) <= now => {
+                refused("the lease ran out: it is older than this node holds copies".into())
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Reserves `bytes` against the quota, or says why not.
@@ -389,7 +496,8 @@ impl ReplicaService {
     }
 
     async fn pull_and_pin(&self, peer: PeerId, offer: Offer) -> Response {
-        let Offer { root, blocks: max_blocks, bytes: max_bytes, .. } = offer;
+        let Offer { root, blocks: max_blocks, bytes: max_bytes, lease } = offer;
+        let owner = lease.owner();
         let providers = ProviderSet::new(root, true);
         let discovery =
             tokio::spawn(discover::discover(self.net.clone(), providers.clone(), vec![peer]));
@@ -409,7 +517,7 @@ impl ReplicaService {
             if bytes > max_bytes {
                 return Err(Error::Limit { root, limit: DagLimit::Bytes(max_bytes) });
             }
-            store.pin(&root, PinKind::Pinned, Some(peer))?;
+            store.pin_leased(&root, lease)?;
             source.finish()?;
             Ok(blocks)
         })
@@ -419,7 +527,13 @@ impl ReplicaService {
         match pulled {
             Ok(Ok(blocks)) => {
                 self.net.provide(root).await;
-                tracing::info!("replicated {root} for {peer} ({blocks} blocks)");
+                if owner == peer {
+                    tracing::info!("replicated {root} for {peer} ({blocks} blocks)");
+                } else {
+                    tracing::info!(
+                        "replicated {root} for {owner}, asked by {peer} ({blocks} blocks)"
+                    );
+                }
                 Response::Replicated { blocks }
             }
             Ok(Err(e)) => {
@@ -490,6 +604,20 @@ impl ReplicaService {
                 refusal
             }
             Err(_) => Response::error(ErrorCode::Internal, "delete task failed"),
+        };
+        self.net.respond(channel, response).await;
+    }
+}
+
+impl ReplicaService {
+    /// Answers a `Holds`: whether this node holds `root` pinned (a pinned
+    /// root is whole: nothing is pinned before all its blocks are here).
+    pub async fn handle_holds(self, root: Cid, channel: ResponseChannel<Response>) {
+        let response = match self.store.root_info(&root) {
+            Some(info) if info.pinned() => {
+                Response::Holding { pinned: true, replicas: info.target(), repaired: info.repaired }
+            }
+            _ => Response::Holding { pinned: false, replicas: 0, repaired: 0 },
         };
         self.net.respond(channel, response).await;
     }

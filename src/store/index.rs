@@ -32,6 +32,7 @@ use super::{
 use crate::{
     block,
     error::{Error, Result},
+    lease::Lease,
 };
 
 /// Why a root is kept.
@@ -62,6 +63,29 @@ pub struct RootInfo {
     /// The file's plaintext length and name, when this node has read its
     /// root (a put or a get here; a replica's holder has no key).
     pub file: Option<FileInfo>,
+    /// Copies this node's own put asked for (0: none recorded). For a
+    /// replica, the owners' leases say.
+    pub replicas: u8,
+    /// The newest lease of each owner that sent one (an owner without a
+    /// lease pinned it before leases existed, and holds it until it
+    /// deletes it).
+    pub leases: Vec<Lease>,
+    /// Unix seconds of the last repair this node made of the root; 0 if
+    /// none.
+    pub repaired: u64,
+}
+
+impl RootInfo {
+    /// Copies wanted on the network: the most any owner asks for.
+    pub fn target(&self) -> u8 {
+        self.leases.iter().map(|l| l.replicas).fold(self.replicas, u8::max)
+    }
+
+    /// Whether the root is pinned (a replica or this node's own), not only
+    /// cached.
+    pub fn pinned(&self) -> bool {
+        self.kind == PinKind::Pinned
+    }
 }
 
 /// What a node that has the key knows of a stored file.
@@ -88,6 +112,17 @@ struct PinRecord {
     last_access: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     file: Option<FileInfo>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    replicas: u8,
+    /// Leases, each in hex.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    leases: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    repaired: u64,
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// The roots in memory, keyed by root CID.
@@ -116,6 +151,9 @@ impl Store {
                 size,
                 last_access: now,
                 file: None,
+                replicas: 0,
+                leases: Vec::new(),
+                repaired: 0,
             });
             if kind == PinKind::Pinned {
                 entry.kind = PinKind::Pinned;
@@ -143,6 +181,7 @@ impl Store {
             let Some(entry) = roots.get_mut(root) else { return Ok(None) };
             let Some(at) = entry.owners.iter().position(|o| o == peer) else { return Ok(None) };
             entry.owners.remove(at);
+            entry.leases.retain(|l| l.owner() != *peer);
             let unheld = entry.owners.is_empty() && !entry.local;
             if unheld {
                 roots.remove(root);
@@ -170,6 +209,92 @@ impl Store {
         {
             tracing::warn!("cannot record the file of {root}: {e}");
         }
+    }
+
+    /// Pins `root` (whose blocks are all present and covered, as for
+    /// [`pin`](Self::pin)) for the owner `lease` names, and keeps the
+    /// lease: an owner's newer lease replaces its older one.
+    pub fn pin_leased(&self, root: &Cid, lease: Lease) -> Result<RootInfo> {
+        self.pin(root, PinKind::Pinned, Some(lease.owner()))?;
+        let info = {
+            let mut roots = self.roots_lock();
+            let entry = roots.get_mut(root).expect("pinned just now");
+            match entry.leases.iter_mut().find(|l| l.owner() == lease.owner()) {
+                Some(old) if old.expires >= lease.expires => {}
+                Some(old) => *old = lease,
+                None => entry.leases.push(lease),
+            }
+            entry.clone()
+        };
+        self.save_index(true)?;
+        Ok(info)
+    }
+
+    /// Records the copies this node's own put of `root` asked for.
+    pub fn set_replicas(&self, root: &Cid, replicas: u8) -> Result<()> {
+        let changed = match self.roots_lock().get_mut(root) {
+            Some(e) if e.replicas != replicas => {
+                e.replicas = replicas;
+                true
+            }
+            _ => false,
+        };
+        if changed { self.save_index(true) } else { Ok(()) }
+    }
+
+    /// Records a repair of `root` made now.
+    pub fn record_repair(&self, root: &Cid) -> Result<()> {
+        let found = match self.roots_lock().get_mut(root) {
+            Some(e) => {
+                e.repaired = unix_now() / 1000;
+                true
+            }
+            None => false,
+        };
+        if found { self.save_index(true) } else { Ok(()) }
+    }
+
+    /// Drops every lease that ended by `now` (Unix seconds; a lease ends at
+    /// its expiry, or `longest` after it was issued if that is sooner) with
+    /// its owner's pin, and the roots no pin holds any longer. Returns, for
+    /// each root that lost a lease, the owners whose leases ended and
+    /// whether the root went with them (the caller withdraws its provider
+    /// record).
+    pub fn expire_leases(
+        &self,
+        now: u64,
+        longest: std::time::Duration,
+    ) -> Result<Vec<(Cid, Vec<PeerId>, bool)>> {
+        let ended = {
+            let mut roots = self.roots_lock();
+            let mut ended = Vec::new();
+            for entry in roots.values_mut() {
+                let gone: Vec<PeerId> = entry
+                    .leases
+                    .iter()
+                    .filter(|l| l.ends(longest) <= now)
+                    .map(Lease::owner)
+                    .collect();
+                if gone.is_empty() {
+                    continue;
+                }
+                entry.leases.retain(|l| !gone.contains(&l.owner()));
+                entry.owners.retain(|o| !gone.contains(o));
+                let unheld = entry.owners.is_empty() && !entry.local;
+                ended.push((entry.root, gone, unheld));
+            }
+            for (root, _, unheld) in &ended {
+                if *unheld {
+                    roots.remove(root);
+                }
+            }
+            ended
+        };
+        if !ended.is_empty() {
+            self.save_index(true)?;
+            self.request_gc();
+        }
+        Ok(ended)
     }
 
     /// Marks a root as just used (for LRU eviction).
@@ -303,6 +428,16 @@ impl Store {
                         None => local = true,
                     }
                 }
+                let leases = r
+                    .leases
+                    .iter()
+                    .map(|hex| {
+                        let bytes = data_encoding::HEXLOWER
+                            .decode(hex.as_bytes())
+                            .map_err(|e| bad(format!("lease: {e}")))?;
+                        Lease::decode(&bytes).map_err(|e| bad(format!("lease: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 Ok((
                     root,
                     RootInfo {
@@ -313,6 +448,9 @@ impl Store {
                         size: r.size,
                         last_access: r.last_access,
                         file: r.file,
+                        replicas: r.replicas,
+                        leases,
+                        repaired: r.repaired,
                     },
                 ))
             })
@@ -341,6 +479,13 @@ impl Store {
                     size: r.size,
                     last_access: r.last_access,
                     file: r.file.clone(),
+                    replicas: r.replicas,
+                    leases: r
+                        .leases
+                        .iter()
+                        .map(|l| data_encoding::HEXLOWER.encode(&l.encode()))
+                        .collect(),
+                    repaired: r.repaired,
                 })
                 .collect()
         };
