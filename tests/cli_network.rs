@@ -171,3 +171,101 @@ fn bench_net_reports_both_nodes_and_both_baselines() {
     // Everything it made under TMPDIR is gone.
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "{report}");
 }
+
+/// What `dfs-p2p status` says: (copies answering, target, holders).
+fn status(ticket: &str, bootstrap: &str, dir: &Path) -> (usize, String, Vec<String>) {
+    let out = run(&["status", ticket, "--bootstrap", bootstrap, "--data-dir", arg(dir)], b"");
+    assert!(out.status.success(), "status: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let copies = stdout.lines().find_map(|l| l.strip_prefix("copies: ")).expect("a copies line");
+    let (count, target) = copies.split_once(" of ").expect("N of M");
+    let holders = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("holder: "))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    (count.parse().unwrap(), target.to_string(), holders)
+}
+
+/// Polls `status` until `done` accepts its answer.
+fn status_until(
+    ticket: &str,
+    bootstrap: &str,
+    dir: &Path,
+    what: &str,
+    done: impl Fn(usize, &[String]) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let (count, target, holders) = status(ticket, bootstrap, dir);
+        if done(count, &holders) {
+            assert_eq!(target, "3");
+            return holders;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {count} of {target}: {holders:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Kills (SIGKILL) the nodes with these peer ids.
+fn kill(nodes: &mut [Node], ids: &[String]) {
+    for node in nodes.iter_mut().filter(|n| ids.contains(&n.peer_id)) {
+        node.signal(libc::SIGKILL);
+        node.wait_exit();
+    }
+}
+
+/// The address of a node still running.
+fn alive_addr(nodes: &mut [Node]) -> String {
+    for node in nodes.iter_mut() {
+        if node.try_wait().is_none() {
+            return node.addrs[0].clone();
+        }
+    }
+    panic!("no node alive")
+}
+
+/// Nodes started from the command line with a short repair interval: two
+/// holders of a file are killed, then its uploader; each time `status`
+/// shows the count back at 3, and a client gets the file from nodes that
+/// were not holders at the put.
+#[test]
+fn killed_holders_are_replaced_and_status_shows_the_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    let repair = ["--repair-interval", "1s"];
+    let mut nodes = vec![Node::start("N0", &dir("n0"), &repair)];
+    let hub = nodes[0].addrs[0].clone();
+    for i in 1..7 {
+        let extra = ["--repair-interval", "1s", "--bootstrap", &hub];
+        nodes.push(Node::start(&format!("N{i}"), &dir(&format!("n{i}")), &extra));
+    }
+    for node in &mut nodes {
+        node.wait_for_peers(1);
+    }
+    let file = dir("movie.bin");
+    let bytes = data(700_000, 21);
+    fs::write(&file, &bytes).unwrap();
+    let (ticket, copies) = nodes[1].put_confirmed(&file);
+    assert_eq!(copies, 3);
+    let uploader = nodes[1].peer_id.clone();
+    let ask = dir("ask");
+    let first = status_until(&ticket, &hub, &ask, "after the put", |n, _| n == 3);
+    assert!(first.contains(&uploader));
+
+    let others: Vec<String> = first.iter().filter(|p| **p != uploader).cloned().collect();
+    kill(&mut nodes, &others);
+    let via = alive_addr(&mut nodes);
+    status_until(&ticket, &via, &ask, "after two holders died", |n, holders| {
+        n == 3 && !holders.iter().any(|p| others.contains(p))
+    });
+    kill(&mut nodes, &[uploader.clone()]);
+    let through = alive_addr(&mut nodes);
+    let now = status_until(&ticket, &through, &ask, "after the kills", |n, holders| {
+        n == 3 && !holders.iter().any(|p| first.contains(p))
+    });
+    assert_eq!(now.len(), 3);
+    let out = run(&["get", &ticket, "--bootstrap", &through, "--data-dir", arg(&dir("c"))], b"");
+    assert!(out.status.success(), "get: {}", text(&out.stderr));
+    assert!(out.stdout == bytes, "wrong bytes");
+}

@@ -374,7 +374,7 @@ fn example_block_matches_the_example_cid() {
 
 #[test]
 fn format_constants() {
-    assert_eq!(PROTOCOL, "/dfs-p2p/file/2.0.0");
+    assert_eq!(PROTOCOL, "/dfs-p2p/file/3.0.0");
     assert_eq!(STREAM_PROTOCOL.as_ref(), PROTOCOL);
     assert_eq!(FRAME_HEADER_LEN, 5);
     assert_eq!(MAX_BLOCK_SIZE, 2_097_152);
