@@ -259,7 +259,7 @@ fn killed_holders_are_replaced_and_status_shows_the_count() {
     status_until(&ticket, &via, &ask, "after two holders died", |n, holders| {
         n == 3 && !holders.iter().any(|p| others.contains(p))
     });
-    kill(&mut nodes, &[uploader.clone()]);
+    kill(&mut nodes, std::slice::from_ref(&uploader));
     let through = alive_addr(&mut nodes);
     let now = status_until(&ticket, &through, &ask, "after the kills", |n, holders| {
         n == 3 && !holders.iter().any(|p| first.contains(p))
