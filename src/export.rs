@@ -58,6 +58,54 @@ impl Default for ExportOptions {
     }
 }
 
+/// A byte range of a file as a user or an HTTP client gives it: `a-b`
+/// (bytes a to b, both included), `a-` (from a to the end) or `-n` (the
+/// last n bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    FromTo(u64, u64),
+    From(u64),
+    Last(u64),
+}
+
+impl ByteRange {
+    /// (offset, length) within a file of `size` bytes, or `None` if the
+    /// range is unsatisfiable there (it starts at or past the end, or asks
+    /// for the last 0 bytes). An end past the file is cut to the file.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        let (start, end) = match self {
+            ByteRange::FromTo(a, b) if a <= b => (a, b.min(size.saturating_sub(1))),
+            ByteRange::FromTo(..) => return None,
+            ByteRange::From(a) => (a, size.saturating_sub(1)),
+            ByteRange::Last(0) => return None,
+            ByteRange::Last(n) => (size.saturating_sub(n), size.saturating_sub(1)),
+        };
+        (start < size).then(|| (start, end - start + 1))
+    }
+}
+
+impl std::str::FromStr for ByteRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<ByteRange, String> {
+        let bad = || format!("`{s}` is not a byte range: give START-END, START- or -LAST");
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let number = |t: &str| t.trim().parse::<u64>().map_err(|_| bad());
+        match (a.trim().is_empty(), b.trim().is_empty()) {
+            (false, false) => {
+                let (a, b) = (number(a)?, number(b)?);
+                if a > b {
+                    return Err(format!("`{s}`: the range ends before it starts"));
+                }
+                Ok(ByteRange::FromTo(a, b))
+            }
+            (false, true) => Ok(ByteRange::From(number(a)?)),
+            (true, false) => Ok(ByteRange::Last(number(b)?)),
+            (true, true) => Err(bad()),
+        }
+    }
+}
+
 /// Fetches and opens the root: the file's metadata and top-level children.
 pub fn open_root(source: &impl BlockSource, ticket: &Ticket) -> Result<(FileMeta, Opened)> {
     let opened = open_node(source, &ticket.root, &ticket.key)?;

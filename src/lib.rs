@@ -13,7 +13,7 @@
 //!   memory, reporting through [`progress`]);
 //! - [`net`] (the swarm and the file protocol);
 //! - [`node`] (a running node: the API the command line uses);
-//! - [`bench`] (the benchmarks) and `fuzzing` (the checks the fuzz targets
+//! - [`bench`] (the benchmarks), [`gateway`] (the HTTP gateway) and `fuzzing` (the checks the fuzz targets
 //!   in `fuzz/` run; hidden, not part of the API);
 //! - [`cli`] (the `dfs-p2p` command).
 //!
@@ -29,6 +29,7 @@ pub mod error;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gateway;
 pub mod import;
 pub mod lease;
 pub mod net;

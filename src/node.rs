@@ -128,6 +128,14 @@ pub struct GetOptions {
     /// get needs is checked there too before anything is fetched.
     pub output_dir: Option<PathBuf>,
     pub cancel: Option<Cancel>,
+    /// Only these bytes of the file. Only the blocks that cover them are
+    /// fetched (and kept until the next collection, so a later get needs
+    /// only the rest); the file is not recorded as cached. A range the file
+    /// cannot satisfy fails with [`Error::Range`].
+    pub range: Option<export::ByteRange>,
+    /// Leaves fetched ahead of the one being written, at most (each up to a
+    /// chunk in memory); [`GET_WINDOW`] if not given.
+    pub read_ahead: Option<usize>,
 }
 
 /// What a put did.
@@ -473,7 +481,7 @@ impl Node {
         out: Box<dyn Write + Send>,
         get: GetOptions,
     ) -> Result<GetReport, NodeError> {
-        let GetOptions { progress, output_dir, cancel } = get;
+        let GetOptions { progress, output_dir, cancel, range, read_ahead } = get;
         let root = ticket.root;
         let store = self.inner.store.clone();
         let complete = {
@@ -495,15 +503,31 @@ impl Node {
         let result = tokio::task::spawn_blocking(move || {
             let mut out = out;
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
-            let options = ExportOptions { range: None, workers: GET_WORKERS, window: GET_WINDOW };
+            let window = read_ahead.unwrap_or(GET_WINDOW).max(1);
+            let workers = GET_WORKERS.min(window);
+            let mut options = ExportOptions { range: None, workers, window };
             // A complete copy is indexed: its blocks need no claim.
             let source = NetSource::new(store.clone(), net, rt, set, Durability::Cached, !complete)
                 .with_limits(u64::MAX, cancel.unwrap_or_default());
-            let meta = check_space(&source, &ticket, complete, output_dir.as_deref())?;
+            let meta = match range {
+                Some(range) => {
+                    let (meta, resolved) =
+                        check_range_space(&source, &ticket, range, output_dir.as_deref())?;
+                    options.range = Some(resolved);
+                    meta
+                }
+                None => check_space(&source, &ticket, complete, output_dir.as_deref())?,
+            };
             let exported = export::export(&source, &ticket, &mut out, &options, progress);
             // Keep what arrived even if the export failed: a rerun resumes.
             source.commit()?;
             let size = exported?;
+            if range.is_some() && !(source.fetched() == 0 && complete) {
+                // Part of the file: its blocks stay until the next
+                // collection; a later get needs only the rest.
+                source.finish()?;
+                return Ok((size, source.fetched(), Vec::new()));
+            }
             if source.fetched() == 0 && complete {
                 source.finish()?;
                 store.touch(&root);
@@ -534,13 +558,52 @@ impl Node {
                 return Err(e.into());
             }
         };
-        if from_network > 0 {
+        if from_network > 0 && range.is_none() {
             self.inner.net.provide(root).await;
         }
         for root in evicted {
             self.inner.net.unprovide(root).await;
         }
         Ok(GetReport { size, from_network })
+    }
+
+    /// The file's size and name, from its root (fetched, verified and kept
+    /// if it is not here), within the time a get takes to give up.
+    pub async fn file_meta(&self, ticket: &Ticket) -> Result<crate::dag::FileMeta, NodeError> {
+        let root = ticket.root;
+        let store = self.inner.store.clone();
+        let here = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.has(&root))
+                .await
+                .map_err(|_| NodeError::Stopped)?
+        };
+        if !here {
+            self.wait_for_first_peer().await;
+        }
+        let providers = ProviderSet::new(root, !here);
+        let discovery =
+            tokio::spawn(discover::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
+        let (net, rt, set) =
+            (self.inner.net.clone(), tokio::runtime::Handle::current(), providers.clone());
+        let ticket = ticket.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let source = NetSource::new(store, net, rt, set, Durability::Cached, !here);
+            let opened = export::open_root(&source, &ticket);
+            source.commit()?;
+            source.finish()?;
+            opened.map(|(meta, _)| meta)
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)?;
+        discovery.abort();
+        match opened {
+            Ok(meta) => Ok(meta),
+            Err(Error::Source(_)) if providers.ever_found() == 0 => {
+                Err(NodeError::NotFound { root })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes the local copy, publishes this node's signed delete record
@@ -708,6 +771,33 @@ fn check_space(
         }
     }
     Ok(meta)
+}
+
+/// A range read needs room for its own bytes only.
+/// Resolves the range against the file's size.
+fn check_range_space(
+    source: &NetSource,
+    ticket: &Ticket,
+    range: export::ByteRange,
+    output_dir: Option<&std::path::Path>,
+) -> Result<(crate::dag::FileMeta, (u64, u64)), Error> {
+    let (meta, _) = export::open_root(source, ticket)?;
+    let (offset, len) = range.resolve(meta.size).ok_or(Error::Range {
+        offset: match range {
+            export::ByteRange::FromTo(a, _) | export::ByteRange::From(a) => a,
+            export::ByteRange::Last(_) => meta.size,
+        },
+        len: 0,
+        size: meta.size,
+    })?;
+    for dir in [Some(source.store().dir()), output_dir].into_iter().flatten() {
+        if let Some(free) = free_space(dir)
+            && free < len.saturating_add(SPACE_RESERVE)
+        {
+            return Err(Error::NoSpace { path: dir.to_path_buf(), need: len, free });
+        }
+    }
+    Ok((meta, (offset, len)))
 }
 
 /// What a cancelled read fails with.

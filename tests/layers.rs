@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["import", "export"],
     &["net"],
     &["node"],
-    &["bench", "fuzzing"],
+    &["bench", "fuzzing", "gateway"],
     &["cli"],
 ];
 

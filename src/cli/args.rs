@@ -92,6 +92,17 @@ pub struct NodeArgs {
     /// node keeps a copy for another whose owner stopped renewing, e.g. 30d.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration, global = true)]
     pub lease: std::time::Duration,
+
+    /// Serve files over HTTP on this address, e.g. 127.0.0.1:8080: GET and
+    /// HEAD /dfs/<ticket> with byte ranges, and uploads (POST /dfs, PUT
+    /// /dfs/<name>) when the address is a loopback one. A ticket in a URL
+    /// is a read capability.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+
+    /// Accept uploads on an --http address that is not a loopback one.
+    #[arg(long, requires = "http")]
+    pub http_upload: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +124,10 @@ pub enum Command {
         /// Replace OUT if it is an existing file.
         #[arg(long)]
         force: bool,
+        /// Only these bytes: START-END (both included), START- (to the end)
+        /// or -N (the last N); only the blocks that cover them are fetched.
+        #[arg(long, value_name = "START-END")]
+        range: Option<crate::export::ByteRange>,
     },
     /// Show how many nodes hold a file now, how many its owner wants, and
     /// when it was last repaired.

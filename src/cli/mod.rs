@@ -267,7 +267,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let work = async {
         match command {
             Command::Put { file } => put(args, ctx, &file).await,
-            Command::Get { ticket, output, force } => get(args, ctx, ticket, output, force).await,
+            Command::Get { ticket, output, force, range } => {
+                get(args, ctx, ticket, output, force, range).await
+            }
             Command::Status { target } => status(args, target).await,
             Command::Providers { target } => providers(args, target).await,
             Command::Id => id(args),
@@ -324,6 +326,26 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
     output::status(&format!("peer id: {}", node.peer_id()));
     for addr in node.listen_addrs().await {
         output::status(&format!("listening on {addr}"));
+    }
+    if let Some(addr) = args.http {
+        let listener = match crate::gateway::bind(addr).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                node.shutdown().await;
+                return Err(Failure::Error(e));
+            }
+        };
+        let bound = listener.local_addr().unwrap_or(addr);
+        let loopback = crate::gateway::is_loopback(&bound);
+        if !loopback {
+            output::status(&format!(
+                "warning: the HTTP gateway on {bound} is reachable from other machines, and a \
+                 ticket in a URL lets whoever sees it read the file{}",
+                if args.http_upload { "; uploads are on" } else { "; uploads are off" }
+            ));
+        }
+        output::status(&format!("http gateway on http://{bound}/dfs/<ticket>"));
+        tokio::spawn(crate::gateway::serve(node.clone(), listener, loopback || args.http_upload));
     }
     let interactive = io::stdin().is_terminal();
     if interactive {
@@ -486,13 +508,14 @@ async fn get(
     ticket: crate::Ticket,
     out: Option<PathBuf>,
     force: bool,
+    range: Option<crate::export::ByteRange>,
 ) -> Result<(), Failure> {
     let out = match out {
         Some(path) if path != std::path::Path::new("-") => Output::file(path, force)?,
         _ => Output::Stdout,
     };
     let node = oneshot_node(args, true).await?;
-    let result = transfer::get(&node, ticket, &out, ctx.progress, None).await;
+    let result = transfer::get(&node, ticket, &out, range, ctx.progress, None).await;
     node.shutdown().await;
     let report = result?;
     if let Output::File(path) = &out {

@@ -20,6 +20,7 @@ use tokio::{
 
 use super::{Ctx, Failure, output, transfer};
 use crate::{
+    export::ByteRange,
     node::{Cancel, Node},
     ticket::{Ticket, TicketOrCid},
 };
@@ -42,8 +43,9 @@ pub enum End {
 pub const HELP: &str = "\
 commands:
   put <path>                  store a file; prints its ticket
-  get <ticket> [<out>] [--force]
-                              fetch a file into <out> (--force: replace an existing file), or print it
+  get <ticket> [<out>] [--force] [--range A-B]
+                              fetch a file into <out> (--force: replace an existing file), or print it;
+                              --range: only bytes A to B (A-B, A- or -N, the last N)
   delete <ticket-or-cid>      delete a file here, and the copies this node asked peers to keep
   ls                          files stored here (pinned and cached) with their sizes
   peers                       connected peers and their addresses
@@ -161,7 +163,16 @@ async fn execute(
     let line = line.as_ref().map_err(|e| Failure::Error(e.clone()))?;
     let words = split_words(line).map_err(Failure::Error)?;
     let Some((command, args)) = words.split_first() else { return Ok(Flow::Continue) };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // `get ... --range A-B`: the range, wherever it is among the arguments.
+    let mut range = None;
+    if command == "get"
+        && let Some(at) = args.iter().position(|a| *a == "--range")
+    {
+        let spec = args.get(at + 1).ok_or_else(|| usage("get"))?;
+        range = Some(spec.parse::<ByteRange>().map_err(Failure::Error)?);
+        args.drain(at..at + 2);
+    }
     match (command.as_str(), args.as_slice()) {
         ("put", ["-"]) => {
             return Err(Failure::Error(
@@ -177,13 +188,14 @@ async fn execute(
         }
         ("get", [ticket] | [ticket, "-"]) => {
             let ticket = parse_ticket(ticket)?;
-            transfer::get(node, ticket, &transfer::Output::Stdout, ctx.progress, cancel).await?;
+            let out = transfer::Output::Stdout;
+            transfer::get(node, ticket, &out, range, ctx.progress, cancel).await?;
         }
         ("get", [ticket, out] | [ticket, out, "--force"] | [ticket, "--force", out]) => {
             let force = args.contains(&"--force");
             let ticket = parse_ticket(ticket)?;
             let out = transfer::Output::file(PathBuf::from(out), force)?;
-            let report = transfer::get(node, ticket, &out, ctx.progress, cancel).await?;
+            let report = transfer::get(node, ticket, &out, range, ctx.progress, cancel).await?;
             if let transfer::Output::File(path) = &out {
                 output::status(&transfer::get_summary(path, &report));
             }
@@ -253,7 +265,7 @@ fn parse_target(s: &str) -> Result<TicketOrCid, Failure> {
 fn usage(command: &str) -> Failure {
     let form = match command {
         "put" => "put <path>",
-        "get" => "get <ticket> [<out>]",
+        "get" => "get <ticket> [<out>] [--force] [--range A-B]",
         "delete" | "rm" => "delete <ticket-or-cid>",
         "providers" => "providers <cid-or-ticket>",
         "status" => "status <ticket-or-cid>",

@@ -13,6 +13,7 @@ use std::{
 
 use super::{Failure, output};
 use crate::{
+    export::ByteRange,
     node::{Cancel, GetOptions, GetReport, Node, PutOptions, PutReport},
     ticket::Ticket,
 };
@@ -195,6 +196,7 @@ pub async fn get(
     node: &Node,
     ticket: Ticket,
     out: &Output,
+    range: Option<ByteRange>,
     progress: bool,
     cancel: Option<Cancel>,
 ) -> Result<GetReport, Failure> {
@@ -203,7 +205,13 @@ pub async fn get(
             let progress = progress && !io::stdout().is_terminal();
             let bar = output::Progress::new(progress, "get", &short_cid(&ticket), None);
             let writer = Box::new(BufWriter::with_capacity(1 << 16, io::stdout()));
-            let options = GetOptions { progress: bar.callback(), output_dir: None, cancel };
+            let options = GetOptions {
+                progress: bar.callback(),
+                output_dir: None,
+                cancel,
+                range,
+                read_ahead: None,
+            };
             let report = node.get_with(ticket, writer, options).await?;
             bar.finish();
             Ok(report)
@@ -234,7 +242,13 @@ pub async fn get(
             let bar = output::Progress::new(progress, "get", &shown, None);
             let writer = Box::new(BufWriter::with_capacity(1 << 16, file));
             let output_dir = Some(parent_dir(path).to_path_buf());
-            let options = GetOptions { progress: bar.callback(), output_dir, cancel };
+            let options = GetOptions {
+                progress: bar.callback(),
+                output_dir,
+                cancel,
+                range,
+                read_ahead: None,
+            };
             let report = node.get_with(ticket, writer, options).await?;
             if let Some((mut part, target)) = part {
                 fs::rename(&part.path, &target)
