@@ -270,3 +270,62 @@ fn ffmpeg_seeks_in_a_video_through_a_gateway_that_does_not_hold_it() {
     eprintln!("ffprobe and a seek to 20 s fetched {fetched} of the {whole} blocks");
     gateway.stop();
 }
+
+/// Readers at once each get their bytes; a reader that goes away mid-file
+/// stops the gateway's fetches within a second.
+#[test]
+fn concurrent_readers_and_a_reader_that_leaves() {
+    if !have("curl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("big.bin");
+    let bytes = data(80 * MIB, 17);
+    fs::write(&file, &bytes).unwrap();
+    let (_holder, mut gateway, ticket, url) = network(tmp.path(), &file);
+    let dfs = format!("{url}/dfs/{ticket}");
+
+    // Eight readers of eight different ranges at once.
+    let readers: Vec<_> = (0..8usize)
+        .map(|i| {
+            let dir = tmp.path().join(format!("reader{i}"));
+            fs::create_dir_all(&dir).unwrap();
+            let (start, end) = (i * 5 * MIB + 1000, i * 5 * MIB + 2 * MIB + 999);
+            let dfs = dfs.clone();
+            std::thread::spawn(move || {
+                let a = curl(&dir, &["-H", &format!("Range: bytes={start}-{end}"), &dfs]);
+                (a.status, a.body, start, end)
+            })
+        })
+        .collect();
+    for reader in readers {
+        let (status, body, start, end) = reader.join().unwrap();
+        assert_eq!(status, 206);
+        assert!(body == bytes[start..=end], "range {start}-{end}");
+    }
+
+    // A slow reader of the rest, killed once the gateway has fetched some.
+    let before = block_files(&gateway.data_dir);
+    let mut slow = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--limit-rate", "1M", "-H", "Range: bytes=41943040-", &dfs])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + STEP;
+    while block_files(&gateway.data_dir) < before + 2 {
+        assert!(std::time::Instant::now() < deadline, "the slow reader fetched nothing");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    let at_kill = block_files(&gateway.data_dir);
+    let left = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let settled = block_files(&gateway.data_dir);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let later = block_files(&gateway.data_dir);
+    assert_eq!(settled, later, "fetches went on {:?} after the reader left", left.elapsed());
+    // The 40 chunks it asked for, less what was in flight or read ahead
+    // (8 leaves, 4 waiting): most were never fetched.
+    assert!(later - at_kill < 20, "{} blocks fetched after the reader left", later - at_kill);
+    gateway.stop();
+}
