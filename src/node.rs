@@ -523,10 +523,15 @@ impl Node {
             source.commit()?;
             let size = exported?;
             if range.is_some() && !(source.fetched() == 0 && complete) {
-                // Part of the file: its blocks stay until the next
-                // collection; a later get needs only the rest.
+                // Part of the file: cached as such (evicted like any cached
+                // root), so that a later get needs only the rest. The
+                // writer's guard still covers the blocks.
+                if !complete {
+                    store.cache_partial(&root, store.present_size(&root))?;
+                }
                 source.finish()?;
-                return Ok((size, source.fetched(), Vec::new()));
+                let evicted = store.enforce_cache_limit()?;
+                return Ok((size, source.fetched(), evicted));
             }
             if source.fetched() == 0 && complete {
                 source.finish()?;

@@ -762,3 +762,33 @@ async fn provider_records_are_published_again_before_they_expire() {
     })
     .await
 }
+
+/// A range read fetches only the blocks that cover the range, and keeps
+/// them as a part cached (through a collection), so that a later get
+/// fetches only the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_read_fetches_its_blocks_and_a_later_get_only_the_rest() {
+    run(async {
+        let nodes = star(2, 1).await;
+        let bytes = data(10 * CHUNK + 5, 61);
+        let ticket = put(&nodes[0].node, &bytes).await.ticket;
+        let whole = dag_blocks(&nodes[0].node, &ticket.root);
+        let sink = Sink::default();
+        let options = dfs_p2p::node::GetOptions {
+            range: Some(dfs_p2p::export::ByteRange::FromTo(3 * CHUNK as u64 - 1, 3 * CHUNK as u64)),
+            ..Default::default()
+        };
+        let part = nodes[1].node.get_with(ticket.clone(), Box::new(sink.clone()), options).await;
+        let part = part.unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), &bytes[3 * CHUNK - 1..=3 * CHUNK]);
+        assert!(part.from_network < whole / 2, "{} of {whole} blocks", part.from_network);
+        let listed = nodes[1].node.ls();
+        assert!(listed.iter().any(|r| r.root == ticket.root && r.partial), "{listed:?}");
+        nodes[1].node.gc().await.unwrap();
+        let (got, rest) = get(&nodes[1].node, &ticket).await.unwrap();
+        assert_eq!(got, bytes);
+        assert_eq!(rest.from_network + part.from_network, whole, "blocks fetched twice");
+        assert!(!nodes[1].node.ls()[0].partial);
+    })
+    .await
+}

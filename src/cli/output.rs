@@ -106,6 +106,7 @@ pub fn roots_table(roots: &[RootInfo]) -> String {
         .map(|r| {
             let kind = match r.kind {
                 PinKind::Pinned => "pinned",
+                PinKind::Cached if r.partial => "part cached",
                 PinKind::Cached => "cached",
             };
             let mut owners: Vec<String> = r.owners.iter().map(ToString::to_string).collect();

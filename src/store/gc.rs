@@ -310,6 +310,8 @@ impl Store {
     /// Every block reachable from the index's roots. A root whose DAG
     /// cannot be read whole keeps what can be reached of it.
     fn mark(&self) -> Frontier {
+        let partial: std::collections::HashSet<cid::Cid> =
+            self.roots().into_iter().filter(|r| r.partial).map(|r| r.root).collect();
         let roots = self.root_cids();
         let mut frontier = Frontier::new_empty(u64::MAX);
         for root in roots {
@@ -321,6 +323,8 @@ impl Store {
                 let links = self.get(&cid).and_then(|bytes| Node::decode(&cid, &bytes));
                 match links.and_then(|node| frontier.push_links(depth, &node.links)) {
                     Ok(()) => {}
+                    // A range read keeps the part it fetched.
+                    Err(_) if partial.contains(&root) => {}
                     Err(e) => tracing::warn!("root {root} is incomplete: {e}"),
                 }
             }

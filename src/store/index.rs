@@ -73,6 +73,9 @@ pub struct RootInfo {
     /// Unix seconds of the last repair this node made of the root; 0 if
     /// none.
     pub repaired: u64,
+    /// A cached root of which only some blocks are here (a range read):
+    /// `size` counts those. Never provided; a get fetches the rest.
+    pub partial: bool,
 }
 
 impl RootInfo {
@@ -119,6 +122,8 @@ struct PinRecord {
     leases: Vec<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     repaired: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    partial: bool,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -154,6 +159,7 @@ impl Store {
                 replicas: 0,
                 leases: Vec::new(),
                 repaired: 0,
+                partial: false,
             });
             if kind == PinKind::Pinned {
                 entry.kind = PinKind::Pinned;
@@ -164,6 +170,7 @@ impl Store {
                 }
             }
             entry.size = size;
+            entry.partial = false;
             entry.last_access = now;
             entry.clone()
         };
@@ -228,6 +235,42 @@ impl Store {
         };
         self.save_index(true)?;
         Ok(info)
+    }
+
+    /// Records `root` as cached in part (a range read), unless the index
+    /// holds it already; `size` is the bytes of its blocks here. The blocks
+    /// must be covered by a writer or guard the caller holds.
+    pub fn cache_partial(&self, root: &Cid, size: u64) -> Result<()> {
+        {
+            let mut roots = self.roots_lock();
+            let now = unix_now();
+            match roots.get_mut(root) {
+                Some(entry) if entry.partial => {
+                    entry.size = size;
+                    entry.last_access = now;
+                }
+                Some(entry) => entry.last_access = now,
+                None => {
+                    roots.insert(
+                        *root,
+                        RootInfo {
+                            root: *root,
+                            kind: PinKind::Cached,
+                            owners: Vec::new(),
+                            local: false,
+                            size,
+                            last_access: now,
+                            file: None,
+                            replicas: 0,
+                            leases: Vec::new(),
+                            repaired: 0,
+                            partial: true,
+                        },
+                    );
+                }
+            }
+        }
+        self.save_index(false)
     }
 
     /// Records the copies this node's own put of `root` asked for.
@@ -451,6 +494,7 @@ impl Store {
                         replicas: r.replicas,
                         leases,
                         repaired: r.repaired,
+                        partial: r.partial && r.kind == PinKind::Cached,
                     },
                 ))
             })
@@ -486,6 +530,7 @@ impl Store {
                         .map(|l| data_encoding::HEXLOWER.encode(&l.encode()))
                         .collect(),
                     repaired: r.repaired,
+                    partial: r.partial,
                 })
                 .collect()
         };

@@ -48,6 +48,24 @@ impl Store {
         Ok((blocks, bytes))
     }
 
+    /// Bytes of the blocks of the DAG under `root` that are on disk (the
+    /// part a range read fetched); what is missing is skipped.
+    pub fn present_size(&self, root: &Cid) -> u64 {
+        let mut frontier = Frontier::new(*root, u64::MAX);
+        let mut bytes = 0;
+        while let Some((cid, depth)) = frontier.pop() {
+            let Ok(meta) = std::fs::metadata(self.block_path(&cid)) else { continue };
+            bytes += meta.len();
+            if cid.codec() == DAG_CBOR
+                && let Ok(node) = self.get(&cid).and_then(|b| Node::decode(&cid, &b))
+                && frontier.push_links(depth, &node.links).is_err()
+            {
+                break;
+            }
+        }
+        bytes
+    }
+
     /// Whether every block of the DAG under `root` is on disk (structure
     /// nodes are read and verified; leaves are only checked to exist).
     pub fn is_complete(&self, root: &Cid) -> bool {
