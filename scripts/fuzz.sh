@@ -23,7 +23,7 @@ if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 toolchain=${FUZZ_TOOLCHAIN:-nightly}
-read -r -a targets <<<"${FUZZ_TARGETS:-request_frame response_frame structure_node sealed_part ticket}"
+read -r -a targets <<<"${FUZZ_TARGETS:-request_frame response_frame structure_node sealed_part ticket signed_record}"
 
 # ---- tools ------------------------------------------------------------------
 if ! cargo "+$toolchain" fuzz --version >/dev/null 2>&1; then

@@ -24,6 +24,7 @@ use crate::{
     crypto::{self, Domain, Key},
     dag::{self, MAX_LINKS_LIMIT, MAX_NAME_LEN, Node},
     error::Error,
+    lease::{DeleteRecord, Lease},
     net::codec::{
         self, ErrorCode, FileCodec, MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE, RequestFrame, Response,
         STREAM_PROTOCOL,
@@ -42,6 +43,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("structure_node", structure_node),
     ("sealed_part", sealed_part),
     ("ticket", ticket),
+    ("signed_record", signed_record),
 ];
 
 /// The key [`sealed_part`] seals its input with.
@@ -242,4 +244,56 @@ pub fn ticket(data: &[u8]) {
             }
         }
     }
+}
+
+/// A lease (as `Replicate` carries it) or a delete record (as a DHT value):
+/// whatever decodes has a valid signature, is in its one encoding, and a
+/// delete record belongs under the key made from its own root and signer.
+/// Inputs are signed with a fixed key when they are long enough, so that
+/// the fuzzer reaches past the signature check.
+pub fn signed_record(data: &[u8]) {
+    if let Ok(lease) = Lease::decode(data) {
+        assert_eq!(lease.encode(), data, "a lease is not in its one encoding");
+        assert!(lease.replicas > 0 && lease.expires > lease.issued);
+        let _ = lease.check(&lease.root, lease.issued);
+    }
+    if let Ok(record) = DeleteRecord::decode(data) {
+        assert_eq!(record.encode(), data, "a delete record is not in its one encoding");
+        let key = DeleteRecord::dht_key(&record.root, &record.owner());
+        let now = record.deleted;
+        assert_eq!(DeleteRecord::from_dht(&key, data, now).as_ref(), Ok(&record));
+        let mut other = key.clone();
+        if let Some(last) = other.last_mut() {
+            *last ^= 1;
+        }
+        assert!(DeleteRecord::from_dht(&other, data, now).is_err(), "a record under any key");
+    }
+    // The same bytes as fields of a record signed for real.
+    if data.len() >= 1 + 36 + 16 {
+        let owner = fuzz_owner();
+        let Ok(root) = block::cid_from_bytes(&data[1..37]) else { return };
+        if root.codec() != DAG_CBOR {
+            return;
+        }
+        let word = |at: usize| u64::from_be_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+        let a = word(37).min(u64::MAX - 1);
+        let b = word(45).max(a + 1);
+        if let Ok(lease) = Lease::issue_at(owner, root, data[0].max(1), a, b) {
+            assert_eq!(Lease::decode(&lease.encode()).as_ref(), Ok(&lease));
+        }
+        if let Ok(record) = DeleteRecord::issue_at(owner, root, a, b) {
+            assert_eq!(DeleteRecord::decode(&record.encode()).as_ref(), Ok(&record));
+        }
+    }
+}
+
+/// The key [`signed_record`] signs with: Ed25519 from 32 bytes of 0x01.
+fn fuzz_owner() -> &'static libp2p::identity::Keypair {
+    static OWNER: OnceLock<libp2p::identity::Keypair> = OnceLock::new();
+    OWNER.get_or_init(|| {
+        let mut secret = [1u8; 32];
+        let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut secret)
+            .expect("32 bytes are a secret key");
+        libp2p::identity::ed25519::Keypair::from(secret).into()
+    })
 }

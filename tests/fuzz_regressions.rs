@@ -15,7 +15,7 @@ use std::{
 };
 
 use cid::Cid;
-use dfs_p2p::lease::Lease;
+use dfs_p2p::lease::{DeleteRecord, Lease};
 use dfs_p2p::{
     Ticket,
     block::{self, BlockBuf, DAG_CBOR, RAW},
@@ -207,6 +207,18 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add("ticket", "root_cid", tree.ticket.root.to_string().into_bytes());
     add("ticket", "leaf_cid", leaf.to_string().into_bytes());
     add("ticket", "cid_v0", b"QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG".to_vec());
+    let owner = {
+        let mut secret = [1u8; 32];
+        let secret = ed25519::SecretKey::try_from_bytes(&mut secret).unwrap();
+        Keypair::from(ed25519::Keypair::from(secret))
+    };
+    let lease = Lease::issue_at(&owner, root, 3, 1_767_225_600, 1_769_817_600).unwrap();
+    add("signed_record", "lease", lease.encode());
+    let record = DeleteRecord::issue_at(&owner, root, 1_767_312_000, 1_769_904_000).unwrap();
+    add("signed_record", "delete", record.encode());
+    let mut tampered = lease.encode();
+    tampered[37] = 9;
+    add("signed_record", "lease_tampered", tampered);
     assert_eq!(hello.ticket.root.codec(), DAG_CBOR);
     seeds
 }

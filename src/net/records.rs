@@ -288,6 +288,48 @@ mod tests {
     }
 
     #[test]
+    fn only_delete_records_that_check_out_are_stored() {
+        use crate::lease::DeleteRecord;
+        use libp2p::identity::Keypair;
+        let mut store = ProviderRecords::new(PeerId::random());
+        let root = crate::block::cid_of(crate::block::DAG_CBOR, b"root");
+        let owner = Keypair::generate_ed25519();
+        let owner_id = owner.public().to_peer_id();
+        let record = DeleteRecord::issue(&owner, root, Duration::from_secs(3600)).unwrap();
+        let value = record.encode();
+        let at = |key: Vec<u8>, value: Vec<u8>| Record::new(RecordKey::new(&key), value);
+        let sender = PeerId::random();
+        // Under another owner's key, or altered, or not a record at all.
+        let stranger = PeerId::random();
+        assert!(
+            store
+                .put_from(sender, at(DeleteRecord::dht_key(&root, &stranger), value.clone()))
+                .is_err()
+        );
+        let mut altered = value.clone();
+        altered[40] ^= 1;
+        assert!(
+            store.put_from(sender, at(DeleteRecord::dht_key(&root, &owner_id), altered)).is_err()
+        );
+        assert!(store.put_from(sender, at(b"anything".to_vec(), b"x".to_vec())).is_err());
+        assert_eq!(store.value_count(), 0);
+        // The real one, kept no longer than it asks.
+        let key = DeleteRecord::dht_key(&root, &owner_id);
+        store.put_from(sender, at(key.clone(), value)).unwrap();
+        let kept = store.get(&RecordKey::new(&key)).unwrap();
+        assert!(kept.expires.unwrap() <= Instant::now() + Duration::from_secs(3600));
+        // One sender's share.
+        for i in 0..MAX_VALUE_RECORDS_PER_PEER + 5 {
+            let root = crate::block::cid_of(crate::block::DAG_CBOR, &i.to_be_bytes());
+            let r = DeleteRecord::issue(&owner, root, Duration::from_secs(60)).unwrap();
+            let _ = store.put_from(sender, at(DeleteRecord::dht_key(&root, &owner_id), r.encode()));
+        }
+        assert_eq!(store.value_count(), MAX_VALUE_RECORDS_PER_PEER);
+        store.remove_expired(Instant::now() + Duration::from_secs(7200));
+        assert_eq!(store.value_count(), 0);
+    }
+
+    #[test]
     fn foreign_records_are_capped_apart_from_own_ones() {
         let local = PeerId::random();
         let mut store = ProviderRecords::new(local);
