@@ -71,8 +71,7 @@ pub struct Lease {
     /// Unix seconds, by the owner's clock.
     pub issued: u64,
     pub expires: u64,
-    owner_key: [u8; KEY_LEN],
-    signature: [u8; SIG_LEN],
+    seal: Seal,
 }
 
 impl Lease {
@@ -96,43 +95,30 @@ impl Lease {
         issued: u64,
         expires: u64,
     ) -> Result<Lease, RecordError> {
-        let key = ed25519_of(owner)?;
-        let mut lease = Lease {
-            root,
-            replicas,
-            issued,
-            expires,
-            owner_key: key.public().to_bytes(),
-            signature: [0; SIG_LEN],
-        };
-        lease.signature = key.sign(&lease.signed_bytes()).try_into().expect("64 bytes");
-        Ok(lease)
+        let fields = Lease::fields(&root, replicas, issued, expires);
+        let seal = Seal::sign(owner, LEASE_CONTEXT, &fields)?;
+        Ok(Lease { root, replicas, issued, expires, seal })
     }
 
     /// The owner, as its peer id.
     pub fn owner(&self) -> PeerId {
-        peer_of(&self.owner_key)
+        self.seal.owner()
     }
 
-    fn body(&self) -> Vec<u8> {
+    /// The bytes before the owner's key.
+    fn fields(root: &Cid, replicas: u8, issued: u64, expires: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(LEASE_LEN);
         out.push(KIND_LEASE);
-        out.extend_from_slice(&self.root.to_bytes());
-        out.push(self.replicas);
-        out.extend_from_slice(&self.issued.to_be_bytes());
-        out.extend_from_slice(&self.expires.to_be_bytes());
-        out.extend_from_slice(&self.owner_key);
+        out.extend_from_slice(&root.to_bytes());
+        out.push(replicas);
+        out.extend_from_slice(&issued.to_be_bytes());
+        out.extend_from_slice(&expires.to_be_bytes());
         out
-    }
-
-    fn signed_bytes(&self) -> Vec<u8> {
-        [LEASE_CONTEXT, &self.body()].concat()
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = self.body();
-        out.extend_from_slice(&self.signature);
-        out
+        let fields = Lease::fields(&self.root, self.replicas, self.issued, self.expires);
+        self.seal.append_to(fields)
     }
 
     /// Parses a lease and checks its signature (not its times: see
@@ -143,19 +129,13 @@ impl Lease {
             return Err(malformed());
         }
         let root = root_at(&bytes[1..37]).ok_or_else(malformed)?;
-        let lease = Lease {
-            root,
-            replicas: bytes[37],
-            issued: u64_at(&bytes[38..46]),
-            expires: u64_at(&bytes[46..54]),
-            owner_key: bytes[54..86].try_into().expect("32 bytes"),
-            signature: bytes[86..150].try_into().expect("64 bytes"),
-        };
-        if lease.replicas == 0 || lease.expires <= lease.issued {
+        let (replicas, issued, expires) =
+            (bytes[37], u64_at(&bytes[38..46]), u64_at(&bytes[46..54]));
+        if replicas == 0 || expires <= issued {
             return Err(malformed());
         }
-        verify(&lease.owner_key, &lease.signed_bytes(), &lease.signature)?;
-        Ok(lease)
+        let seal = Seal::read(LEASE_CONTEXT, &bytes[..54], &bytes[54..])?;
+        Ok(Lease { root, replicas, issued, expires, seal })
     }
 
     /// Whether a holder may hold a replica of `root` under this lease at
@@ -190,8 +170,7 @@ pub struct DeleteRecord {
     /// Until when the record is kept: the end of the last lease the owner
     /// may have granted before the delete.
     pub keep_until: u64,
-    owner_key: [u8; KEY_LEN],
-    signature: [u8; SIG_LEN],
+    seal: Seal,
 }
 
 impl DeleteRecord {
@@ -208,40 +187,27 @@ impl DeleteRecord {
         deleted: u64,
         keep_until: u64,
     ) -> Result<DeleteRecord, RecordError> {
-        let key = ed25519_of(owner)?;
-        let mut record = DeleteRecord {
-            root,
-            deleted,
-            keep_until,
-            owner_key: key.public().to_bytes(),
-            signature: [0; SIG_LEN],
-        };
-        record.signature = key.sign(&record.signed_bytes()).try_into().expect("64 bytes");
-        Ok(record)
+        let fields = DeleteRecord::fields(&root, deleted, keep_until);
+        let seal = Seal::sign(owner, DELETE_CONTEXT, &fields)?;
+        Ok(DeleteRecord { root, deleted, keep_until, seal })
     }
 
     pub fn owner(&self) -> PeerId {
-        peer_of(&self.owner_key)
+        self.seal.owner()
     }
 
-    fn body(&self) -> Vec<u8> {
+    /// The bytes before the owner's key.
+    fn fields(root: &Cid, deleted: u64, keep_until: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(DELETE_RECORD_LEN);
         out.push(KIND_DELETE);
-        out.extend_from_slice(&self.root.to_bytes());
-        out.extend_from_slice(&self.deleted.to_be_bytes());
-        out.extend_from_slice(&self.keep_until.to_be_bytes());
-        out.extend_from_slice(&self.owner_key);
+        out.extend_from_slice(&root.to_bytes());
+        out.extend_from_slice(&deleted.to_be_bytes());
+        out.extend_from_slice(&keep_until.to_be_bytes());
         out
-    }
-
-    fn signed_bytes(&self) -> Vec<u8> {
-        [DELETE_CONTEXT, &self.body()].concat()
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = self.body();
-        out.extend_from_slice(&self.signature);
-        out
+        self.seal.append_to(DeleteRecord::fields(&self.root, self.deleted, self.keep_until))
     }
 
     /// Parses a record and checks its signature.
@@ -250,18 +216,13 @@ impl DeleteRecord {
         if bytes.len() != DELETE_RECORD_LEN || bytes[0] != KIND_DELETE {
             return Err(malformed());
         }
-        let record = DeleteRecord {
-            root: root_at(&bytes[1..37]).ok_or_else(malformed)?,
-            deleted: u64_at(&bytes[37..45]),
-            keep_until: u64_at(&bytes[45..53]),
-            owner_key: bytes[53..85].try_into().expect("32 bytes"),
-            signature: bytes[85..149].try_into().expect("64 bytes"),
-        };
-        if record.keep_until <= record.deleted {
+        let root = root_at(&bytes[1..37]).ok_or_else(malformed)?;
+        let (deleted, keep_until) = (u64_at(&bytes[37..45]), u64_at(&bytes[45..53]));
+        if keep_until <= deleted {
             return Err(malformed());
         }
-        verify(&record.owner_key, &record.signed_bytes(), &record.signature)?;
-        Ok(record)
+        let seal = Seal::read(DELETE_CONTEXT, &bytes[..53], &bytes[53..])?;
+        Ok(DeleteRecord { root, deleted, keep_until, seal })
     }
 
     /// The DHT key of `owner`'s delete record for `root`:
@@ -289,19 +250,48 @@ impl DeleteRecord {
     }
 }
 
-fn ed25519_of(owner: &Keypair) -> Result<ed25519::Keypair, RecordError> {
-    owner.clone().try_into_ed25519().map_err(|_| RecordError::NotEd25519)
+/// The end of a signed record: the owner's Ed25519 public key, then its
+/// signature of a context string, the record's fields and that key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seal {
+    owner_key: [u8; KEY_LEN],
+    signature: [u8; SIG_LEN],
 }
 
-fn peer_of(key: &[u8; KEY_LEN]) -> PeerId {
-    let public = ed25519::PublicKey::try_from_bytes(key).expect("checked when decoded or made");
-    PeerId::from_public_key(&PublicKey::from(public))
-}
+impl Seal {
+    fn sign(owner: &Keypair, context: &[u8], fields: &[u8]) -> Result<Seal, RecordError> {
+        let key = owner.clone().try_into_ed25519().map_err(|_| RecordError::NotEd25519)?;
+        let owner_key = key.public().to_bytes();
+        let signed = [context, fields, &owner_key].concat();
+        Ok(Seal { owner_key, signature: key.sign(&signed).try_into().expect("64 bytes") })
+    }
 
-fn verify(key: &[u8; KEY_LEN], message: &[u8], signature: &[u8]) -> Result<(), RecordError> {
-    let public =
-        ed25519::PublicKey::try_from_bytes(key).map_err(|_| RecordError::Malformed("key"))?;
-    if public.verify(message, signature) { Ok(()) } else { Err(RecordError::BadSignature) }
+    /// The seal in `tail` (exactly a key and a signature), checked against
+    /// `fields`.
+    fn read(context: &[u8], fields: &[u8], tail: &[u8]) -> Result<Seal, RecordError> {
+        let (key, signature) = tail.split_at(KEY_LEN);
+        let public =
+            ed25519::PublicKey::try_from_bytes(key).map_err(|_| RecordError::Malformed("key"))?;
+        if !public.verify(&[context, fields, key].concat(), signature) {
+            return Err(RecordError::BadSignature);
+        }
+        Ok(Seal {
+            owner_key: key.try_into().expect("32 bytes"),
+            signature: signature.try_into().expect("64 bytes"),
+        })
+    }
+
+    fn append_to(&self, mut fields: Vec<u8>) -> Vec<u8> {
+        fields.extend_from_slice(&self.owner_key);
+        fields.extend_from_slice(&self.signature);
+        fields
+    }
+
+    fn owner(&self) -> PeerId {
+        let public =
+            ed25519::PublicKey::try_from_bytes(&self.owner_key).expect("checked when read or made");
+        PeerId::from_public_key(&PublicKey::from(public))
+    }
 }
 
 fn root_at(bytes: &[u8]) -> Option<Cid> {

@@ -490,14 +490,9 @@ impl Node {
                 .await
                 .map_err(|_| NodeError::Stopped)?
         };
-        if !complete {
-            self.wait_for_first_peer().await;
-        }
         // A complete local copy needs the network only to repair a block
         // that turns out corrupt: then discovery starts on demand.
-        let providers = ProviderSet::new(root, !complete);
-        let discovery =
-            tokio::spawn(discover::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
+        let (providers, discovery) = self.discovery(root, complete).await;
         let (net, rt) = (self.inner.net.clone(), tokio::runtime::Handle::current());
         let set = providers.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -550,8 +545,8 @@ impl Node {
         discovery.abort();
         let (size, from_network, evicted) = match result {
             Ok(done) => done,
-            Err(Error::Source(_)) if providers.ever_found() == 0 => {
-                return Err(NodeError::NotFound { root });
+            Err(e @ Error::Source(_)) if providers.ever_found() == 0 => {
+                return Err(not_found_or(e, root, &providers));
             }
             Err(e) => {
                 // What arrived belongs to no root yet: a get that runs again
@@ -583,12 +578,7 @@ impl Node {
                 .await
                 .map_err(|_| NodeError::Stopped)?
         };
-        if !here {
-            self.wait_for_first_peer().await;
-        }
-        let providers = ProviderSet::new(root, !here);
-        let discovery =
-            tokio::spawn(discover::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
+        let (providers, discovery) = self.discovery(root, here).await;
         let (net, rt, set) =
             (self.inner.net.clone(), tokio::runtime::Handle::current(), providers.clone());
         let ticket = ticket.clone();
@@ -602,13 +592,24 @@ impl Node {
         .await
         .map_err(|_| NodeError::Stopped)?;
         discovery.abort();
-        match opened {
-            Ok(meta) => Ok(meta),
-            Err(Error::Source(_)) if providers.ever_found() == 0 => {
-                Err(NodeError::NotFound { root })
-            }
-            Err(e) => Err(e.into()),
+        opened.map_err(|e| not_found_or(e, root, &providers))
+    }
+
+    /// The providers of `root` and the task that discovers them: at once
+    /// unless the root is `here` (then on demand, to repair a corrupt
+    /// block), after waiting a little for a first peer if it is not.
+    async fn discovery(
+        &self,
+        root: Cid,
+        here: bool,
+    ) -> (Arc<ProviderSet>, tokio::task::JoinHandle<()>) {
+        if !here {
+            self.wait_for_first_peer().await;
         }
+        let providers = ProviderSet::new(root, !here);
+        let task =
+            tokio::spawn(discover::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
+        (providers, task)
     }
 
     /// Deletes the local copy, publishes this node's signed delete record
@@ -776,6 +777,15 @@ fn check_space(
         }
     }
     Ok(meta)
+}
+
+/// A fetch that failed before any provider was found: the content is
+/// nowhere to be had; otherwise the failure itself.
+fn not_found_or(e: Error, root: Cid, providers: &ProviderSet) -> NodeError {
+    match e {
+        Error::Source(_) if providers.ever_found() == 0 => NodeError::NotFound { root },
+        e => e.into(),
+    }
 }
 
 /// A range read needs room for its own bytes only.

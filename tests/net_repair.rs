@@ -118,6 +118,15 @@ async fn until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Runs `rounds` repair rounds on every node, one node after the other.
+async fn repair_rounds(nodes: &[TestNode], rounds: usize) {
+    for _ in 0..rounds {
+        for n in nodes {
+            n.node.repair_round().await;
+        }
+    }
+}
+
 async fn stop_where(nodes: &mut Vec<TestNode>, peers: &[PeerId]) -> Vec<TempDir> {
     let mut stopped = Vec::new();
     let (gone, kept): (Vec<_>, Vec<_>) = nodes.drain(..).partition(|n| peers.contains(&n.id()));
@@ -236,11 +245,7 @@ async fn a_holder_offline_during_the_delete_drops_its_copy_when_it_returns() {
         nodes.push(back);
         until(SETTLE, "the returning holder drops its copy", || holders(&nodes, &root).is_empty())
             .await;
-        for _ in 0..2 {
-            for n in &nodes {
-                n.node.repair_round().await;
-            }
-        }
+        repair_rounds(&nodes, 2).await;
         assert!(holders(&nodes, &root).is_empty(), "a copy came back");
         let health = nodes[0].node.status(TicketOrCid::Cid(root)).await;
         assert!(health.holders.is_empty(), "{health:?}");
@@ -332,11 +337,7 @@ async fn forged_leases_and_a_strangers_delete_are_refused() {
         let forged = DeleteRecord::issue(&keypair, root, day).unwrap().encode();
         let key = DeleteRecord::dht_key(&root, &owner.id());
         assert!(stranger.node.net().put_record(key, forged, day).await.is_err());
-        for _ in 0..3 {
-            for n in &nodes {
-                n.node.repair_round().await;
-            }
-        }
+        repair_rounds(&nodes, 3).await;
         assert_eq!(holders(&nodes, &root).len(), 3);
         assert_eq!(get(&stranger.node, &ticket).await, bytes);
     })

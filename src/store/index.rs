@@ -79,6 +79,23 @@ pub struct RootInfo {
 }
 
 impl RootInfo {
+    /// A root just entered in the index: no owner, not this node's own yet.
+    fn new(root: Cid, kind: PinKind, size: u64, now: u64) -> RootInfo {
+        RootInfo {
+            root,
+            kind,
+            owners: Vec::new(),
+            local: false,
+            size,
+            last_access: now,
+            file: None,
+            replicas: 0,
+            leases: Vec::new(),
+            repaired: 0,
+            partial: false,
+        }
+    }
+
     /// Copies wanted on the network: the most any owner asks for.
     pub fn target(&self) -> u8 {
         self.leases.iter().map(|l| l.replicas).fold(self.replicas, u8::max)
@@ -148,19 +165,7 @@ impl Store {
         let info = {
             let mut roots = self.roots_lock();
             let now = unix_now();
-            let entry = roots.entry(*root).or_insert(RootInfo {
-                root: *root,
-                kind,
-                owners: Vec::new(),
-                local: false,
-                size,
-                last_access: now,
-                file: None,
-                replicas: 0,
-                leases: Vec::new(),
-                repaired: 0,
-                partial: false,
-            });
+            let entry = roots.entry(*root).or_insert_with(|| RootInfo::new(*root, kind, size, now));
             if kind == PinKind::Pinned {
                 entry.kind = PinKind::Pinned;
                 match owner {
@@ -251,22 +256,11 @@ impl Store {
                 }
                 Some(entry) => entry.last_access = now,
                 None => {
-                    roots.insert(
-                        *root,
-                        RootInfo {
-                            root: *root,
-                            kind: PinKind::Cached,
-                            owners: Vec::new(),
-                            local: false,
-                            size,
-                            last_access: now,
-                            file: None,
-                            replicas: 0,
-                            leases: Vec::new(),
-                            repaired: 0,
-                            partial: true,
-                        },
-                    );
+                    let entry = RootInfo {
+                        partial: true,
+                        ..RootInfo::new(*root, PinKind::Cached, size, now)
+                    };
+                    roots.insert(*root, entry);
                 }
             }
         }
