@@ -69,6 +69,9 @@ pub struct NodeConfig {
     /// while it runs), and the longest it holds a copy for an owner that
     /// does not renew.
     pub lease: Duration,
+    /// What carries the bytes: TCP, or for many nodes in one process
+    /// (`bench dht`) the memory transport.
+    pub wire: behaviour::Wire,
 }
 
 impl NodeConfig {
@@ -86,6 +89,7 @@ impl NodeConfig {
             provider_ttl: behaviour::PROVIDER_TTL,
             repair_interval: repair::REPAIR_INTERVAL,
             lease: repair::LEASE,
+            wire: behaviour::Wire::Tcp,
         }
     }
 }
@@ -248,6 +252,7 @@ impl Node {
                 .map_err(|_| NodeError::Stopped)??;
         let mut swarm = behaviour::build_swarm(
             store.identity().clone(),
+            config.wire,
             !config.listen.is_empty(),
             config.provider_ttl,
         )
@@ -570,13 +575,25 @@ impl Node {
     /// The file's size and name, from its root (fetched, verified and kept
     /// if it is not here), within the time a get takes to give up.
     pub async fn file_meta(&self, ticket: &Ticket) -> Result<crate::dag::FileMeta, NodeError> {
+        self.find_file(ticket).await.0
+    }
+
+    /// [`file_meta`](Self::file_meta), and the providers it found with what
+    /// finding them cost (DHT requests, `Have` probes; a DHT lookup may
+    /// still be ending, see [`Cost::running`](crate::net::event_loop::Cost)):
+    /// the first step of every get, and the lookup `bench dht` measures.
+    pub async fn find_file(
+        &self,
+        ticket: &Ticket,
+    ) -> (Result<crate::dag::FileMeta, NodeError>, Arc<ProviderSet>) {
         let root = ticket.root;
         let store = self.inner.store.clone();
         let here = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.has(&root))
-                .await
-                .map_err(|_| NodeError::Stopped)?
+            match tokio::task::spawn_blocking(move || store.has(&root)).await {
+                Ok(here) => here,
+                Err(_) => return (Err(NodeError::Stopped), ProviderSet::new(root, false)),
+            }
         };
         let (providers, discovery) = self.discovery(root, here).await;
         let (net, rt, set) =
@@ -589,10 +606,13 @@ impl Node {
             source.finish()?;
             opened.map(|(meta, _)| meta)
         })
-        .await
-        .map_err(|_| NodeError::Stopped)?;
+        .await;
         discovery.abort();
-        opened.map_err(|e| not_found_or(e, root, &providers))
+        let meta = match opened {
+            Ok(opened) => opened.map_err(|e| not_found_or(e, root, &providers)),
+            Err(_) => Err(NodeError::Stopped),
+        };
+        (meta, providers)
     }
 
     /// The providers of `root` and the task that discovers them: at once

@@ -509,7 +509,7 @@ async fn dht_finds(
 ) -> (bool, Vec<PeerId>) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let mut found = node.net().find_providers(root).await;
+        let mut found = node.net().find_providers(root, Default::default()).await;
         let mut seen = Vec::new();
         while let Ok(Some(peer)) = tokio::time::timeout_at(deadline, found.recv()).await {
             if peer == provider {

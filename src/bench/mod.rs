@@ -1,22 +1,33 @@
 //! The benchmarks behind `dfs-p2p bench`: [`store`] (import and export
 //! through the local store), [`net`] (a get between two nodes against
-//! [`raw`], one bare libp2p stream over the same transport). They sit
+//! [`raw`], one bare libp2p stream over the same transport), [`dht`]
+//! (lookups among many nodes, before and after churn). They sit
 //! above the node, beside the command line, and nothing below imports
 //! them. This module holds what they measure with: CPU time and peak
 //! resident memory of this process or of a child, and medians.
 
+pub mod dht;
 pub mod net;
 pub mod raw;
 pub mod store;
 
 /// Peak resident set (`VmHWM`) of a process (this one for `None`), in bytes.
 pub fn peak_rss(pid: Option<u32>) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Resident set (`VmRSS`) of this process now, in bytes.
+pub fn rss() -> Option<u64> {
+    status_bytes(None, "VmRSS:")
+}
+
+fn status_bytes(pid: Option<u32>, field: &str) -> Option<u64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/status"),
         None => "/proc/self/status".into(),
     };
     let status = std::fs::read_to_string(path).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

@@ -174,6 +174,30 @@ pub enum BenchCommand {
         #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
         size: u64,
     },
+    /// Lookups among many nodes in this process, before and after churn.
+    Dht {
+        /// Nodes in the network, the bootstrap node included.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(2..=5000))]
+        nodes: u32,
+        /// Files put (4 KiB each, 3 copies).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        files: u32,
+        /// Lookups in each phase [default: 10 per file, at least 1,000]
+        #[arg(long)]
+        lookups: Option<u32>,
+        /// Per cent of the nodes stopped without warning, then replaced.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=90))]
+        churn: u32,
+        /// Seed of the nodes' keys, the files, and every random choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Loopback TCP instead of the in-process memory transport.
+        #[arg(long)]
+        tcp: bool,
+        /// Where the table (dht-N.md) and the plot (dht-N.svg) go.
+        #[arg(long, value_name = "DIR", default_value = "bench-dht")]
+        out: PathBuf,
+    },
     /// The serving end of `bench net`'s raw stream (started by it).
     #[command(hide = true)]
     RawServe,

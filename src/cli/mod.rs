@@ -108,7 +108,10 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    init_logging(cli.verbose);
+    // A thousand nodes in one process would fill the terminal with each
+    // one's put and replica news.
+    let many_nodes = matches!(cli.command, Some(Command::Bench(BenchCommand::Dht { .. })));
+    init_logging(cli.verbose, many_nodes);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -204,8 +207,11 @@ fn missing_subcommand(help: &str) -> String {
 
 /// Logs go to stderr. On a terminal they are short (no timestamp, colour);
 /// elsewhere (files, docker, journald) they carry a timestamp.
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, many_nodes: bool) {
     let default = match verbose {
+        // Nodes stopped at once close many connections whose other end is
+        // gone already: libp2p warns of each.
+        0 if many_nodes => "warn,libp2p_kad=error,libp2p_swarm=error",
         // A lone first node is no fault: kad's "no known peers" is noise.
         0 => "warn,dfs_p2p=info,libp2p_kad=error",
         1 => "warn,dfs_p2p=debug",
@@ -582,6 +588,34 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
             let scratch = ScratchDir::new(None)?;
             let report = crate::bench::net::bench_net(size, &scratch.path).await?;
             output::result(&format!("{report}\n"));
+        }
+        BenchCommand::Dht { nodes, files, lookups, churn, seed, tcp, out } => {
+            use crate::bench::dht;
+            let scratch = ScratchDir::new(None)?;
+            let options = dht::DhtOptions {
+                nodes: nodes as usize,
+                files: files as usize,
+                lookups: lookups.map_or((files as usize * 10).max(1000), |l| l as usize),
+                churn,
+                seed,
+                wire: if tcp {
+                    crate::net::behaviour::Wire::Tcp
+                } else {
+                    crate::net::behaviour::Wire::Memory
+                },
+                dir: scratch.path.clone(),
+            };
+            let started = std::time::Instant::now();
+            let say = move |line: String| {
+                output::status(&format!("[{:5.1} s] {line}", started.elapsed().as_secs_f64()))
+            };
+            let report = dht::bench_dht(options, say).await.map_err(Failure::Error)?;
+            let (table, plot) = dht::write_report(&report, &out).map_err(Failure::Error)?;
+            output::result(&format!(
+                "{report}\n\nwrote {} and {}\n",
+                table.display(),
+                plot.display()
+            ));
         }
         BenchCommand::RawServe => crate::bench::raw::raw_serve().await?,
     }

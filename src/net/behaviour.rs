@@ -7,8 +7,17 @@
 use std::{num::NonZeroUsize, time::Duration};
 
 use libp2p::{
-    StreamProtocol, Swarm, Transport, allow_block_list, connection_limits, core::upgrade, identify,
-    identity::Keypair, kad, noise, ping, request_response, swarm::NetworkBehaviour, tcp, yamux,
+    PeerId, StreamProtocol, Swarm, Transport, allow_block_list, connection_limits,
+    core::{
+        muxing::StreamMuxerBox,
+        transport::{Boxed, MemoryTransport},
+        upgrade,
+    },
+    identify,
+    identity::Keypair,
+    kad, noise, ping, request_response,
+    swarm::NetworkBehaviour,
+    tcp, yamux,
 };
 
 use crate::net::{
@@ -54,6 +63,15 @@ pub const MAX_PENDING_OUTGOING: u32 = 256;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kademlia query timeout (libp2p default 60 s): bounds a provider lookup.
 pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often Kademlia refreshes its routing table (a lookup of the node's
+/// own id, then one in every bucket farther than its closest neighbour:
+/// some 200 requests at 1,000 nodes). Also done by libp2p whenever the
+/// table holds fewer than 20 peers, so on every join. IPFS refreshes every
+/// 10 minutes too. At 2 minutes, with a second refresh of our own every
+/// minute and one more on every join, `bench dht` at 300 nodes spent both
+/// cores on refreshes (155 connections per node 30 s after the joins and
+/// growing, 59 CPU seconds); see the README's DHT section.
+pub const PERIODIC_BOOTSTRAP: Duration = Duration::from_secs(600);
 /// Kademlia's replication factor: the peers a provider record is stored on
 /// and a lookup converges to (libp2p's default, the `k` of the paper).
 pub const KAD_REPLICATION: usize = 20;
@@ -92,7 +110,7 @@ impl Behaviour {
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
             .set_query_timeout(KAD_QUERY_TIMEOUT)
-            .set_periodic_bootstrap_interval(Some(Duration::from_secs(120)))
+            .set_periodic_bootstrap_interval(Some(PERIODIC_BOOTSTRAP))
             .set_provider_record_ttl(Some(provider_ttl))
             // The node publishes its records again itself, on a timer with
             // jitter (node.rs), and only for roots it still holds whole.
@@ -137,30 +155,72 @@ impl Behaviour {
     }
 }
 
-/// Builds the swarm: TCP with nodelay, Noise, Yamux (every connection set up
-/// within [`HANDSHAKE_TIMEOUT`]), DNS, and [`Behaviour`]; Kademlia answers
-/// queries (server mode) only on a node that listens. Records of other
-/// peers are kept `provider_ttl` unless published again.
+/// What carries a node's bytes below Noise and Yamux.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wire {
+    /// TCP (nodelay) with DNS resolution: every real node.
+    #[default]
+    Tcp,
+    /// libp2p's in-process memory transport (`/memory/<port>` addresses),
+    /// for many nodes in one process (`bench dht`): no sockets, no file
+    /// descriptors, no kernel, and everything above the byte pipe (Noise,
+    /// Yamux, the handshake timeout, every protocol and limit) as on TCP.
+    Memory,
+}
+
+/// Builds the swarm: TCP with nodelay (or the memory transport, see
+/// [`Wire`]), Noise, Yamux (every connection set up within
+/// [`HANDSHAKE_TIMEOUT`]), DNS, and [`Behaviour`]; Kademlia answers queries
+/// (server mode) only on a node that listens. Records of other peers are
+/// kept `provider_ttl` unless published again.
 pub fn build_swarm(
     key: Keypair,
+    wire: Wire,
     listens: bool,
     provider_ttl: Duration,
 ) -> Result<Swarm<Behaviour>, String> {
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .upgrade(upgrade::Version::V1Lazy)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default())
-                .timeout(HANDSHAKE_TIMEOUT))
-        })
-        .map_err(|e| format!("cannot set up TCP/Noise/Yamux: {e}"))?
-        .with_dns()
-        .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
-        .with_behaviour(|key| Behaviour::new(key, listens, provider_ttl))
-        .map_err(|e| format!("cannot set up the behaviour: {e}"))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
-        .build();
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
+    let swarm = match wire {
+        Wire::Tcp => builder
+            .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+                Ok(secure(tcp, key)?)
+            })
+            .map_err(|e| format!("cannot set up TCP/Noise/Yamux: {e}"))?
+            .with_dns()
+            .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
+            .with_behaviour(|key| Behaviour::new(key, listens, provider_ttl))
+            .map_err(|e| format!("cannot set up the behaviour: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .build(),
+        Wire::Memory => builder
+            .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(secure(MemoryTransport::default(), key)?)
+            })
+            .map_err(|e| format!("cannot set up Noise/Yamux: {e}"))?
+            .with_behaviour(|key| Behaviour::new(key, listens, provider_ttl))
+            .map_err(|e| format!("cannot set up the behaviour: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .build(),
+    };
     Ok(swarm)
+}
+
+/// Noise and Yamux over `transport`, each connection set up within
+/// [`HANDSHAKE_TIMEOUT`]: the same on every [`Wire`].
+fn secure<T>(transport: T, key: &Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    Ok(transport
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .timeout(HANDSHAKE_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
 }

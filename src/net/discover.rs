@@ -10,9 +10,14 @@ use std::{
 };
 
 use cid::Cid;
-use libp2p::PeerId;
+use libp2p::{PeerId, kad::KBucketKey};
 
-use crate::net::{blocks::rpc_have, event_loop::NetHandle, providers::ProviderSet};
+use crate::net::{
+    behaviour::provider_key,
+    blocks::rpc_have,
+    event_loop::{LookupCost, NetHandle},
+    providers::ProviderSet,
+};
 
 /// Deadline of a `Have` probe sent to a connected peer during discovery.
 pub const HAVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,19 +53,41 @@ pub async fn discover(net: NetHandle, set: Arc<ProviderSet>, seed: Vec<PeerId>) 
 
 async fn discovery_round(net: &NetHandle, set: &Arc<ProviderSet>) {
     let root = set.root();
+    let cost = set.cost_counter();
     let ask_connected = async {
-        let connected = net.peers().await.into_iter().map(|p| p.peer_id);
-        for peer in holders_among(net, connected, root).await {
+        let connected = closest_connected(net, root).await;
+        for peer in holders_among(net, connected, root, cost).await {
             set.add(peer);
         }
     };
-    futures::join!(ask_connected, dht_providers(net, root, |peer| set.add(peer)));
+    futures::join!(ask_connected, dht_providers(net, root, cost, |peer| set.add(peer)));
+}
+
+/// Connected peers asked `Have` by a discovery round: those closest to the
+/// root. Copies are placed on the peers closest to the root, so a connected
+/// holder is most likely among them; asking every connected peer would
+/// cost a request to each (hundreds, in a large network: `bench dht`).
+pub const CONNECTED_PROBES: usize = 8;
+
+/// The connected peers (at most [`CONNECTED_PROBES`]) XOR-closest to `root`.
+async fn closest_connected(net: &NetHandle, root: Cid) -> Vec<PeerId> {
+    let target = KBucketKey::new(provider_key(&root));
+    let mut connected: Vec<PeerId> = net.peers().await.into_iter().map(|p| p.peer_id).collect();
+    connected.sort_by_cached_key(|p| target.distance(&KBucketKey::from(*p)));
+    connected.truncate(CONNECTED_PROBES);
+    connected
 }
 
 /// Looks the provider records of `root` up in the DHT, for at most
-/// [`LOOKUP_TIMEOUT`], handing each provider found to `found`.
-pub async fn dht_providers(net: &NetHandle, root: Cid, mut found: impl FnMut(PeerId)) {
-    let mut providers = net.find_providers(root).await;
+/// [`LOOKUP_TIMEOUT`], handing each provider found to `found` and counting
+/// the requests in `cost`.
+pub async fn dht_providers(
+    net: &NetHandle,
+    root: Cid,
+    cost: &Arc<LookupCost>,
+    mut found: impl FnMut(PeerId),
+) {
+    let mut providers = net.find_providers(root, cost.clone()).await;
     let deadline = tokio::time::sleep(LOOKUP_TIMEOUT);
     tokio::pin!(deadline);
     loop {
@@ -78,14 +105,16 @@ pub async fn dht_providers(net: &NetHandle, root: Cid, mut found: impl FnMut(Pee
 const PROBES_AT_ONCE: usize = 16;
 
 /// The peers among `peers` that answer, within [`HAVE_TIMEOUT`], that they
-/// hold `root`; [`PROBES_AT_ONCE`] asked at a time.
+/// hold `root`; [`PROBES_AT_ONCE`] asked at a time, each counted in `cost`.
 async fn holders_among(
     net: &NetHandle,
     peers: impl IntoIterator<Item = PeerId>,
     root: Cid,
+    cost: &LookupCost,
 ) -> Vec<PeerId> {
     use futures::StreamExt;
     let probes = peers.into_iter().map(|peer| async move {
+        cost.add_probes(1);
         let present = rpc_have(net, peer, vec![root], HAVE_TIMEOUT).await;
         (present.as_deref() == Some(&[true])).then_some(peer)
     });
@@ -100,12 +129,13 @@ async fn holders_among(
 /// there are asked like the connected peers, each once.
 pub async fn find_holders(net: &NetHandle, root: Cid) -> Vec<PeerId> {
     let mut candidates = std::collections::HashSet::new();
+    let cost = Arc::default();
     let (connected, ()) = futures::join!(
-        net.peers(),
-        dht_providers(net, root, |peer| {
+        closest_connected(net, root),
+        dht_providers(net, root, &cost, |peer| {
             candidates.insert(peer);
         })
     );
-    candidates.extend(connected.into_iter().map(|p| p.peer_id));
-    holders_among(net, candidates, root).await
+    candidates.extend(connected);
+    holders_among(net, candidates, root, &cost).await
 }

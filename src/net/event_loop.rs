@@ -10,12 +10,17 @@
 //! queue is answered `Busy` instead of waiting.
 //!
 //! It also runs discovery: it dials the bootstrap addresses at start and
-//! retries those it is not connected to, bootstraps Kademlia periodically,
+//! retries those it is not connected to (Kademlia refreshes itself, see
+//! `behaviour::PERIODIC_BOOTSTRAP`),
 //! feeds Kademlia with the addresses identify reports, and republishes its
 //! provider records when it (re)joins a network.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -44,13 +49,19 @@ pub const COMMAND_QUEUE: usize = 1024;
 pub const INBOUND_QUEUE: usize = 1024;
 /// Providers buffered per provider lookup (more are dropped: they are hints).
 pub const PROVIDER_QUEUE: usize = 256;
+/// Peers that must have answered a provider lookup with providers before
+/// it stops. Every provider publishes its record to the same closest
+/// peers, so one answer lists nearly all of them; a second guards against
+/// one stale or lying record holder. Without this, the lookup goes on until
+/// the [`KAD_REPLICATION`](crate::net::behaviour::KAD_REPLICATION) closest
+/// peers have all answered (`bench dht`: 30 requests instead of 6 at 1,000
+/// nodes).
+pub const PROVIDER_ANSWERS: usize = 2;
 /// Dials of every bootstrap address that fail in a row before a one-shot
 /// command or a get gives up waiting for a peer (a node keeps trying).
 pub const BOOTSTRAP_ATTEMPTS: u32 = 2;
 /// How often unreachable bootstrap addresses are dialed again.
 pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(3);
-/// How often Kademlia is bootstrapped again (besides libp2p's own timer).
-pub const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(60);
 /// Peers whose addresses the loop remembers (beyond Kademlia's table).
 pub const ADDRESS_BOOK_SIZE: usize = 4096;
 
@@ -82,6 +93,17 @@ pub const BLOCK_DURATION: Duration = Duration::from_secs(3600);
 /// the connection of the peer idle longest that the node does not need
 /// (not a bootstrap peer, nothing in flight either way) is closed.
 pub const FREE_CONNECTIONS: usize = 32;
+/// Connections kept open without need: above [`CONNECTIONS_HIGH`], those
+/// idle for [`CONNECTION_GRACE`] are closed, idlest first, down to
+/// [`CONNECTIONS_LOW`]. A DHT node talks to hundreds of peers (a join alone
+/// asks some 400 at 1,000 nodes) and each connection costs some 60 KiB;
+/// kept until their idle timeout they made a full mesh (15 MiB per node at
+/// 1,000 nodes in `bench dht`). Kademlia keeps a peer in its table when its
+/// connection closes and dials it again when it needs it. (IPFS: 32 and 96,
+/// 20 s grace.)
+pub const CONNECTIONS_HIGH: usize = 96;
+pub const CONNECTIONS_LOW: usize = 64;
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(20);
 /// How often the loop cleans up (expired blocks and provider records).
 pub const HOUSEKEEPING: Duration = Duration::from_secs(30);
 
@@ -136,9 +158,15 @@ pub enum Command {
         root: Cid,
     },
     /// Streams the providers of `root` into `found`; closes it when done.
+    /// Dropping the receiver ends the lookup; `cost` counts its requests.
     FindProviders {
         root: Cid,
         found: mpsc::Sender<PeerId>,
+        cost: Arc<LookupCost>,
+    },
+    /// The peers in Kademlia's routing table.
+    RoutingTable {
+        reply: oneshot::Sender<Vec<PeerId>>,
     },
     ClosestPeers {
         key: Vec<u8>,
@@ -252,11 +280,23 @@ impl NetHandle {
     }
 
     /// Starts a DHT lookup of the providers of `root`; they arrive on the
-    /// returned channel, which closes when the lookup ends.
-    pub async fn find_providers(&self, root: Cid) -> mpsc::Receiver<PeerId> {
+    /// returned channel, which closes when the lookup ends (once
+    /// [`PROVIDER_ANSWERS`] peers have answered with providers, or every
+    /// closest peer has answered). Dropping the receiver ends it too. Its
+    /// requests are counted in `cost`.
+    pub async fn find_providers(&self, root: Cid, cost: Arc<LookupCost>) -> mpsc::Receiver<PeerId> {
         let (found, rx) = mpsc::channel(PROVIDER_QUEUE);
-        let _ = self.send(Command::FindProviders { root, found }).await;
+        let _ = self.send(Command::FindProviders { root, found, cost }).await;
         rx
+    }
+
+    /// The peers in this node's Kademlia routing table.
+    pub async fn routing_table(&self) -> Vec<PeerId> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::RoutingTable { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Publishes a value record in the DHT (this node's store first):
@@ -412,6 +452,51 @@ impl Work {
     }
 }
 
+/// What one DHT provider lookup cost, counted by the event loop as it
+/// runs; shared with whoever started it.
+#[derive(Debug, Default)]
+pub struct LookupCost {
+    /// Kademlia requests sent by the lookups.
+    dht_requests: AtomicU32,
+    /// Lookups started and not yet over.
+    running: AtomicU32,
+    /// `Have` probes sent (counted by discovery, see `net::discover`).
+    probes: AtomicU32,
+}
+
+/// A snapshot of a [`LookupCost`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    pub dht_requests: u32,
+    pub probes: u32,
+    /// Lookups still running when it was taken.
+    pub running: u32,
+}
+
+impl LookupCost {
+    pub fn snapshot(&self) -> Cost {
+        Cost {
+            dht_requests: self.dht_requests.load(Ordering::Relaxed),
+            probes: self.probes.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn add_probes(&self, n: u32) {
+        self.probes.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A provider lookup under way.
+struct ProviderQuery {
+    found: mpsc::Sender<PeerId>,
+    cost: Arc<LookupCost>,
+    /// Requests already added to `cost`.
+    counted: u32,
+    /// Peers that answered with providers.
+    answers: usize,
+}
+
 /// A bootstrap address and the peer it led to, once known.
 struct Bootstrap {
     /// The address as given, and without its `/p2p` part.
@@ -446,7 +531,7 @@ pub struct EventLoop {
     /// Requests in flight per peer, and those waiting for room.
     outstanding: HashMap<PeerId, usize>,
     queued: HashMap<PeerId, VecDeque<(Request, Reply)>>,
-    provider_queries: HashMap<QueryId, mpsc::Sender<PeerId>>,
+    provider_queries: HashMap<QueryId, ProviderQuery>,
     closest_queries: HashMap<QueryId, oneshot::Sender<Vec<PeerId>>>,
     put_queries: HashMap<QueryId, oneshot::Sender<Result<usize, String>>>,
     get_queries: HashMap<QueryId, mpsc::Sender<Vec<u8>>>,
@@ -543,10 +628,8 @@ impl EventLoop {
         self.dial_bootstrap();
         self.publish_bootstrap();
         let mut retry = tokio::time::interval(BOOTSTRAP_RETRY);
-        let mut rebootstrap = tokio::time::interval(BOOTSTRAP_INTERVAL);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        rebootstrap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -560,9 +643,6 @@ impl EventLoop {
                 },
                 event = self.swarm.select_next_some() => self.handle_event(event),
                 _ = retry.tick() => self.dial_bootstrap(),
-                _ = rebootstrap.tick() => {
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                }
                 _ = housekeeping.tick() => self.housekeeping(),
             }
         }
@@ -651,11 +731,23 @@ impl EventLoop {
                 });
                 let _ = reply.send((live, store.foreign_count()));
             }
-            Command::FindProviders { root, found } => {
+            Command::FindProviders { root, found, cost } => {
                 if queries < MAX_QUERIES {
                     let id = behaviour.kad.get_providers(provider_key(&root));
-                    self.provider_queries.insert(id, found);
+                    cost.running.fetch_add(1, Ordering::Relaxed);
+                    let query = ProviderQuery { found, cost, counted: 0, answers: 0 };
+                    self.provider_queries.insert(id, query);
                 }
+            }
+            Command::RoutingTable { reply } => {
+                let peers = behaviour
+                    .kad
+                    .kbuckets()
+                    .flat_map(|bucket| {
+                        bucket.iter().map(|entry| *entry.node.key.preimage()).collect::<Vec<_>>()
+                    })
+                    .collect();
+                let _ = reply.send(peers);
             }
             Command::PutRecord { key, value, keep, reply } => {
                 if queries >= MAX_QUERIES {
@@ -758,6 +850,7 @@ impl EventLoop {
 
     /// Ends blocks that are over, and forgets expired provider records.
     fn housekeeping(&mut self) {
+        self.trim_connections();
         let over: Vec<PeerId> = self
             .blocked_at
             .iter()
@@ -768,6 +861,19 @@ impl EventLoop {
             self.unblock(peer);
         }
         self.swarm.behaviour_mut().kad.store_mut().remove_expired(Instant::now());
+        // Lookups nobody listens to any more (each also stops at its next
+        // answer).
+        let abandoned: Vec<QueryId> = self
+            .provider_queries
+            .iter()
+            .filter(|(_, q)| q.found.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in abandoned {
+            if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                query.finish();
+            }
+        }
     }
 
     /// Whether an inbound request of `work` from `peer` fits the budgets;
@@ -838,16 +944,23 @@ impl EventLoop {
         }
     }
 
-    /// When few established connections are left, closes that of the peer
-    /// idle longest among those the node does not need (see
-    /// [`FREE_CONNECTIONS`]).
-    fn keep_connections_free(&mut self) {
+    /// Keeps the connections within bounds: when fewer than
+    /// [`FREE_CONNECTIONS`] are left, closes that of the peer idle longest
+    /// among those the node does not need (not a bootstrap peer, nothing in
+    /// flight either way); above [`CONNECTIONS_HIGH`], closes such
+    /// connections idle for [`CONNECTION_GRACE`] at least, idlest first,
+    /// down to [`CONNECTIONS_LOW`].
+    fn trim_connections(&mut self) {
         let established = self.swarm.network_info().connection_counters().num_established();
-        if (established as usize) + FREE_CONNECTIONS
-            < crate::net::behaviour::MAX_ESTABLISHED as usize
-        {
-            return;
-        }
+        let established = established as usize;
+        let (keep, grace) =
+            if established + FREE_CONNECTIONS >= crate::net::behaviour::MAX_ESTABLISHED as usize {
+                (established - 1, Duration::ZERO)
+            } else if established > CONNECTIONS_HIGH {
+                (CONNECTIONS_LOW, CONNECTION_GRACE)
+            } else {
+                return;
+            };
         let needed: HashSet<PeerId> = self
             .bootstrap
             .iter()
@@ -855,14 +968,16 @@ impl EventLoop {
             .chain(self.outstanding.keys().copied())
             .chain(self.inbound_work.values().map(|(p, _)| *p))
             .collect();
-        let idlest = self
+        let mut idle: Vec<(Instant, PeerId)> = self
             .swarm
             .connected_peers()
             .filter(|p| !needed.contains(p))
-            .min_by_key(|p| self.last_active.get(p).copied())
-            .copied();
-        if let Some(peer) = idlest {
-            tracing::debug!("closing the idle connection of {peer}: few connections left");
+            .map(|p| (self.last_active.get(p).copied().unwrap_or_else(Instant::now), *p))
+            .filter(|(at, _)| at.elapsed() >= grace)
+            .collect();
+        idle.sort_unstable();
+        for (_, peer) in idle.into_iter().take(established.saturating_sub(keep)) {
+            tracing::trace!("closing the idle connection of {peer}: enough connections");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
@@ -934,9 +1049,7 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
                 self.last_active.entry(peer_id).or_insert_with(Instant::now);
-                if endpoint.is_listener() {
-                    self.keep_connections_free();
-                }
+                self.trim_connections();
                 for b in &mut self.bootstrap {
                     if b.dialing == Some(connection_id) || b.peer == Some(peer_id) {
                         b.dialing = None;
@@ -1079,33 +1192,56 @@ impl EventLoop {
         }
     }
 
+    /// A provider lookup progressed: hands on the providers found (dialing
+    /// them while the lookup still knows their addresses), counts its
+    /// requests, and ends it once it has [`PROVIDER_ANSWERS`] answers with
+    /// providers or nobody waits for it.
+    fn provider_progress(
+        &mut self,
+        id: QueryId,
+        providers: HashSet<PeerId>,
+        last: bool,
+        requests: u32,
+    ) {
+        let local = self.local_peer_id();
+        let Some(query) = self.provider_queries.get_mut(&id) else { return };
+        query
+            .cost
+            .dht_requests
+            .fetch_add(requests.saturating_sub(query.counted), Ordering::Relaxed);
+        query.counted = query.counted.max(requests);
+        if providers.iter().any(|p| *p != local) {
+            query.answers += 1;
+        }
+        for p in providers.into_iter().filter(|p| *p != local) {
+            if !self.swarm.is_connected(&p) {
+                let opts = DialOpts::peer_id(p)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+            let _ = query.found.try_send(p);
+        }
+        if last {
+            if let Some(query) = self.provider_queries.remove(&id) {
+                query.cost.running.fetch_sub(1, Ordering::Relaxed);
+            }
+        } else if (query.answers >= PROVIDER_ANSWERS || query.found.is_closed())
+            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+        {
+            query.finish();
+        }
+    }
+
     fn handle_kad_event(&mut self, event: kad::Event) {
         match event {
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
-                QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
-                    providers, ..
-                })) => {
-                    let local = self.local_peer_id();
-                    if let Some(found) = self.provider_queries.get(&id) {
-                        let found = found.clone();
-                        for p in providers.into_iter().filter(|p| *p != local) {
-                            // Dial now, while the query still knows the
-                            // provider's addresses.
-                            if !self.swarm.is_connected(&p) {
-                                let opts = DialOpts::peer_id(p)
-                                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                                    .build();
-                                let _ = self.swarm.dial(opts);
-                            }
-                            let _ = found.try_send(p);
-                        }
-                    }
-                    if step.last {
-                        self.provider_queries.remove(&id);
-                    }
-                }
-                QueryResult::GetProviders(_) if step.last => {
-                    self.provider_queries.remove(&id);
+            kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
+                QueryResult::GetProviders(result) => {
+                    let providers = match result {
+                        Ok(GetProvidersOk::FoundProviders { providers, .. }) => providers,
+                        _ => Default::default(),
+                    };
+                    self.provider_progress(id, providers, step.last, stats.num_requests());
                 }
                 QueryResult::GetClosestPeers(result) => {
                     let peers = match result {
@@ -1176,12 +1312,20 @@ impl EventLoop {
                 }
             }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } if self.routing_empty => {
-                // We just joined (or rejoined) a network: look around, and
-                // announce what we hold to the peers now reachable.
+                // We just joined (or rejoined) a network: look our own id up
+                // and announce what we hold to the peers now reachable.
+                // Kademlia bootstraps by itself (a lookup of our id, then
+                // one in every farther bucket) when a peer joins a table of
+                // fewer than 20; it bootstraps again once that ends if more
+                // joined meanwhile, so a join cost two. Our own lookup fills
+                // the table past 20 before the first starts: one bootstrap
+                // per join (`bench dht`, 200 nodes: 200 bootstraps, not 370
+                // and counting; no DHT traffic once they end).
                 self.routing_empty = false;
                 tracing::debug!("joined the DHT through {peer}");
+                let local = *self.swarm.local_peer_id();
                 let kad = &mut self.swarm.behaviour_mut().kad;
-                let _ = kad.bootstrap();
+                let _ = kad.get_closest_peers(local);
                 let provided: Vec<RecordKey> =
                     kad.store_mut().provided().map(|r| r.key.clone()).collect();
                 for key in provided {

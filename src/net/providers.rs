@@ -19,7 +19,10 @@ use cid::Cid;
 use libp2p::PeerId;
 use tokio::sync::Notify;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    net::event_loop::{Cost, LookupCost},
+};
 
 /// Block requests in flight to one provider at a time (enough to hide the
 /// round trip on loopback: 16 left half the CPU idle in the benchmark).
@@ -52,6 +55,8 @@ struct SetState {
 /// discovery task.
 pub struct ProviderSet {
     root: Cid,
+    /// What discovery cost so far.
+    cost: Arc<LookupCost>,
     state: Mutex<SetState>,
     changed: Condvar,
     wake_discovery: Notify,
@@ -71,6 +76,7 @@ impl ProviderSet {
     pub fn new(root: Cid, eager: bool) -> Arc<Self> {
         Arc::new(ProviderSet {
             root,
+            cost: Arc::default(),
             state: Mutex::new(SetState { rounds_started: u64::from(eager), ..Default::default() }),
             changed: Condvar::new(),
             wake_discovery: Notify::new(),
@@ -84,6 +90,15 @@ impl ProviderSet {
     /// The root this set finds providers of.
     pub fn root(&self) -> Cid {
         self.root
+    }
+
+    /// What discovering providers has cost so far (see `net::discover`).
+    pub fn cost(&self) -> Cost {
+        self.cost.snapshot()
+    }
+
+    pub(super) fn cost_counter(&self) -> &Arc<LookupCost> {
+        &self.cost
     }
 
     /// The providers found and not dropped.

@@ -172,7 +172,8 @@ impl Repairer {
     async fn live_holders(&self, root: Cid, known: &[PeerId]) -> (Vec<PeerId>, u8, u64) {
         let local = self.net.local_peer_id();
         let mut candidates: Vec<PeerId> = known.to_vec();
-        discover::dht_providers(&self.net, root, |peer| candidates.push(peer)).await;
+        discover::dht_providers(&self.net, root, &Default::default(), |peer| candidates.push(peer))
+            .await;
         candidates.extend(self.net.peers().await.into_iter().map(|p| p.peer_id));
         let mut seen = HashSet::new();
         candidates.retain(|p| *p != local && seen.insert(*p));

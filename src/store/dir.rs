@@ -107,6 +107,17 @@ impl DataDir {
     }
 }
 
+/// Gives the data directory `dir` (created if need be) the identity `key`,
+/// unless it has one already.
+pub(super) fn preset_identity(dir: &Path, key: &Keypair) -> Result<()> {
+    create_private_dir(dir)?;
+    let encoded = key.to_protobuf_encoding().map_err(|e| Error::Io {
+        context: "cannot encode the identity key".into(),
+        source: io::Error::other(e),
+    })?;
+    load_or_create_secret_file(&dir.join(IDENTITY_FILE), || encoded).map(drop)
+}
+
 pub(super) fn create_private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)

@@ -141,6 +141,13 @@ impl Store {
         &self.inner.dir.dir
     }
 
+    /// Gives the store that will be opened at `dir` the identity `key`
+    /// unless it has one already: for tools that want the same peer ids on
+    /// every run (`bench dht`).
+    pub fn preset_identity(dir: impl AsRef<Path>, key: &Keypair) -> Result<()> {
+        dir::preset_identity(dir.as_ref(), key)
+    }
+
     /// The node's libp2p identity.
     pub fn identity(&self) -> &Keypair {
         &self.inner.dir.identity
