@@ -10,7 +10,7 @@
 //! queue is answered `Busy` instead of waiting.
 //!
 //! It also runs discovery: it dials the bootstrap addresses at start and
-//! retries those it is not connected to (Kademlia refreshes itself, see
+//! again while it is connected to no peer (Kademlia refreshes itself, see
 //! `behaviour::PERIODIC_BOOTSTRAP`),
 //! feeds Kademlia with the addresses identify reports, and republishes its
 //! provider records when it (re)joins a network.
@@ -60,7 +60,8 @@ pub const PROVIDER_ANSWERS: usize = 2;
 /// Dials of every bootstrap address that fail in a row before a one-shot
 /// command or a get gives up waiting for a peer (a node keeps trying).
 pub const BOOTSTRAP_ATTEMPTS: u32 = 2;
-/// How often unreachable bootstrap addresses are dialed again.
+/// How often unreachable bootstrap addresses are dialed again, while the
+/// node is connected to no peer.
 pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(3);
 /// Peers whose addresses the loop remembers (beyond Kademlia's table).
 pub const ADDRESS_BOOK_SIZE: usize = 4096;
@@ -642,7 +643,15 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.handle_event(event),
-                _ = retry.tick() => self.dial_bootstrap(),
+                // Only while alone: a node that has joined finds its peers
+                // through the DHT. (Redialing a bootstrap node that closed
+                // an idle connection made every node of a large network
+                // dial it every few seconds: at 600 nodes of `bench dht`
+                // its 512 connections were full and new nodes could not
+                // join.)
+                _ = retry.tick() => if self.swarm.connected_peers().next().is_none() {
+                    self.dial_bootstrap();
+                },
                 _ = housekeeping.tick() => self.housekeeping(),
             }
         }
