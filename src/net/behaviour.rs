@@ -65,12 +65,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often Kademlia refreshes its routing table (a lookup of the node's
 /// own id, then one in every bucket farther than its closest neighbour:
-/// some 200 requests at 1,000 nodes). Also done by libp2p whenever the
-/// table holds fewer than 20 peers, so on every join. IPFS refreshes every
-/// 10 minutes too. At 2 minutes, with a second refresh of our own every
-/// minute and one more on every join, `bench dht` at 300 nodes spent both
-/// cores on refreshes (155 connections per node 30 s after the joins and
-/// growing, 59 CPU seconds); see the README's DHT section.
+/// 300–500 requests per node at 200–300 nodes in `bench dht`). Also done
+/// by libp2p whenever the table holds fewer than 20 peers, so on every
+/// join. IPFS refreshes every 10 minutes too; this was 2 minutes, with a
+/// refresh of our own every minute besides (see the README's DHT section).
 pub const PERIODIC_BOOTSTRAP: Duration = Duration::from_secs(600);
 /// Kademlia's replication factor: the peers a provider record is stored on
 /// and a lookup converges to (libp2p's default, the `k` of the paper).
