@@ -33,6 +33,7 @@ use std::{
     fmt,
     io::Cursor,
     path::{Path, PathBuf},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -75,6 +76,11 @@ pub const CONVERGED: f64 = 0.99;
 pub const SETTLED: Duration = Duration::from_secs(10);
 /// How often the routing tables are read while waiting for convergence.
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How long the joined network is left alone to measure its background.
+pub const IDLE: Duration = Duration::from_secs(10);
+/// How long the joins' DHT work may go on before the idle network is
+/// measured anyway.
+pub const QUIET_LIMIT: Duration = Duration::from_secs(120);
 /// How long a lookup's DHT query may take to end after the lookup itself
 /// (its last requests in flight) before its cost is read.
 const COST_WAIT: Duration = Duration::from_secs(5);
@@ -161,11 +167,24 @@ pub struct DhtReport {
     /// Resident memory before the nodes started and once all had joined.
     pub rss_start: u64,
     pub rss_joined: u64,
+    /// The network left alone for [`IDLE`] once joined: CPU seconds it
+    /// spent, and connections it opened.
+    pub idle: Idle,
     pub peak_rss: Option<u64>,
     pub puts: Puts,
     pub phases: Vec<Phase>,
     pub cpu_secs: Option<f64>,
     pub elapsed: Duration,
+}
+
+/// What the network does on its own, with nothing asked of it.
+#[derive(Debug, Clone, Default)]
+pub struct Idle {
+    pub cpu_secs: Option<f64>,
+    pub connections_opened: u64,
+    pub dht_requests: u64,
+    /// How long the joins' DHT work went on after the last wave.
+    pub quiet_after: Duration,
 }
 
 /// A file put and where it went.
@@ -296,6 +315,45 @@ impl Net {
             .expect("the survey does not panic")
     }
 
+    /// Connections the live nodes opened, and DHT requests they
+    /// answered, since they started.
+    fn work(&self) -> (u64, u64) {
+        self.live().iter().fold((0, 0), |(opened, answered), &i| {
+            let c = self.node(i).net().counters();
+            (
+                opened + c.connections_opened.load(Ordering::Relaxed),
+                answered + c.dht_requests_answered.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Waits until the joins' own DHT work has ended (fewer than one DHT
+    /// request per node per [`IDLE`]; at most [`QUIET_LIMIT`]), then leaves
+    /// the network alone for [`IDLE`] and measures what it spends.
+    async fn idle(&self) -> Idle {
+        let started = Instant::now();
+        let quiet = self.live().len() as u64;
+        let mut last = self.work().1;
+        while started.elapsed() < QUIET_LIMIT {
+            tokio::time::sleep(IDLE / 5).await;
+            let now = self.work().1;
+            if now.saturating_sub(last) * 5 < quiet {
+                break;
+            }
+            last = now;
+        }
+        let quiet_after = started.elapsed();
+        let (cpu, (opened, answered)) = (super::cpu_secs(None), self.work());
+        tokio::time::sleep(IDLE).await;
+        let (opened_end, answered_end) = self.work();
+        Idle {
+            cpu_secs: super::cpu_secs(None).zip(cpu).map(|(end, start)| end - start),
+            connections_opened: opened_end.saturating_sub(opened),
+            dht_requests: answered_end.saturating_sub(answered),
+            quiet_after,
+        }
+    }
+
     async fn provider_records(&self) -> Vec<usize> {
         let live = self.live();
         futures::future::join_all(
@@ -309,7 +367,7 @@ impl Net {
     /// how long they took to converge from `since` (none if they did not).
     async fn converge(&self, since: Instant, say: &impl Fn(String)) -> (Option<Duration>, Survey) {
         let deadline = Instant::now() + CONVERGE_LIMIT;
-        let mut last_said = Instant::now();
+        let mut last_said = (Instant::now(), self.work());
         let mut unchanged_since = (Instant::now(), -1.0, usize::MAX);
         loop {
             let survey = self.survey().await;
@@ -325,12 +383,16 @@ impl Net {
             if Instant::now() >= deadline {
                 return (None, survey);
             }
-            if last_said.elapsed() >= Duration::from_secs(5) {
-                last_said = Instant::now();
+            if last_said.0.elapsed() >= Duration::from_secs(5) {
+                let work = self.work();
+                let seconds = last_said.0.elapsed().as_secs_f64();
+                let opened = work.0.saturating_sub(last_said.1.0) as f64 / seconds;
+                let requests = work.1.saturating_sub(last_said.1.1) as f64 / seconds;
+                last_said = (Instant::now(), work);
                 let connections: usize =
                     self.live().iter().map(|&i| self.node(i).net().connected_now()).sum();
                 say(format!(
-                    "routing tables: {:.1}% of the closest peers known, {} nodes in no table; {:.0} connections per node",
+                    "routing tables: {:.1}% of the closest peers known, {} nodes in no table; {:.0} connections per node; per second {opened:.0} opened, {requests:.0} DHT requests",
                     survey.neighbourhood * 100.0,
                     survey.unknown,
                     connections as f64 / self.live().len() as f64,
@@ -520,7 +582,7 @@ impl Survey {
     fn of(ids: &[PeerId], tables: &[Vec<PeerId>], all: &HashSet<PeerId>) -> Survey {
         let live: HashSet<PeerId> = ids.iter().copied().collect();
         let keys: Vec<KBucketKey<PeerId>> = ids.iter().map(|p| KBucketKey::from(*p)).collect();
-        let k = KAD_REPLICATION.min(ids.len().saturating_sub(1));
+        let k = libp2p::kad::K_VALUE.get().min(ids.len().saturating_sub(1));
         let (mut known, mut wanted, mut stale) = (0usize, 0usize, 0usize);
         let mut in_some_table = HashSet::new();
         for (n, table) in tables.iter().enumerate() {
@@ -573,12 +635,13 @@ pub async fn bench_dht(options: DhtOptions, say: impl Fn(String)) -> Result<DhtR
     };
     let result = run(&mut net, &options, &say, rss_start).await;
     net.shutdown().await;
-    let (join, rss_joined, puts, phases) = result?;
+    let (join, rss_joined, idle, puts, phases) = result?;
     Ok(DhtReport {
         options,
         join,
         rss_start,
         rss_joined,
+        idle,
         peak_rss: peak_rss(None),
         puts,
         phases,
@@ -592,7 +655,7 @@ async fn run(
     options: &DhtOptions,
     say: &impl Fn(String),
     rss_start: u64,
-) -> Result<(Duration, u64, Puts, Vec<Phase>), String> {
+) -> Result<(Duration, u64, Idle, Puts, Vec<Phase>), String> {
     let joining = Instant::now();
     let (converged, survey) = net.join(options.nodes, say).await?;
     let join = joining.elapsed();
@@ -604,6 +667,8 @@ async fn run(
         mib(rss_joined),
         mib(rss_joined.saturating_sub(rss_start)) / options.nodes as f64
     ));
+    let idle = net.idle().await;
+    say(idle_line(&idle));
     let (mut files, puts) = net.put(options.files).await;
     say(format!(
         "{} files put in {:.1} s ({} failed)",
@@ -630,7 +695,28 @@ async fn run(
         say(phase_line(&rejoined));
         phases.push(rejoined);
     }
-    Ok((join, rss_joined, puts, phases))
+    Ok((join, rss_joined, idle, puts, phases))
+}
+
+fn idle_line(idle: &Idle) -> String {
+    let quiet = if idle.quiet_after >= QUIET_LIMIT {
+        format!(
+            "the joins' DHT work was still going on {} s after the last wave",
+            QUIET_LIMIT.as_secs()
+        )
+    } else {
+        format!(
+            "the joins' DHT work ended {:.1} s after the last wave",
+            idle.quiet_after.as_secs_f64()
+        )
+    };
+    format!(
+        "{quiet}; then, left alone for {} s: {} CPU-s, {} connections opened, {} DHT requests",
+        IDLE.as_secs(),
+        idle.cpu_secs.map_or("?".into(), |c| format!("{c:.1}")),
+        idle.connections_opened,
+        idle.dht_requests,
+    )
 }
 
 fn phase_line(phase: &Phase) -> String {
@@ -718,6 +804,7 @@ impl fmt::Display for DhtReport {
             self.join.as_secs_f64(),
             mib(self.rss_joined),
         )?;
+        writeln!(f, "{}", idle_line(&self.idle))?;
         let p = &self.puts;
         writeln!(
             f,

@@ -211,7 +211,7 @@ fn init_logging(verbose: u8, many_nodes: bool) {
     let default = match verbose {
         // Nodes stopped at once close many connections whose other end is
         // gone already: libp2p warns of each.
-        0 if many_nodes => "warn,libp2p_kad=error,libp2p_swarm=error",
+        0 if many_nodes => "warn,libp2p_kad=error,libp2p_swarm=error,yamux=error",
         // A lone first node is no fault: kad's "no known peers" is noise.
         0 => "warn,dfs_p2p=info,libp2p_kad=error",
         1 => "warn,dfs_p2p=debug",

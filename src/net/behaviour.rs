@@ -118,7 +118,10 @@ impl Behaviour {
             // no longer than its signer asked, at most this long.
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_record_ttl(Some(MAX_RECORD_TTL))
-            .set_replication_factor(NonZeroUsize::new(KAD_REPLICATION).expect("non-zero"));
+            .set_replication_factor(NonZeroUsize::new(KAD_REPLICATION).expect("non-zero"))
+            // The event loop decides who enters the routing table
+            // (`EventLoop::add_to_routing`).
+            .set_kbucket_inserts(kad::BucketInserts::Manual);
         let mut kad =
             kad::Behaviour::with_config(peer_id, ProviderRecords::new(peer_id), kad_config);
         // Containers and loopback never confirm an external address, so the

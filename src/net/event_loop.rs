@@ -19,7 +19,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -29,12 +29,12 @@ use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm,
     kad::{
-        self, GetClosestPeersOk, GetProvidersOk, QueryId, QueryResult, RecordKey,
+        self, GetClosestPeersOk, GetProvidersOk, K_VALUE, QueryId, QueryResult, RecordKey,
         store::RecordStore,
     },
     multiaddr::Protocol,
     request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel},
-    swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts, dial_opts::PeerCondition},
+    swarm::{ConnectionId, DialError, SwarmEvent, dial_opts::DialOpts, dial_opts::PeerCondition},
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -218,6 +218,16 @@ pub struct NetHandle {
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     connected: watch::Receiver<usize>,
     bootstrap: watch::Receiver<Vec<BootstrapState>>,
+    counters: Arc<Counters>,
+}
+
+/// Running totals of a node's network work, for benchmarks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections established, both ways.
+    pub connections_opened: AtomicU64,
+    /// DHT requests this node answered.
+    pub dht_requests_answered: AtomicU64,
 }
 
 impl NetHandle {
@@ -383,6 +393,11 @@ impl NetHandle {
             Ok(addrs) => addrs.clone(),
             Err(_) => self.listen_addrs_now(),
         }
+    }
+
+    /// Running totals of the node's network work since it started.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Connected peers right now.
@@ -554,6 +569,7 @@ pub struct EventLoop {
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
     connected: watch::Sender<usize>,
     bootstrap_state: watch::Sender<Vec<BootstrapState>>,
+    counters: Arc<Counters>,
     /// Whether this is a node that listens (not a one-shot client).
     listens: bool,
     routing_empty: bool,
@@ -588,6 +604,7 @@ impl EventLoop {
             listen_addrs: listen_rx,
             connected: connected_rx,
             bootstrap: bootstrap_rx,
+            counters: Arc::default(),
         };
         let event_loop = EventLoop {
             swarm,
@@ -613,6 +630,7 @@ impl EventLoop {
             listen_addrs: listen_tx,
             connected: connected_tx,
             bootstrap_state: bootstrap_tx,
+            counters: handle.counters.clone(),
             listens: swarm_listens,
             routing_empty: true,
         };
@@ -1033,9 +1051,7 @@ impl EventLoop {
                 let addrs: Vec<Multiaddr> =
                     info.listen_addrs.into_iter().filter(is_dialable).take(16).collect();
                 if kad_ok {
-                    for addr in &addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
-                    }
+                    self.add_to_routing(peer_id, &addrs);
                 }
                 self.remember(peer_id, addrs);
             }
@@ -1057,6 +1073,7 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
+                self.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
                 self.last_active.entry(peer_id).or_insert_with(Instant::now);
                 self.trim_connections();
                 for b in &mut self.bootstrap {
@@ -1111,8 +1128,48 @@ impl EventLoop {
                 if changed {
                     self.publish_bootstrap();
                 }
+                // A peer that cannot be reached leaves the routing table,
+                // which makes room in its bucket (see `add_to_routing`);
+                // libp2p would keep it until a newcomer replaced it.
+                if let Some(peer) = peer_id
+                    && matches!(
+                        error,
+                        DialError::Transport(_)
+                            | DialError::WrongPeerId { .. }
+                            | DialError::NoAddresses
+                    )
+                    && !self.swarm.is_connected(&peer)
+                {
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                }
             }
             _ => {}
+        }
+    }
+
+    /// Puts a peer that speaks the DHT into the routing table, or updates
+    /// its addresses there, if its bucket has room or holds it already.
+    /// A full bucket keeps the peers it has (Kademlia prefers peers that
+    /// have stayed); one that cannot be dialed any more is dropped when a
+    /// query or a request tries it, which makes room. libp2p's own rule
+    /// instead dials
+    /// the oldest disconnected entry of the full bucket, to test it, for
+    /// every new peer that connects: with idle connections trimmed most
+    /// entries are disconnected, and each test is a new connection and a
+    /// new peer for the other side. In `bench dht` at 700 nodes that made
+    /// 1.2–1.35 new connections per DHT request, and the wave settled at
+    /// 94.7% of the closest peers known with 17 nodes in no table; with
+    /// this rule, 0.85–0.9 and 99.4% with 1.
+    fn add_to_routing(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let room = kad.kbucket(peer).is_some_and(|bucket| {
+            bucket.num_entries() < K_VALUE.get()
+                || bucket.iter().any(|e| e.node.key.preimage() == &peer)
+        });
+        if room {
+            for addr in addrs {
+                kad.add_address(&peer, addr.clone());
+            }
         }
     }
 
@@ -1242,66 +1299,89 @@ impl EventLoop {
         }
     }
 
+    fn query_progressed(
+        &mut self,
+        id: QueryId,
+        result: QueryResult,
+        step: kad::ProgressStep,
+        stats: kad::QueryStats,
+    ) {
+        match result {
+            QueryResult::GetProviders(result) => {
+                let providers = match result {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => providers,
+                    _ => Default::default(),
+                };
+                self.provider_progress(id, providers, step.last, stats.num_requests());
+            }
+            QueryResult::GetClosestPeers(result) => {
+                let peers = match result {
+                    Ok(GetClosestPeersOk { peers, .. }) => peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                for p in &peers {
+                    if !p.addrs.is_empty() {
+                        self.remember(p.peer_id, p.addrs.clone());
+                    }
+                }
+                if let Some(reply) = self.closest_queries.remove(&id) {
+                    let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
+                }
+            }
+            QueryResult::PutRecord(result) => {
+                if let Some(reply) = self.put_queries.remove(&id) {
+                    let _ = reply.send(match result {
+                        Ok(_) => Ok(1),
+                        Err(kad::PutRecordError::QuorumFailed { success, .. })
+                        | Err(kad::PutRecordError::Timeout { success, .. })
+                            if !success.is_empty() =>
+                        {
+                            Ok(success.len())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    });
+                }
+            }
+            QueryResult::GetRecord(result) => {
+                let gone = match (self.get_queries.get(&id), result) {
+                    (Some(found), Ok(kad::GetRecordOk::FoundRecord(r))) => matches!(
+                        found.try_send(r.record.value),
+                        Err(mpsc::error::TrySendError::Closed(_))
+                    ),
+                    _ => false,
+                };
+                if gone {
+                    // Nobody is listening any more.
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                }
+                if step.last || gone {
+                    self.get_queries.remove(&id);
+                }
+            }
+            QueryResult::Bootstrap(Err(e)) => tracing::debug!("bootstrap failed: {e}"),
+            QueryResult::StartProviding(Err(e)) => tracing::debug!("provide failed: {e}"),
+            _ => {}
+        }
+    }
+
     fn handle_kad_event(&mut self, event: kad::Event) {
+        if matches!(event, kad::Event::InboundRequest { .. }) {
+            self.counters.dht_requests_answered.fetch_add(1, Ordering::Relaxed);
+        }
         match event {
-            kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
-                QueryResult::GetProviders(result) => {
-                    let providers = match result {
-                        Ok(GetProvidersOk::FoundProviders { providers, .. }) => providers,
-                        _ => Default::default(),
-                    };
-                    self.provider_progress(id, providers, step.last, stats.num_requests());
-                }
-                QueryResult::GetClosestPeers(result) => {
-                    let peers = match result {
-                        Ok(GetClosestPeersOk { peers, .. }) => peers,
-                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
-                    };
-                    for p in &peers {
-                        if !p.addrs.is_empty() {
-                            self.remember(p.peer_id, p.addrs.clone());
-                        }
-                    }
-                    if let Some(reply) = self.closest_queries.remove(&id) {
-                        let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
-                    }
-                }
-                QueryResult::PutRecord(result) => {
-                    if let Some(reply) = self.put_queries.remove(&id) {
-                        let _ = reply.send(match result {
-                            Ok(_) => Ok(1),
-                            Err(kad::PutRecordError::QuorumFailed { success, .. })
-                            | Err(kad::PutRecordError::Timeout { success, .. })
-                                if !success.is_empty() =>
-                            {
-                                Ok(success.len())
-                            }
-                            Err(e) => Err(e.to_string()),
-                        });
-                    }
-                }
-                QueryResult::GetRecord(result) => {
-                    let gone = match (self.get_queries.get(&id), result) {
-                        (Some(found), Ok(kad::GetRecordOk::FoundRecord(r))) => matches!(
-                            found.try_send(r.record.value),
-                            Err(mpsc::error::TrySendError::Closed(_))
-                        ),
-                        _ => false,
-                    };
-                    if gone {
-                        // Nobody is listening any more.
-                        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                            query.finish();
-                        }
-                    }
-                    if step.last || gone {
-                        self.get_queries.remove(&id);
-                    }
-                }
-                QueryResult::Bootstrap(Err(e)) => tracing::debug!("bootstrap failed: {e}"),
-                QueryResult::StartProviding(Err(e)) => tracing::debug!("provide failed: {e}"),
-                _ => {}
-            },
+            kad::Event::OutboundQueryProgressed { id, result, step, stats } if step.last => {
+                tracing::debug!(
+                    "DHT query {} ended after {} requests",
+                    query_kind(&result),
+                    stats.num_requests()
+                );
+                self.query_progressed(id, result, step, stats)
+            }
+            kad::Event::OutboundQueryProgressed { id, result, step, stats } => {
+                self.query_progressed(id, result, step, stats)
+            }
             kad::Event::InboundRequest {
                 request: kad::InboundRequest::AddProvider { record: Some(record) },
             } => {
@@ -1320,6 +1400,12 @@ impl EventLoop {
                     tracing::debug!("refused a DHT record from {source} ({key:?}): {e:?}");
                 }
             }
+            // A peer whose DHT protocol was just confirmed on a connection
+            // we dialed (libp2p's moment for inserting it): as early as
+            // that, so that a joining node's table passes 20 before
+            // libp2p's bootstrap starts (later inserts into a smaller
+            // table start another bootstrap once that one ends).
+            kad::Event::RoutablePeer { peer, address } => self.add_to_routing(peer, &[address]),
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } if self.routing_empty => {
                 // We just joined (or rejoined) a network: look our own id up
                 // and announce what we hold to the peers now reachable.
@@ -1327,9 +1413,9 @@ impl EventLoop {
                 // one in every farther bucket) when a peer joins a table of
                 // fewer than 20; it bootstraps again once that ends if more
                 // joined meanwhile, so a join cost two. Our own lookup fills
-                // the table past 20 before the first starts: one bootstrap
-                // per join (`bench dht`, 200 nodes: 200 bootstraps, not 370
-                // and counting; no DHT traffic once they end).
+                // the table past 20 before the first starts: about one
+                // bootstrap per join (`bench dht`, 200 nodes: 200
+                // bootstraps, not 370 and counting; 100 nodes: 106).
                 self.routing_empty = false;
                 tracing::debug!("joined the DHT through {peer}");
                 let local = *self.swarm.local_peer_id();
@@ -1348,7 +1434,6 @@ impl EventLoop {
 
 /// Why a dial failed, in a few words a user can act on.
 fn dial_error_reason(error: &libp2p::swarm::DialError, expected: Option<PeerId>) -> String {
-    use libp2p::swarm::DialError;
     match error {
         DialError::WrongPeerId { obtained, .. } => match expected {
             Some(expected) => format!("it is peer {obtained}, not {expected}"),
@@ -1401,4 +1486,16 @@ fn is_dialable(addr: &Multiaddr) -> bool {
         Protocol::P2pCircuit => true,
         _ => false,
     })
+}
+
+/// The kind of a DHT query, for logs.
+fn query_kind(result: &QueryResult) -> &'static str {
+    match result {
+        QueryResult::Bootstrap(_) => "bootstrap",
+        QueryResult::GetClosestPeers(_) => "closest peers",
+        QueryResult::GetProviders(_) => "providers",
+        QueryResult::StartProviding(_) | QueryResult::RepublishProvider(_) => "provide",
+        QueryResult::GetRecord(_) => "get record",
+        QueryResult::PutRecord(_) | QueryResult::RepublishRecord(_) => "put record",
+    }
 }
