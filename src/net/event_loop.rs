@@ -1492,10 +1492,10 @@ fn is_dialable(addr: &Multiaddr) -> bool {
 fn query_kind(result: &QueryResult) -> &'static str {
     match result {
         QueryResult::Bootstrap(_) => "bootstrap",
-        QueryResult::GetClosestPeers(_) => "closest peers",
-        QueryResult::GetProviders(_) => "providers",
-        QueryResult::StartProviding(_) | QueryResult::RepublishProvider(_) => "provide",
-        QueryResult::GetRecord(_) => "get record",
-        QueryResult::PutRecord(_) | QueryResult::RepublishRecord(_) => "put record",
+        QueryResult::GetClosestPeers(_) => "closest-peers",
+        QueryResult::GetProviders(_) => "get-providers",
+        QueryResult::StartProviding(_) | QueryResult::RepublishProvider(_) => "start-providing",
+        QueryResult::GetRecord(_) => "get-record",
+        QueryResult::PutRecord(_) | QueryResult::RepublishRecord(_) => "put-record",
     }
 }
