@@ -167,8 +167,8 @@ pub struct DhtReport {
     /// Resident memory before the nodes started and once all had joined.
     pub rss_start: u64,
     pub rss_joined: u64,
-    /// The network left alone for [`IDLE`] once joined: CPU seconds it
-    /// spent, and connections it opened.
+    /// How long the joins' DHT work went on, then what the network spent
+    /// left alone for [`IDLE`].
     pub idle: Idle,
     pub peak_rss: Option<u64>,
     pub puts: Puts,
