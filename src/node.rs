@@ -274,6 +274,10 @@ impl Node {
         let responder = Responder::new(store.clone(), net.clone(), policy);
         let blocks = responder.blocks().clone();
         tokio::spawn(responder.run(inbound));
+        if let Some(incoming) = net.lanes().incoming() {
+            let active = net.lanes().active().clone();
+            tokio::spawn(blocks.clone().serve_streams(incoming, active));
+        }
         let event_loop = Mutex::new(Some(event_loop));
         let repair_config = RepairConfig { interval: config.repair_interval, lease: config.lease };
         let repairer = Repairer::new(store.clone(), net.clone(), repair_config);

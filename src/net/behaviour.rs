@@ -1,6 +1,7 @@
 //! Transport and behaviour set-up: TCP (nodelay) + Noise + Yamux with DNS
 //! resolution, and the protocols a node speaks — identify, ping, Kademlia
-//! under our own protocol name, the file protocol over `request_response`,
+//! under our own protocol name, the file protocol over `request_response`
+//! and its block streams over `libp2p_stream`,
 //! connection limits and a block list. Owns every tuning constant of the
 //! swarm; knows nothing of the store or of the event loop.
 
@@ -100,6 +101,9 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<ProviderRecords>,
     pub file: request_response::Behaviour<FileCodec>,
+    /// Block streams (`net::lanes`): opened and accepted through its
+    /// `libp2p_stream::Control`, outside the event loop.
+    pub blocks: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -152,6 +156,7 @@ impl Behaviour {
                     .with_request_timeout(FILE_REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
             ),
+            blocks: libp2p_stream::Behaviour::new(),
         }
     }
 }

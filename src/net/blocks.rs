@@ -1,10 +1,20 @@
-//! Both sides of the block messages: `GetBlock` ([`rpc_get_block`],
-//! [`BlockService::handle_get_block`]) and `Have` ([`rpc_have`],
-//! [`BlockService::handle_have`]).
+//! Both sides of the block messages: `GetBlock` ([`fetch_block`] on a
+//! block stream, [`rpc_get_block`] over `request_response`;
+//! [`BlockService::serve_streams`], [`BlockService::handle_get_block`]) and
+//! `Have` ([`rpc_have`], [`BlockService::handle_have`]).
 //!
 //! The requester checks every block against the CID it asked for before it
 //! uses it; the responder reads blocks from its store, which verifies them
 //! (a block that fails is moved aside and answered `NotFound`).
+//!
+//! A block stream's responder reads at most [`STREAM_READ_AHEAD`] requests
+//! ahead of the answer it is writing, holds at most [`MAX_STREAM_BLOCKS`]
+//! blocks for all streams together (taken in turn, so peers share them),
+//! accepts [`MAX_BLOCK_STREAMS_PER_PEER`] streams per peer and
+//! [`MAX_BLOCK_STREAMS`] in all (more are reset), waits
+//! [`STREAM_IDLE`] for a next request and [`STREAM_WRITE_TIMEOUT`] for
+//! each answer to be taken; anything but a well-formed `GetBlock` ends
+//! the stream.
 
 use std::{
     sync::{
@@ -15,15 +25,18 @@ use std::{
 };
 
 use cid::Cid;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, request_response::ResponseChannel};
-use tokio::sync::Semaphore;
+use libp2p_stream::IncomingStreams;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::{
     block::{self, BlockBuf},
     error::Error,
     net::{
-        codec::{ErrorCode, Request, Response},
+        codec::{self, ErrorCode, Request, Response},
         event_loop::{NetHandle, RequestError},
+        lanes::{ActiveStreams, LaneError, StreamGuard},
     },
     store::Store,
 };
@@ -34,6 +47,19 @@ use crate::{
 pub const MAX_CONCURRENT_READS: usize = 32;
 /// `Have` requests answered at once (each looks up to 1,024 files up).
 pub const MAX_CONCURRENT_HAVES: usize = 4;
+/// Blocks read for block streams and not yet sent, in all (up to 2 MiB
+/// each): the memory of serving block streams.
+pub const MAX_STREAM_BLOCKS: usize = 32;
+/// Requests a block stream's responder reads ahead of the answer it is
+/// writing (so the disk read of the next block overlaps the sending).
+pub const STREAM_READ_AHEAD: usize = 2;
+/// Block streams accepted per peer (a requester uses one), and in all.
+pub const MAX_BLOCK_STREAMS_PER_PEER: usize = 2;
+pub const MAX_BLOCK_STREAMS: usize = 128;
+/// How long a block stream may wait for its next request.
+pub const STREAM_IDLE: Duration = Duration::from_secs(60);
+/// How long writing one answer on a block stream may take.
+pub const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a `GetBlock` brought back, judged.
 #[derive(Debug)]
@@ -52,10 +78,27 @@ pub enum Fetched {
     Failed(RequestError),
 }
 
-/// Asks `peer` for the block `cid` and checks what comes back.
+/// Asks `peer` for the block `cid` on its block stream (over
+/// `request_response` if it does not speak it) and checks what comes back.
+pub async fn fetch_block(net: &NetHandle, peer: PeerId, cid: Cid, timeout: Duration) -> Fetched {
+    let answer = match net.lanes().get_block(peer, cid, timeout).await {
+        Err(LaneError::Unavailable) => return rpc_get_block(net, peer, cid, timeout).await,
+        Err(LaneError::Timeout(_)) => Err(RequestError::Timeout { peer, secs: timeout.as_secs() }),
+        Err(LaneError::Failed(reason)) => Err(RequestError::Failed { peer, reason }),
+        Ok(response) => Ok(response),
+    };
+    judge_block(&cid, answer)
+}
+
+/// Asks `peer` for the block `cid` over `request_response` and checks what
+/// comes back.
 pub async fn rpc_get_block(net: &NetHandle, peer: PeerId, cid: Cid, timeout: Duration) -> Fetched {
-    match net.request(peer, Request::GetBlock { cid }, timeout).await {
-        Ok(Response::Block { data }) if block::verify(&cid, &data) => Fetched::Block(data),
+    judge_block(&cid, net.request(peer, Request::GetBlock { cid }, timeout).await)
+}
+
+fn judge_block(cid: &Cid, answer: Result<Response, RequestError>) -> Fetched {
+    match answer {
+        Ok(Response::Block { data }) if block::verify(cid, &data) => Fetched::Block(data),
         Ok(Response::Block { .. }) => Fetched::Wrong(format!("sent a wrong block for {cid}")),
         Ok(Response::NotFound) => Fetched::Lacks("not found".into()),
         Ok(Response::Error { code: ErrorCode::Busy, .. }) => Fetched::Busy,
@@ -88,6 +131,8 @@ pub struct BlockService {
     net: NetHandle,
     reads: Arc<Semaphore>,
     haves: Arc<Semaphore>,
+    /// Blocks held for block streams (see [`MAX_STREAM_BLOCKS`]).
+    stream_blocks: Arc<Semaphore>,
     served: Arc<AtomicU64>,
 }
 
@@ -98,6 +143,7 @@ impl BlockService {
             net,
             reads: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
             haves: Arc::new(Semaphore::new(MAX_CONCURRENT_HAVES)),
+            stream_blocks: Arc::new(Semaphore::new(MAX_STREAM_BLOCKS)),
             served: Arc::default(),
         }
     }
@@ -110,9 +156,16 @@ impl BlockService {
     /// Answers `GetBlock`: the block as stored (verified), or `NotFound`.
     pub async fn handle_get_block(self, cid: Cid, channel: ResponseChannel<Response>) {
         let Ok(_permit) = self.reads.clone().acquire_owned().await else { return };
+        let response = self.read_block(cid).await;
+        self.net.respond(channel, response).await;
+    }
+
+    /// The answer to `GetBlock`: the block as stored (verified), or
+    /// `NotFound`.
+    async fn read_block(&self, cid: Cid) -> Response {
         let store = self.store.clone();
         let read = tokio::task::spawn_blocking(move || store.get(&cid)).await;
-        let response = match read {
+        match read {
             Ok(Ok(data)) => {
                 self.served.fetch_add(1, Ordering::Relaxed);
                 Response::Block { data }
@@ -124,8 +177,86 @@ impl BlockService {
                 Response::error(ErrorCode::Internal, "cannot read the block")
             }
             Err(_) => Response::error(ErrorCode::Internal, "block read task failed"),
+        }
+    }
+
+    /// Accepts block streams until the node stops, each served on a task
+    /// of its own within the limits of the module docs.
+    pub async fn serve_streams(self, mut incoming: IncomingStreams, active: ActiveStreams) {
+        loop {
+            // The streams come through the swarm's behaviour, which the
+            // node's handles keep alive: stop with the event loop, so that
+            // the store is let go.
+            let next = tokio::select! {
+                next = incoming.next() => next,
+                () = self.net.stopped() => None,
+            };
+            let Some((peer, stream)) = next else { return };
+            if active.of(&peer) >= MAX_BLOCK_STREAMS_PER_PEER || active.total() >= MAX_BLOCK_STREAMS
+            {
+                tracing::debug!("refusing a block stream of {peer}: too many open");
+                continue; // dropping it resets it
+            }
+            let guard = active.enter(peer);
+            tokio::spawn(self.clone().serve_stream(peer, stream, guard));
+        }
+    }
+
+    /// Answers the requests of one block stream, in order, until the
+    /// requester closes it, breaks the protocol, idles or stops reading.
+    async fn serve_stream(self, peer: PeerId, stream: libp2p::Stream, _guard: StreamGuard) {
+        let (mut reader, mut writer) = stream.split();
+        // Answers being read from disk, in the order asked.
+        let (reading, mut answers) = mpsc::channel::<
+            tokio::task::JoinHandle<(Response, OwnedSemaphorePermit)>,
+        >(STREAM_READ_AHEAD);
+        let service = self.clone();
+        let read_requests = async move {
+            loop {
+                let cid =
+                    match tokio::time::timeout(STREAM_IDLE, codec::read_block_request(&mut reader))
+                        .await
+                    {
+                        Ok(Ok(Some(cid))) => cid,
+                        Ok(Ok(None)) => return,
+                        Ok(Err(e)) => {
+                            tracing::debug!("block stream of {peer} ended: {e}");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                let Ok(room) = reading.reserve().await else { return };
+                let Ok(held) = service.stream_blocks.clone().acquire_owned().await else {
+                    return;
+                };
+                let service = service.clone();
+                room.send(tokio::spawn(async move { (service.read_block(cid).await, held) }));
+            }
         };
-        self.net.respond(channel, response).await;
+        let write_answers = async move {
+            while let Some(answer) = answers.recv().await {
+                let Ok((response, _held)) = answer.await else { return };
+                let written = tokio::time::timeout(STREAM_WRITE_TIMEOUT, async {
+                    codec::write_block_response(&mut writer, response).await?;
+                    writer.flush().await
+                })
+                .await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::debug!("block stream of {peer}: an answer was not taken");
+                    return;
+                }
+            }
+            let _ = writer.close().await;
+        };
+        // The writer ends after the reader (the requester closed its side)
+        // once every answer is out, or first, which ends the reader.
+        futures::pin_mut!(read_requests);
+        futures::pin_mut!(write_answers);
+        if let futures::future::Either::Left(((), write_answers)) =
+            futures::future::select(read_requests, write_answers).await
+        {
+            write_answers.await;
+        }
     }
 
     /// Answers `Have`: which of the blocks are on disk right now.

@@ -37,6 +37,14 @@ pub const PROTOCOL: &str = "/dfs-p2p/file/3.0.0";
 /// [`PROTOCOL`] as the type `request_response::Behaviour::new` takes.
 pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(PROTOCOL);
 
+/// The block stream: the same `GetBlock` frames and their answers, many
+/// in order on one long-lived stream (`protocols/file-protocol.md`, section
+/// 11). Must not change.
+pub const BLOCKS_PROTOCOL: &str = "/dfs-p2p/blocks/1.0.0";
+
+/// [`BLOCKS_PROTOCOL`] as the type `libp2p_stream` takes.
+pub const BLOCKS_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(BLOCKS_PROTOCOL);
+
 /// Bytes before the body of every frame: the type byte and the `u32`
 /// big-endian body length. Must not change.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -518,19 +526,9 @@ impl request_response::Codec for FileCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let (message_type, len) = read_header(io, Direction::Response).await?;
-        if message_type == TYPE_BLOCK {
-            // The buffer the body is read into becomes the block: no copy.
-            // (A fresh buffer's pages are only backed as they are written.)
-            let mut data = BlockBuf::with_len(len);
-            io.read_exact(&mut data).await.map_err(eof_is_truncation)?;
-            read_end(io).await?;
-            return Ok(Response::Block { data });
-        }
-        let mut body = Vec::new();
-        read_growing(io, len, &mut body).await?;
+        let response = read_response_frame(io).await?;
         read_end(io).await?;
-        decode_small_response_body(message_type, &body)
+        Ok(response)
     }
 
     async fn write_request<T>(
@@ -558,17 +556,104 @@ impl request_response::Codec for FileCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        response.validate()?;
-        match response {
-            Response::Block { data } => {
-                // Header and block go out as two writes so the block is
-                // never copied into a frame buffer.
-                io.write_all(&frame_header(TYPE_BLOCK, data.len())).await?;
-                io.write_all(&data).await
-            }
-            other => io.write_all(&encode_response(&other)).await,
+        write_response_frame(io, response).await
+    }
+}
+
+/// Reads one response frame, and not the end of the stream: a block
+/// stream carries many.
+async fn read_response_frame<T>(io: &mut T) -> io::Result<Response>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let (message_type, len) = read_header(io, Direction::Response).await?;
+    if message_type == TYPE_BLOCK {
+        // The buffer the body is read into becomes the block: no copy.
+        // (A fresh buffer's pages are only backed as they are written.)
+        let mut data = BlockBuf::with_len(len);
+        io.read_exact(&mut data).await.map_err(eof_is_truncation)?;
+        return Ok(Response::Block { data });
+    }
+    let mut body = Vec::new();
+    read_growing(io, len, &mut body).await?;
+    decode_small_response_body(message_type, &body)
+}
+
+/// Writes one response frame (checked first). Takes the response whole: a
+/// block's buffer is not `Sync`, so no reference to it may live across the
+/// writes.
+async fn write_response_frame<T>(io: &mut T, response: Response) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    response.validate()?;
+    match response {
+        Response::Block { data } => {
+            // Header and block go out as two writes so the block is
+            // never copied into a frame buffer.
+            io.write_all(&frame_header(TYPE_BLOCK, data.len())).await?;
+            io.write_all(&data).await
+        }
+        other => io.write_all(&encode_response(&other)).await,
+    }
+}
+
+/// The requester's side of a block stream: writes one `GetBlock` frame.
+pub async fn write_block_request<T>(io: &mut T, cid: &Cid) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let request = Request::GetBlock { cid: *cid };
+    request.validate()?;
+    io.write_all(&encode_request(&request)).await
+}
+
+/// The requester's side of a block stream: reads the answer to the oldest
+/// `GetBlock` not yet answered.
+pub async fn read_block_response<T>(io: &mut T) -> io::Result<Response>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    read_response_frame(io).await
+}
+
+/// The responder's side of a block stream: the next `GetBlock`'s CID, or
+/// `None` where the requester closed the stream between frames. A frame
+/// that is malformed or is not a `GetBlock` is an
+/// [`io::ErrorKind::InvalidData`] error: the stream ends (spec section 11).
+pub async fn read_block_request<T>(io: &mut T) -> io::Result<Option<Cid>>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let mut filled = 0;
+    while filled < FRAME_HEADER_LEN {
+        match io.read(&mut header[filled..]).await {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(invalid_data("stream ended inside a frame header")),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    let (message_type, len) = parse_header(header, Direction::Request)?;
+    if message_type != TYPE_GET_BLOCK {
+        return Err(invalid_data(format!("type 0x{message_type:02x} on a block stream")));
+    }
+    let mut body = Vec::new();
+    read_growing(io, len, &mut body).await?;
+    match decode_request_body(message_type, &body)? {
+        Request::GetBlock { cid } => Ok(Some(cid)),
+        _ => Err(invalid_data("not a GetBlock")),
+    }
+}
+
+/// The responder's side of a block stream: writes one answer.
+pub async fn write_block_response<T>(io: &mut T, response: Response) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    write_response_frame(io, response).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::net::{
     behaviour::{Behaviour, BehaviourEvent, provider_key},
     codec::{ErrorCode, Request, RequestFrame, Response},
+    lanes::{ActiveStreams, Lanes},
 };
 
 /// Commands queued for the event loop.
@@ -219,6 +220,7 @@ pub struct NetHandle {
     connected: watch::Receiver<usize>,
     bootstrap: watch::Receiver<Vec<BootstrapState>>,
     counters: Arc<Counters>,
+    lanes: Arc<Lanes>,
 }
 
 /// Running totals of a node's network work, for benchmarks.
@@ -233,6 +235,11 @@ pub struct Counters {
 impl NetHandle {
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// The node's block streams (`net::lanes`).
+    pub fn lanes(&self) -> &Lanes {
+        &self.lanes
     }
 
     async fn send(&self, command: Command) -> Result<(), RequestError> {
@@ -570,6 +577,8 @@ pub struct EventLoop {
     connected: watch::Sender<usize>,
     bootstrap_state: watch::Sender<Vec<BootstrapState>>,
     counters: Arc<Counters>,
+    /// Peers with a block stream open, either way (they are busy with us).
+    block_streams: ActiveStreams,
     /// Whether this is a node that listens (not a one-shot client).
     listens: bool,
     routing_empty: bool,
@@ -598,7 +607,10 @@ impl EventLoop {
             })
             .collect::<Vec<_>>();
         let (bootstrap_tx, bootstrap_rx) = watch::channel(Vec::new());
+        let block_streams = ActiveStreams::default();
+        let control = swarm.behaviour().blocks.new_control();
         let handle = NetHandle {
+            lanes: Arc::new(Lanes::new(control, block_streams.clone())),
             commands: command_tx,
             local_peer_id,
             listen_addrs: listen_rx,
@@ -631,6 +643,7 @@ impl EventLoop {
             connected: connected_tx,
             bootstrap_state: bootstrap_tx,
             counters: handle.counters.clone(),
+            block_streams,
             listens: swarm_listens,
             routing_empty: true,
         };
@@ -974,7 +987,7 @@ impl EventLoop {
     /// Keeps the connections within bounds: when fewer than
     /// [`FREE_CONNECTIONS`] are left, closes that of the peer idle longest
     /// among those the node does not need (not a bootstrap peer, nothing in
-    /// flight either way); above [`CONNECTIONS_HIGH`], closes such
+    /// flight either way, no block stream open); above [`CONNECTIONS_HIGH`], closes such
     /// connections idle for [`CONNECTION_GRACE`] at least, idlest first,
     /// down to [`CONNECTIONS_LOW`].
     fn trim_connections(&mut self) {
@@ -994,6 +1007,7 @@ impl EventLoop {
             .filter_map(|b| b.peer)
             .chain(self.outstanding.keys().copied())
             .chain(self.inbound_work.values().map(|(p, _)| *p))
+            .chain(self.block_streams.peers())
             .collect();
         let mut idle: Vec<(Instant, PeerId)> = self
             .swarm

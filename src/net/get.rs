@@ -23,7 +23,7 @@ use crate::{
     error::{DagLimit, Error, Result},
     export::BlockSource,
     net::{
-        blocks::{Fetched, rpc_get_block},
+        blocks::{Fetched, fetch_block},
         event_loop::NetHandle,
         providers::ProviderSet,
     },
@@ -148,15 +148,15 @@ impl NetSource {
                 return Err(Error::Cancelled);
             }
             let peer = self.providers.acquire(cid)?;
-            match self.rt.block_on(rpc_get_block(&self.net, peer, *cid, BLOCK_TIMEOUT)) {
+            match self.rt.block_on(fetch_block(&self.net, peer, *cid, BLOCK_TIMEOUT)) {
                 Fetched::Block(bytes) => {
-                    self.providers.release(&peer);
+                    self.providers.release(&peer, true);
                     return Ok(bytes);
                 }
                 Fetched::Busy if busy < MAX_BUSY_RETRIES => {
                     // Overloaded, not lacking: try again shortly.
                     busy += 1;
-                    self.providers.release(&peer);
+                    self.providers.release(&peer, false);
                     std::thread::sleep(BUSY_BACKOFF);
                 }
                 Fetched::Busy => self.providers.lacks(&peer, cid),
@@ -166,12 +166,15 @@ impl NetSource {
                 }
                 Fetched::Wrong(reason) => {
                     tracing::warn!("peer {peer} {reason}; blocking it");
-                    self.providers.drop_peer(&peer, true);
+                    self.providers.drop_bad(&peer);
                     self.rt.block_on(self.net.block_peer(peer));
                 }
                 Fetched::Failed(e) => {
-                    tracing::debug!("dropping provider {peer}: {e}");
-                    self.providers.drop_peer(&peer, false);
+                    if self.providers.failed(&peer) {
+                        tracing::debug!("dropping provider {peer}: {e}");
+                    } else {
+                        tracing::debug!("provider {peer} rests: {e}");
+                    }
                 }
             }
             tracing::trace!("retrying {cid} after {:?}", started.elapsed());

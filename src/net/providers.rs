@@ -3,16 +3,25 @@
 //! threads (which wait on it with a condition variable) and its discovery
 //! task (which adds what it finds, see `discover`).
 //!
+//! Sharing: each block goes to the provider with the fewest requests in
+//! flight among those with room, and a provider's room follows what it
+//! delivers: as many blocks as it sends in [`RATE_WINDOW`] (measured over
+//! the time it had requests in flight), at least [`MIN_IN_FLIGHT`], at most
+//! [`PER_PEER_IN_FLIGHT`]. A slow provider so gets few requests, and a
+//! download that reads in order does not wait long on any one of them.
+//!
 //! Failure policy: a peer that sends bytes that do not match the CID is
 //! dropped from the download and blocked; a peer that fails (connection
-//! closed, timeout) is dropped from the download; a peer that lacks a block
-//! is not asked for it again. When no provider is left, discovery runs
-//! again, a bounded number of times, then the fetch fails with a clear error.
+//! closed, timeout) rests for [`FAILURE_REST`], doubled at each failure in
+//! a row, and is dropped from the download after [`MAX_FAILURES`] in a
+//! row; a peer that lacks a block is not asked for it again. When no
+//! provider is left, discovery runs again, a bounded number of times, then
+//! the fetch fails with a clear error.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Condvar, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use cid::Cid;
@@ -24,9 +33,20 @@ use crate::{
     net::event_loop::{Cost, LookupCost},
 };
 
-/// Block requests in flight to one provider at a time (enough to hide the
-/// round trip on loopback: 16 left half the CPU idle in the benchmark).
+/// Block requests in flight to one provider at a time, at most (enough to
+/// hide the round trip on loopback: 16 left half the CPU idle in the
+/// benchmark).
 pub const PER_PEER_IN_FLIGHT: usize = 32;
+/// Block requests in flight to one provider at a time, at least: what a
+/// provider gets before it has delivered anything.
+pub const MIN_IN_FLIGHT: usize = 4;
+/// A provider may have in flight what it delivers in this long.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// How long a provider whose request failed rests before it is asked
+/// again (doubled at each failure in a row), and how many failures in a
+/// row drop it from the download.
+pub const FAILURE_REST: Duration = Duration::from_secs(1);
+pub const MAX_FAILURES: u32 = 4;
 /// Discovery rounds a download may run (the first one included).
 pub const MAX_DISCOVERY_ROUNDS: u64 = 3;
 
@@ -34,6 +54,46 @@ pub const MAX_DISCOVERY_ROUNDS: u64 = 3;
 struct PeerState {
     in_flight: usize,
     lacks: HashSet<Cid>,
+    /// Blocks delivered, and the time spent with requests in flight: its
+    /// rate.
+    delivered: u64,
+    busy: Duration,
+    busy_since: Option<Instant>,
+    /// Failures in a row, and until when the peer rests.
+    failures: u32,
+    rest_until: Option<Instant>,
+}
+
+impl PeerState {
+    /// Requests this peer may have in flight now.
+    fn room(&self) -> usize {
+        let busy = self.busy + self.busy_since.map_or(Duration::ZERO, |at| at.elapsed());
+        if self.delivered == 0 || busy.is_zero() {
+            return MIN_IN_FLIGHT;
+        }
+        let per_window = self.delivered as f64 * RATE_WINDOW.as_secs_f64() / busy.as_secs_f64();
+        (per_window as usize).clamp(MIN_IN_FLIGHT, PER_PEER_IN_FLIGHT)
+    }
+
+    fn resting(&self) -> bool {
+        self.rest_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn start(&mut self) {
+        if self.in_flight == 0 {
+            self.busy_since = Some(Instant::now());
+        }
+        self.in_flight += 1;
+    }
+
+    fn finish(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0
+            && let Some(at) = self.busy_since.take()
+        {
+            self.busy += at.elapsed();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -163,12 +223,15 @@ impl ProviderSet {
                 continue;
             }
             any_candidate = true;
-            if st.in_flight < PER_PEER_IN_FLIGHT && best.is_none_or(|(_, n)| st.in_flight < n) {
+            if !st.resting()
+                && st.in_flight < st.room()
+                && best.is_none_or(|(_, n)| st.in_flight < n)
+            {
                 best = Some((*peer, st.in_flight));
             }
         }
         if let Some((peer, _)) = best {
-            s.peers.get_mut(&peer).expect("picked from the map").in_flight += 1;
+            s.peers.get_mut(&peer).expect("picked from the map").start();
             return Pick::Peer(peer);
         }
         if any_candidate || s.rounds_done < s.rounds_started {
@@ -214,28 +277,53 @@ impl ProviderSet {
         }
     }
 
-    pub(super) fn release(&self, peer: &PeerId) {
+    /// A request to `peer` ended, with a block (`delivered`) or an answer
+    /// without one (`Busy`).
+    pub(super) fn release(&self, peer: &PeerId, delivered: bool) {
         if let Some(st) = self.lock().peers.get_mut(peer) {
-            st.in_flight = st.in_flight.saturating_sub(1);
+            st.finish();
+            if delivered {
+                st.delivered += 1;
+                st.failures = 0;
+            }
         }
         self.changed.notify_all();
     }
 
     pub(super) fn lacks(&self, peer: &PeerId, cid: &Cid) {
         if let Some(st) = self.lock().peers.get_mut(peer) {
-            st.in_flight = st.in_flight.saturating_sub(1);
+            st.finish();
             st.lacks.insert(*cid);
         }
         self.changed.notify_all();
     }
 
-    pub(super) fn drop_peer(&self, peer: &PeerId, bad: bool) {
+    /// A request to `peer` failed (timeout, closed connection): it rests,
+    /// or leaves the download after [`MAX_FAILURES`] in a row. Returns
+    /// whether it left.
+    pub(super) fn failed(&self, peer: &PeerId) -> bool {
+        let mut s = self.lock();
+        let Some(st) = s.peers.get_mut(peer) else { return false };
+        st.finish();
+        st.failures += 1;
+        let left = st.failures >= MAX_FAILURES;
+        if left {
+            s.peers.remove(peer);
+            s.dropped.insert(*peer);
+        } else {
+            st.rest_until = Some(Instant::now() + FAILURE_REST * 2u32.pow(st.failures - 1));
+        }
+        drop(s);
+        self.changed.notify_all();
+        left
+    }
+
+    /// Drops a peer that sent a wrong block from the download, for good.
+    pub(super) fn drop_bad(&self, peer: &PeerId) {
         let mut s = self.lock();
         s.peers.remove(peer);
         s.dropped.insert(*peer);
-        if bad {
-            s.bad.insert(*peer);
-        }
+        s.bad.insert(*peer);
         self.changed.notify_all();
     }
 }
