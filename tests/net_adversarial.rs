@@ -1,6 +1,7 @@
 //! Hostile peers against real nodes on loopback: a peer that serves wrong
 //! bytes is blocked while the file arrives intact from an honest one, and
-//! garbage, truncated and oversized frames leave a node serving. The hostile
+//! garbage, truncated and oversized frames leave a node serving, and block
+//! streams answer in order and refuse what is over their limits. The hostile
 //! peers are raw libp2p swarms built here, over the same TCP+Noise+Yamux.
 
 mod net_support;
@@ -275,6 +276,175 @@ async fn garbage_truncated_and_oversized_frames_leave_the_node_serving() {
         let sink = Sink::default();
         other.get(report.ticket, Box::new(sink.clone()), None).await.unwrap();
         assert_eq!(*sink.0.lock().unwrap(), bytes);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_streams_answer_in_order_and_refuse_what_is_over_their_limits() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (node, addr, _d) = start(vec![]).await;
+        let bytes = data(3 * CHUNK, 5);
+        let report =
+            node.put(Box::new(Cursor::new(bytes.clone())), None, None, None).await.unwrap();
+        let root = report.ticket.root;
+        let missing = dfs_p2p::block::cid_of(dfs_p2p::block::RAW, b"nobody has this");
+
+        // A raw swarm that speaks only block streams.
+        let mut swarm = raw_swarm(libp2p_stream::Behaviour::new());
+        let mut control = swarm.behaviour().new_control();
+        swarm.dial(addr).unwrap();
+        let swarm_task = tokio::spawn(async move { while swarm.next().await.is_some() {} });
+        let peer = node.peer_id();
+
+        // Pipelined requests, answered in the order asked.
+        let mut first = control.open_stream(peer, codec::BLOCKS_STREAM_PROTOCOL).await.unwrap();
+        for cid in [root, missing, root] {
+            codec::write_block_request(&mut first, &cid).await.unwrap();
+        }
+        first.flush().await.unwrap();
+        let answers = [
+            codec::read_block_response(&mut first).await.unwrap(),
+            codec::read_block_response(&mut first).await.unwrap(),
+            codec::read_block_response(&mut first).await.unwrap(),
+        ];
+        assert!(
+            matches!(&answers[0], Response::Block { data } if dfs_p2p::block::verify(&root, data))
+        );
+        assert!(matches!(answers[1], Response::NotFound), "{:?}", answers[1]);
+        assert!(matches!(&answers[2], Response::Block { .. }));
+
+        // A second stream is served; a third of the same peer is reset.
+        let mut second = control.open_stream(peer, codec::BLOCKS_STREAM_PROTOCOL).await.unwrap();
+        codec::write_block_request(&mut second, &root).await.unwrap();
+        second.flush().await.unwrap();
+        assert!(matches!(
+            codec::read_block_response(&mut second).await.unwrap(),
+            Response::Block { .. }
+        ));
+        let third = async {
+            let mut third = control.open_stream(peer, codec::BLOCKS_STREAM_PROTOCOL).await?;
+            codec::write_block_request(&mut third, &root).await?;
+            third.flush().await?;
+            codec::read_block_response(&mut third).await.map_err(Into::into)
+        };
+        let third: Result<Response, Box<dyn std::error::Error>> = third.await;
+        assert!(third.is_err(), "a third block stream was served: {third:?}");
+
+        // Anything but a GetBlock ends the stream without an answer.
+        let have = codec::encode_request(&Request::Have { cids: vec![root] });
+        second.write_all(&have).await.unwrap();
+        second.flush().await.unwrap();
+        assert!(codec::read_block_response(&mut second).await.is_err());
+        first.write_all(&data(100, 6)).await.unwrap();
+        first.flush().await.unwrap();
+        assert!(codec::read_block_response(&mut first).await.is_err());
+
+        // Their slots are free again, and the node still serves.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let again = async {
+                let mut s = control.open_stream(peer, codec::BLOCKS_STREAM_PROTOCOL).await?;
+                codec::write_block_request(&mut s, &root).await?;
+                s.flush().await?;
+                codec::read_block_response(&mut s).await.map_err(Into::into)
+            };
+            let again: Result<Response, Box<dyn std::error::Error>> = again.await;
+            if matches!(again, Ok(Response::Block { .. })) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no block stream served again: {again:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        swarm_task.abort();
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A liar on the block stream: it answers every GetBlock there with bytes
+/// that do not match the CID (and claims every block over `Have`).
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct StreamLiar {
+    file: request_response::Behaviour<FileCodec>,
+    blocks: libp2p_stream::Behaviour,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_wrong_blocks_on_a_block_stream_is_blocked_and_the_file_still_arrives() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (honest, honest_addr, _d1) = start(vec![]).await;
+        let (getter, getter_addr, _d2) = start(vec![honest_addr]).await;
+        assert!(getter.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+        let bytes = data(64 * CHUNK, 7);
+        let report =
+            honest.put(Box::new(Cursor::new(bytes.clone())), None, None, None).await.unwrap();
+
+        let mut liar = raw_swarm(StreamLiar {
+            file: request_response::Behaviour::<FileCodec>::new(
+                [(codec::STREAM_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default(),
+            ),
+            blocks: libp2p_stream::Behaviour::new(),
+        });
+        let liar_id = *liar.local_peer_id();
+        let mut incoming =
+            liar.behaviour().blocks.new_control().accept(codec::BLOCKS_STREAM_PROTOCOL).unwrap();
+        let served = Arc::new(Mutex::new(0u64));
+        let served_on_streams = served.clone();
+        let streams_task = tokio::spawn(async move {
+            while let Some((_, mut stream)) = incoming.next().await {
+                let served = served_on_streams.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(_)) = codec::read_block_request(&mut stream).await {
+                        *served.lock().unwrap() += 1;
+                        let wrong = Response::Block { data: data(CHUNK + 16, 98).into() };
+                        if codec::write_block_response(&mut stream, wrong).await.is_err() {
+                            return;
+                        }
+                        let _ = stream.flush().await;
+                    }
+                });
+            }
+        });
+        liar.dial(getter_addr).unwrap();
+        let liar_task = tokio::spawn(async move {
+            while let Some(event) = liar.next().await {
+                if let SwarmEvent::Behaviour(StreamLiarEvent::File(
+                    request_response::Event::Message {
+                        message: request_response::Message::Request { request, channel, .. },
+                        ..
+                    },
+                )) = event
+                {
+                    let response = match request {
+                        RequestFrame::Valid(Request::Have { cids }) => {
+                            Response::Have { present: vec![true; cids.len()] }
+                        }
+                        _ => Response::error(codec::ErrorCode::Refused, "no"),
+                    };
+                    let _ = liar.behaviour_mut().file.send_response(channel, response);
+                }
+            }
+        });
+        assert!(getter.wait_for_peers(2, Duration::from_secs(20)).await >= 2);
+
+        let sink = Sink::default();
+        let r = getter.get(report.ticket.clone(), Box::new(sink.clone()), None).await.unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), bytes, "the file arrives intact");
+        assert_eq!(r.size, bytes.len() as u64);
+        assert!(*served.lock().unwrap() > 0, "the liar was asked on its block stream");
+        assert!(getter.blocked_peers().await.contains(&liar_id));
+        getter
+            .store()
+            .walk(&report.ticket.root, &mut |c| getter.store().get(c).map(|_| ()))
+            .unwrap();
+        liar_task.abort();
+        streams_task.abort();
     })
     .await
     .expect("test timed out");
