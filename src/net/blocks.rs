@@ -52,7 +52,7 @@ pub const MAX_CONCURRENT_HAVES: usize = 4;
 pub const MAX_STREAM_BLOCKS: usize = 32;
 /// Requests a block stream's responder reads ahead of the answer it is
 /// writing (so the disk read of the next block overlaps the sending).
-pub const STREAM_READ_AHEAD: usize = 2;
+pub const STREAM_READ_AHEAD: usize = 4;
 /// Block streams accepted per peer (a requester uses one), and in all.
 pub const MAX_BLOCK_STREAMS_PER_PEER: usize = 2;
 pub const MAX_BLOCK_STREAMS: usize = 128;
