@@ -8,6 +8,7 @@
 
 pub mod dht;
 pub mod net;
+pub mod proxy;
 pub mod raw;
 pub mod store;
 
