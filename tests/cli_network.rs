@@ -172,6 +172,37 @@ fn bench_net_reports_both_nodes_and_both_baselines() {
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "{report}");
 }
 
+/// `bench net` with links through the binary: two serving nodes in child
+/// processes, each behind its own link, the links in a process of their
+/// own; every get went through the links, and nothing is left behind.
+#[test]
+fn bench_net_through_links_reports_every_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = dfs(&["bench", "net", "--size", "4MiB", "--providers", "2", "--rtt", "10"])
+        .env("TMPDIR", tmp.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, "bench net with links");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    for wanted in [
+        "from 2 providers, each behind a link of unlimited rate, 10 ms round trip",
+        "get / raw",
+        "per link",
+        "every get through them",
+        "serving nodes together",
+        "links",
+    ] {
+        assert!(report.contains(wanted), "no {wanted:?} in:\n{report}");
+    }
+    assert!(!report.contains("WARNING"), "{report}");
+    assert!(!report.contains("n/a"), "{report}");
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "{report}");
+}
+
 /// What `dfs-p2p status` says: (copies answering, target, holders).
 fn status(ticket: &str, bootstrap: &str, dir: &Path) -> (usize, String, Vec<String>) {
     let out = run(&["status", ticket, "--bootstrap", bootstrap, "--data-dir", arg(dir)], b"");

@@ -1,6 +1,7 @@
 //! The benchmarks behind `dfs-p2p bench`: [`store`] (import and export
-//! through the local store), [`net`] (a get between two nodes against
-//! [`raw`], one bare libp2p stream over the same transport), [`dht`]
+//! through the local store), [`net`] (a get from one or more serving nodes
+//! against [`raw`], one bare libp2p stream over the same transport, over
+//! loopback or through [`proxy`] links with a delay and a rate), [`dht`]
 //! (lookups among many nodes, before and after churn). They sit
 //! above the node, beside the command line, and nothing below imports
 //! them. This module holds what they measure with: CPU time and peak
@@ -8,6 +9,7 @@
 
 pub mod dht;
 pub mod net;
+pub mod proxy;
 pub mod raw;
 pub mod store;
 
@@ -46,7 +48,17 @@ impl CpuSpent {
 
     /// The totals so far of `child` (if any) and of this process.
     pub fn now(child: Option<u32>) -> CpuSpent {
-        CpuSpent { child: child.and_then(|pid| cpu_secs(Some(pid))), this: cpu_secs(None) }
+        CpuSpent::now_of(child.as_slice())
+    }
+
+    /// The totals so far of `children` together (`None` for none, or if a
+    /// reading failed) and of this process.
+    pub fn now_of(children: &[u32]) -> CpuSpent {
+        let child = match children {
+            [] => None,
+            pids => pids.iter().map(|pid| cpu_secs(Some(*pid))).sum(),
+        };
+        CpuSpent { child, this: cpu_secs(None) }
     }
 
     /// Adds what was spent between two readings.

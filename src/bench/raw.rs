@@ -148,6 +148,19 @@ pub async fn raw_serve() -> Result<(), NodeError> {
     }
 }
 
+/// The serving end of the raw stream as a task of this process, answering
+/// until the task is aborted; and its full address.
+pub async fn raw_server_task() -> Result<(Multiaddr, tokio::task::JoinHandle<()>), NodeError> {
+    let (mut server, addr) = raw_listener().await?;
+    let task = tokio::spawn(async move {
+        loop {
+            let event = server.select_next_some().await;
+            answer(&mut server, event);
+        }
+    });
+    Ok((addr, task))
+}
+
 /// One transfer of `size` bytes over one raw stream; returns bytes/s. The
 /// serving end is `remote` (a `raw-serve` process) or, without one, a swarm
 /// in this process.
@@ -156,13 +169,7 @@ pub async fn raw_stream(size: u64, remote: Option<&Multiaddr>) -> Result<f64, No
     let (addr, server_task) = match remote {
         Some(addr) => (addr.clone(), None),
         None => {
-            let (mut server, addr) = raw_listener().await?;
-            let task = tokio::spawn(async move {
-                loop {
-                    let event = server.select_next_some().await;
-                    answer(&mut server, event);
-                }
-            });
+            let (addr, task) = raw_server_task().await?;
             (addr, Some(task))
         }
     };

@@ -168,11 +168,23 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Put and get between two nodes on this machine.
+    /// Get a file from nodes on this machine, against one raw libp2p stream:
+    /// over loopback, or with --rtt, --rate or --providers through links
+    /// that delay and pace what crosses them.
     Net {
         /// Bytes to transfer, e.g. 256MiB.
         #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
         size: u64,
+        /// Round trip of each link in milliseconds (half of it each way).
+        #[arg(long, value_name = "MS", value_parser = parse_rtt)]
+        rtt: Option<f64>,
+        /// Rate of each link, each way, in Mbit/s [default: unlimited]
+        #[arg(long, value_name = "MBIT", value_parser = parse_rate)]
+        rate: Option<f64>,
+        /// Serving nodes, each holding the file behind a link of its own
+        /// [default: 1]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32))]
+        providers: Option<u32>,
     },
     /// Lookups among many nodes in this process, before and after churn.
     Dht {
@@ -201,6 +213,25 @@ pub enum BenchCommand {
     /// The serving end of `bench net`'s raw stream (started by it).
     #[command(hide = true)]
     RawServe,
+    /// The links of `bench net` (started by it).
+    #[command(hide = true)]
+    LinkProxy,
+}
+
+/// Parses a round trip in milliseconds: from 0 to 10,000.
+fn parse_rtt(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(ms) if (0.0..=10_000.0).contains(&ms) => Ok(ms),
+        _ => Err(format!("`{s}` is not a round trip from 0 to 10000 ms")),
+    }
+}
+
+/// Parses a rate in Mbit/s: more than 0, at most 1,000,000.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(mbit) if (0.001..=1_000_000.0).contains(&mbit) => Ok(mbit),
+        _ => Err(format!("`{s}` is not a rate from 0.001 to 1000000 Mbit/s")),
+    }
 }
 
 /// Parses a size: plain bytes (`4096`), binary units (`1.5GiB`, `512MiB`,
@@ -384,6 +415,9 @@ mod tests {
             &["dfs-p2p", "get", "xyz"],
             &["dfs-p2p", "frobnicate"],
             &["dfs-p2p", "bench", "store", "--chunk-size", "1k"],
+            &["dfs-p2p", "bench", "net", "--rtt", "-1"],
+            &["dfs-p2p", "bench", "net", "--rate", "0"],
+            &["dfs-p2p", "bench", "net", "--providers", "0"],
             &["dfs-p2p", "--bootstrap", "/ip4/127.0.0.1"],
             &["dfs-p2p", "--bootstrap", "/ip4/127.0.0.1/tcp/0"],
             &["dfs-p2p", "--bootstrap", "/ip4/127.0.0.1/udp/3000"],

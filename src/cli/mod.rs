@@ -109,8 +109,14 @@ pub fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     // A thousand nodes in one process would fill the terminal with each
-    // one's put and replica news.
-    let many_nodes = matches!(cli.command, Some(Command::Bench(BenchCommand::Dht { .. })));
+    // one's put and replica news; so would the serving nodes `bench net`
+    // places its file on.
+    let many_nodes = matches!(
+        cli.command,
+        Some(Command::Bench(
+            BenchCommand::Dht { .. } | BenchCommand::Net { providers: Some(2..), .. }
+        ))
+    );
     init_logging(cli.verbose, many_nodes);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -584,9 +590,15 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
             .map_err(|e| Failure::Error(format!("the benchmark stopped: {e}")))??;
             output::result(&format!("{report}\n"));
         }
-        BenchCommand::Net { size } => {
+        BenchCommand::Net { size, rtt, rate, providers } => {
+            use crate::bench::{net, proxy::Link};
             let scratch = ScratchDir::new(None)?;
-            let report = crate::bench::net::bench_net(size, &scratch.path).await?;
+            // Any link option puts each serving node behind a link.
+            let link = (rtt.is_some() || rate.is_some() || providers.is_some())
+                .then(|| Link::from_rtt_and_rate(rtt.unwrap_or(0.0), rate));
+            let providers = providers.map_or(1, |n| n as usize);
+            let options = net::NetBenchOptions { size, providers, link };
+            let report = net::bench_net(options, &scratch.path).await?;
             output::result(&format!("{report}\n"));
         }
         BenchCommand::Dht { nodes, files, lookups, churn, seed, tcp, out } => {
@@ -618,6 +630,9 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
             ));
         }
         BenchCommand::RawServe => crate::bench::raw::raw_serve().await?,
+        BenchCommand::LinkProxy => crate::bench::proxy::serve_links()
+            .await
+            .map_err(|e| Failure::Error(format!("the links stopped: {e}")))?,
     }
     Ok(())
 }
