@@ -37,8 +37,9 @@ use crate::{
 /// hide the round trip on loopback: 16 left half the CPU idle in the
 /// benchmark).
 pub const PER_PEER_IN_FLIGHT: usize = 32;
-/// Block requests in flight to one provider at a time, at least: what a
-/// provider gets before it has delivered anything.
+/// Block requests in flight to one provider at a time, at least. Before a
+/// provider has delivered anything it may have an equal share of
+/// [`PER_PEER_IN_FLIGHT`] among the download's providers.
 pub const MIN_IN_FLIGHT: usize = 4;
 /// A provider may have in flight what it delivers in this long.
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
@@ -65,11 +66,12 @@ struct PeerState {
 }
 
 impl PeerState {
-    /// Requests this peer may have in flight now.
-    fn room(&self) -> usize {
+    /// Requests this peer may have in flight now, one of `providers`:
+    /// before it has delivered anything, an equal share.
+    fn room(&self, providers: usize) -> usize {
         let busy = self.busy + self.busy_since.map_or(Duration::ZERO, |at| at.elapsed());
         if self.delivered == 0 || busy.is_zero() {
-            return MIN_IN_FLIGHT;
+            return (PER_PEER_IN_FLIGHT / providers.max(1)).max(MIN_IN_FLIGHT);
         }
         let per_window = self.delivered as f64 * RATE_WINDOW.as_secs_f64() / busy.as_secs_f64();
         (per_window as usize).clamp(MIN_IN_FLIGHT, PER_PEER_IN_FLIGHT)
@@ -218,13 +220,14 @@ impl ProviderSet {
     fn pick(&self, s: &mut SetState, cid: &Cid) -> Pick {
         let mut best: Option<(PeerId, usize)> = None;
         let mut any_candidate = false;
+        let providers = s.peers.len();
         for (peer, st) in &s.peers {
             if st.lacks.contains(cid) {
                 continue;
             }
             any_candidate = true;
             if !st.resting()
-                && st.in_flight < st.room()
+                && st.in_flight < st.room(providers)
                 && best.is_none_or(|(_, n)| st.in_flight < n)
             {
                 best = Some((*peer, st.in_flight));
