@@ -152,19 +152,25 @@ fn a_one_shot_put_with_no_reachable_peer_stores_locally() {
 /// `bench net` through the binary: the serving node and the raw stream's
 /// serving end run as child processes, and the report covers both nodes
 /// and both baselines.
-#[test]
-fn bench_net_reports_both_nodes_and_both_baselines() {
+/// Runs `dfs-p2p bench net ARGS` with its own TMPDIR; returns that
+/// directory and the report, once it succeeded.
+fn bench_net(args: &[&str], what: &str) -> (tempfile::TempDir, String) {
     let tmp = tempfile::tempdir().unwrap();
-    let child = dfs(&["bench", "net", "--size", "4MiB"])
+    let child = dfs(&[&["bench", "net"], args].concat())
         .env("TMPDIR", tmp.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let out = wait_output(child, "bench net");
+    let out = wait_output(child, what);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let report = text(&out.stdout);
+    (tmp, text(&out.stdout))
+}
+
+#[test]
+fn bench_net_reports_both_nodes_and_both_baselines() {
+    let (tmp, report) = bench_net(&["--size", "4MiB"], "bench net");
     for wanted in ["get:", "two processes", "one process", "get / raw", "serving node"] {
         assert!(report.contains(wanted), "no {wanted:?} in:\n{report}");
     }
@@ -177,17 +183,8 @@ fn bench_net_reports_both_nodes_and_both_baselines() {
 /// own; every get went through the links, and nothing is left behind.
 #[test]
 fn bench_net_through_links_reports_every_node() {
-    let tmp = tempfile::tempdir().unwrap();
-    let child = dfs(&["bench", "net", "--size", "4MiB", "--providers", "2", "--rtt", "10"])
-        .env("TMPDIR", tmp.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output(child, "bench net with links");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let report = text(&out.stdout);
+    let (tmp, report) =
+        bench_net(&["--size", "4MiB", "--providers", "2", "--rtt", "10"], "bench net with links");
     for wanted in [
         "from 2 providers, each behind a link of unlimited rate, 10 ms round trip",
         "get / raw",

@@ -161,6 +161,17 @@ impl NetBenchReport {
             && self.getter_connections.iter().zip(&self.link_connections).all(|(g, l)| g <= l)
     }
 
+    /// The raw stream's CPU per GB at each end, when it was counted.
+    fn fmt_raw_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.raw_cpu_per_gb {
+            Some((serving, receiving)) => writeln!(
+                f,
+                "              raw stream: serving end {serving:.2} s, receiving end {receiving:.2} s"
+            ),
+            None => Ok(()),
+        }
+    }
+
     fn fmt_loopback(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mbs = |v: f64| v / 1e6;
         let runs = |r: &[f64]| r.iter().map(|v| format!("{:.0}", mbs(*v))).collect::<Vec<_>>();
@@ -198,14 +209,7 @@ impl NetBenchReport {
         } else {
             writeln!(f, "  CPU per GB: {} (both nodes)", cpu(self.getter_cpu_per_gb))?;
         }
-        if let Some((serving, receiving)) = self.raw_cpu_per_gb {
-            writeln!(
-                f,
-                "              raw stream: serving end {}, receiving end {}",
-                cpu(Some(serving)),
-                cpu(Some(receiving))
-            )?;
-        }
+        self.fmt_raw_cpu(f)?;
         if self.server_in_child {
             writeln!(
                 f,
@@ -333,14 +337,7 @@ impl NetBenchReport {
                 cpu(self.getter_cpu_per_gb)
             )?;
         }
-        if let Some((serving, receiving)) = self.raw_cpu_per_gb {
-            writeln!(
-                f,
-                "              raw stream: serving end {}, receiving end {}",
-                cpu(Some(serving)),
-                cpu(Some(receiving))
-            )?;
-        }
+        self.fmt_raw_cpu(f)?;
         if self.server_in_child {
             let serving = self.server_peak_rss.iter().map(|r| mib(*r)).collect::<Vec<_>>();
             writeln!(
