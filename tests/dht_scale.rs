@@ -24,6 +24,8 @@ async fn a_hundred_nodes_find_every_file_before_and_after_churn() {
         files: 20,
         lookups: 200,
         churn: 20,
+        churn_steps: 2,
+        repair_interval: Duration::from_secs(3),
         seed: 7,
         wire: Wire::Memory,
         dir: dir.path().to_path_buf(),
@@ -49,12 +51,26 @@ async fn a_hundred_nodes_find_every_file_before_and_after_churn() {
     let (before, _) = report.phases[0].success();
     assert!(before >= 0.99, "before churn only {:.1}% of lookups succeeded", before * 100.0);
     for phase in &report.phases[1..] {
-        let (_, findable) = phase.success();
+        let (all, findable) = phase.success();
         assert!(
             findable >= 0.97,
             "{}: only {:.1}% of the lookups of files with a live copy succeeded",
             phase.name,
             findable * 100.0
+        );
+        assert!(all >= 0.97, "{}: only {:.1}% of lookups succeeded", phase.name, all * 100.0);
+    }
+    // The nodes left in two steps, and after each the holders' repair put
+    // back every copy that had gone.
+    assert_eq!(report.churn.len(), 2, "the churn ran in two steps");
+    for (n, step) in report.churn.iter().enumerate() {
+        assert_eq!(
+            step.restored,
+            step.short,
+            "churn step {}: repair restored {} of {} files short of copies",
+            n + 1,
+            step.restored,
+            step.short
         );
     }
     // Copies go where Kademlia says they should.

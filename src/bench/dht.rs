@@ -4,6 +4,13 @@
 //! nodes stopped without warning and the lookups repeated; then as many new
 //! nodes joined and the lookups run again.
 //!
+//! The nodes leave in steps (`--churn-steps`), as nodes leave a network over
+//! time, and after each step the benchmark waits until the nodes' own repair
+//! has brought every file that still has a copy back to its copies (or
+//! [`REPAIR_WAIT`] has passed): a file is lost only if every copy stopped
+//! within one step. The nodes run repair every `--repair` (10 s) instead of
+//! a node's default half hour; nothing else of it differs.
+//!
 //! Every node is a [`Node`], started as `dfs-p2p` starts one: its own data
 //! directory and store, the event loop with the project's Kademlia
 //! configuration, identify, ping, the file protocol, the connection limits,
@@ -81,6 +88,9 @@ pub const IDLE: Duration = Duration::from_secs(10);
 /// How long the joins' DHT work may go on before the idle network is
 /// measured anyway.
 pub const QUIET_LIMIT: Duration = Duration::from_secs(120);
+/// How long the benchmark waits after a churn step for repair to restore
+/// the copies of every file that still has one.
+pub const REPAIR_WAIT: Duration = Duration::from_secs(90);
 /// How long a lookup's DHT query may take to end after the lookup itself
 /// (its last requests in flight) before its cost is read.
 const COST_WAIT: Duration = Duration::from_secs(5);
@@ -94,6 +104,12 @@ pub struct DhtOptions {
     pub lookups: usize,
     /// Per cent of the nodes stopped in the churn phase.
     pub churn: u32,
+    /// Steps the churn is stopped in, each followed by repair (1: all at
+    /// once, lookups right after).
+    pub churn_steps: usize,
+    /// How often the nodes run repair (a node's `--repair-interval`): a
+    /// file short of copies is repaired after two to three intervals.
+    pub repair_interval: Duration,
     pub seed: u64,
     pub wire: Wire,
     /// Where the nodes' data directories go.
@@ -173,8 +189,22 @@ pub struct DhtReport {
     pub peak_rss: Option<u64>,
     pub puts: Puts,
     pub phases: Vec<Phase>,
+    pub churn: Vec<ChurnStep>,
     pub cpu_secs: Option<f64>,
     pub elapsed: Duration,
+}
+
+/// One step of the churn: nodes stopped, then the copies repaired.
+#[derive(Debug, Clone, Default)]
+pub struct ChurnStep {
+    pub stopped: usize,
+    /// Files left with fewer than their copies, and with none.
+    pub short: usize,
+    pub lost: usize,
+    /// Of the files short of copies (and not lost), those back at their
+    /// copies when the benchmark stopped waiting, and when that was.
+    pub restored: usize,
+    pub repair_time: Duration,
 }
 
 /// What the network does on its own, with nothing asked of it.
@@ -235,6 +265,7 @@ impl Net {
             config.replicas = REPLICAS;
             config.cache_size = 1 << 20;
             config.replica_quota = Some(64 << 20);
+            config.repair_interval = self.options.repair_interval;
             self.ids.push(key.public().to_peer_id());
             self.nodes.push(None);
             starting.push(async move { (index, Node::start(config).await) });
@@ -298,6 +329,37 @@ impl Net {
         let stopping: Vec<Node> =
             candidates.into_iter().take(count).filter_map(|i| self.nodes[i].take()).collect();
         futures::future::join_all(stopping.into_iter().map(Node::shutdown)).await;
+    }
+
+    /// Stops `count` nodes, then waits until repair has brought every file
+    /// that still has a copy back to [`REPLICAS`] copies, or
+    /// [`REPAIR_WAIT`] has passed.
+    async fn churn_step(&mut self, files: &[File], count: usize) -> ChurnStep {
+        self.stop(count).await;
+        let started = Instant::now();
+        let copies = |net: &Net| -> Vec<usize> {
+            files.iter().map(|f| net.holders(&f.ticket.root).len()).collect()
+        };
+        let after_stop = copies(self);
+        let short: Vec<usize> =
+            (0..files.len()).filter(|&f| after_stop[f] > 0 && after_stop[f] < REPLICAS).collect();
+        let lost = after_stop.iter().filter(|&&c| c == 0).count();
+        let mut restored = 0;
+        while started.elapsed() < REPAIR_WAIT {
+            let now = copies(self);
+            restored = short.iter().filter(|&&f| now[f] >= REPLICAS).count();
+            if restored == short.len() {
+                break;
+            }
+            tokio::time::sleep(SAMPLE_EVERY).await;
+        }
+        ChurnStep {
+            stopped: count,
+            short: short.len(),
+            lost,
+            restored,
+            repair_time: started.elapsed(),
+        }
     }
 
     /// The routing tables, what they know of the live network, and the
@@ -635,7 +697,7 @@ pub async fn bench_dht(options: DhtOptions, say: impl Fn(String)) -> Result<DhtR
     };
     let result = run(&mut net, &options, &say, rss_start).await;
     net.shutdown().await;
-    let (join, rss_joined, idle, puts, phases) = result?;
+    let (join, rss_joined, idle, puts, phases, churn) = result?;
     Ok(DhtReport {
         options,
         join,
@@ -645,6 +707,7 @@ pub async fn bench_dht(options: DhtOptions, say: impl Fn(String)) -> Result<DhtR
         peak_rss: peak_rss(None),
         puts,
         phases,
+        churn,
         cpu_secs: super::cpu_secs(None).zip(cpu_start).map(|(end, start)| end - start),
         elapsed: started.elapsed(),
     })
@@ -655,7 +718,7 @@ async fn run(
     options: &DhtOptions,
     say: &impl Fn(String),
     rss_start: u64,
-) -> Result<(Duration, u64, Idle, Puts, Vec<Phase>), String> {
+) -> Result<(Duration, u64, Idle, Puts, Vec<Phase>, Vec<ChurnStep>), String> {
     let joining = Instant::now();
     let (converged, survey) = net.join(options.nodes, say).await?;
     let join = joining.elapsed();
@@ -684,8 +747,20 @@ async fn run(
     say(phase_line(&before));
     phases.push(before);
     let stopped = (net.live().len() - 1).min(options.nodes * options.churn as usize / 100);
+    let mut churn = Vec::new();
     if stopped > 0 {
-        net.stop(stopped).await;
+        let steps = options.churn_steps.clamp(1, stopped);
+        for n in 0..steps {
+            let count = stopped * (n + 1) / steps - stopped * n / steps;
+            let step = if steps == 1 {
+                net.stop(count).await;
+                ChurnStep { stopped: count, ..Default::default() }
+            } else {
+                net.churn_step(&files, count).await
+            };
+            say(churn_line(n + 1, steps, &step));
+            churn.push(step);
+        }
         let after = net.phase(&format!("{stopped} stopped"), &mut files, None, None).await;
         say(phase_line(&after));
         phases.push(after);
@@ -695,7 +770,22 @@ async fn run(
         say(phase_line(&rejoined));
         phases.push(rejoined);
     }
-    Ok((join, rss_joined, idle, puts, phases))
+    Ok((join, rss_joined, idle, puts, phases, churn))
+}
+
+fn churn_line(n: usize, steps: usize, step: &ChurnStep) -> String {
+    if steps == 1 {
+        return format!("churn: {} nodes stopped at once", step.stopped);
+    }
+    format!(
+        "churn step {n} of {steps}: {} nodes stopped; {} files short of copies, {} with none; repair restored {} of {} in {:.1} s",
+        step.stopped,
+        step.short,
+        step.lost,
+        step.restored,
+        step.short,
+        step.repair_time.as_secs_f64()
+    )
 }
 
 fn idle_line(idle: &Idle) -> String {
@@ -865,6 +955,12 @@ impl fmt::Display for DhtReport {
         })?;
         row(f, "memory resident", &|p| format!("{:.0} MiB", mib(p.rss)))?;
         writeln!(f)?;
+        for (n, step) in self.churn.iter().enumerate() {
+            writeln!(f, "{}", churn_line(n + 1, self.churn.len(), step))?;
+        }
+        if !self.churn.is_empty() {
+            writeln!(f)?;
+        }
         write!(f, "2·log2(N) = {:.1}; ", 2.0 * (o.nodes as f64).log2())?;
         if let Some(cpu) = self.cpu_secs {
             write!(f, "CPU {cpu:.0} s; ")?;

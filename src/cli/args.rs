@@ -200,6 +200,14 @@ pub enum BenchCommand {
         /// Per cent of the nodes stopped without warning, then replaced.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=90))]
         churn: u32,
+        /// Steps the churn is stopped in, each followed by repair (1: all
+        /// at once, the lookups right after).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+        churn_steps: u32,
+        /// How often the nodes check their files' copies and repair them
+        /// (each node's --repair-interval), e.g. 10s.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        repair: std::time::Duration,
         /// Seed of the nodes' keys, the files, and every random choice.
         #[arg(long, default_value_t = 1)]
         seed: u64,

@@ -601,7 +601,7 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
             let report = net::bench_net(options, &scratch.path).await?;
             output::result(&format!("{report}\n"));
         }
-        BenchCommand::Dht { nodes, files, lookups, churn, seed, tcp, out } => {
+        BenchCommand::Dht { nodes, files, lookups, churn, churn_steps, repair, seed, tcp, out } => {
             use crate::bench::dht;
             let scratch = ScratchDir::new(None)?;
             let options = dht::DhtOptions {
@@ -609,6 +609,8 @@ async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
                 files: files as usize,
                 lookups: lookups.map_or((files as usize * 10).max(1000), |l| l as usize),
                 churn,
+                churn_steps: churn_steps as usize,
+                repair_interval: repair,
                 seed,
                 wire: if tcp {
                     crate::net::behaviour::Wire::Tcp

@@ -64,12 +64,14 @@ pub const MAX_PENDING_OUTGOING: u32 = 256;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kademlia query timeout (libp2p default 60 s): bounds a provider lookup.
 pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often Kademlia refreshes its routing table (a lookup of the node's
-/// own id, then one in every bucket farther than its closest neighbour:
-/// 300–500 requests per node at 200–300 nodes in `bench dht`). Also done
-/// by libp2p whenever the table holds fewer than 20 peers, so on every
-/// join. IPFS refreshes every 10 minutes too; this was 2 minutes, with a
-/// refresh of our own every minute besides (see the README's DHT section).
+/// How often a node refreshes its routing table: a Kademlia bootstrap (a
+/// lookup of the node's own id, then one in every bucket farther than its
+/// closest neighbour: 300–500 requests per node at 200–300 nodes in `bench
+/// dht`), run by the event loop on its own timer. IPFS refreshes every 10
+/// minutes too. libp2p would also bootstrap whenever a peer enters a table
+/// of fewer than 20, that is on every join, and again if more joined
+/// meanwhile; the event loop ends those at once (a join is a lookup of the
+/// node's own id, see `EventLoop::end_automatic_bootstraps`).
 pub const PERIODIC_BOOTSTRAP: Duration = Duration::from_secs(600);
 /// Kademlia's replication factor: the peers a provider record is stored on
 /// and a lookup converges to (libp2p's default, the `k` of the paper).
@@ -112,7 +114,7 @@ impl Behaviour {
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
             .set_query_timeout(KAD_QUERY_TIMEOUT)
-            .set_periodic_bootstrap_interval(Some(PERIODIC_BOOTSTRAP))
+            .set_periodic_bootstrap_interval(None)
             .set_provider_record_ttl(Some(provider_ttl))
             // The node publishes its records again itself, on a timer with
             // jitter (node.rs), and only for roots it still holds whole.

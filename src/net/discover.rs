@@ -70,7 +70,7 @@ async fn discovery_round(net: &NetHandle, set: &Arc<ProviderSet>) {
 pub const CONNECTED_PROBES: usize = 8;
 
 /// The connected peers (at most [`CONNECTED_PROBES`]) XOR-closest to `root`.
-async fn closest_connected(net: &NetHandle, root: Cid) -> Vec<PeerId> {
+pub async fn closest_connected(net: &NetHandle, root: Cid) -> Vec<PeerId> {
     let target = KBucketKey::new(provider_key(&root));
     let mut connected: Vec<PeerId> = net.peers().await.into_iter().map(|p| p.peer_id).collect();
     connected.sort_by_cached_key(|p| target.distance(&KBucketKey::from(*p)));

@@ -10,8 +10,8 @@
 //! queue is answered `Busy` instead of waiting.
 //!
 //! It also runs discovery: it dials the bootstrap addresses at start and
-//! again while it is connected to no peer (Kademlia refreshes itself, see
-//! `behaviour::PERIODIC_BOOTSTRAP`),
+//! again while it is connected to no peer, refreshes the routing table
+//! every `behaviour::PERIODIC_BOOTSTRAP` (and lets no other bootstrap run),
 //! feeds Kademlia with the addresses identify reports, and republishes its
 //! provider records when it (re)joins a network.
 
@@ -39,7 +39,7 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::net::{
-    behaviour::{Behaviour, BehaviourEvent, provider_key},
+    behaviour::{Behaviour, BehaviourEvent, PERIODIC_BOOTSTRAP, provider_key},
     codec::{ErrorCode, Request, RequestFrame, Response},
     lanes::{ActiveStreams, Lanes},
 };
@@ -582,6 +582,9 @@ pub struct EventLoop {
     /// Whether this is a node that listens (not a one-shot client).
     listens: bool,
     routing_empty: bool,
+    /// The routing-table refresh running now, if any (the only Kademlia
+    /// bootstrap let run: see [`EventLoop::end_automatic_bootstraps`]).
+    refresh: Option<QueryId>,
 }
 
 impl EventLoop {
@@ -646,6 +649,7 @@ impl EventLoop {
             block_streams,
             listens: swarm_listens,
             routing_empty: true,
+            refresh: None,
         };
         (event_loop, handle, inbound_rx)
     }
@@ -661,6 +665,11 @@ impl EventLoop {
         self.publish_bootstrap();
         let mut retry = tokio::time::interval(BOOTSTRAP_RETRY);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        let mut refresh = tokio::time::interval_at(
+            tokio::time::Instant::now() + PERIODIC_BOOTSTRAP,
+            PERIODIC_BOOTSTRAP,
+        );
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -673,7 +682,10 @@ impl EventLoop {
                     Some(command) => self.handle_command(command),
                     None => break,
                 },
-                event = self.swarm.select_next_some() => self.handle_event(event),
+                event = self.swarm.select_next_some() => {
+                    self.handle_event(event);
+                    self.end_automatic_bootstraps();
+                }
                 // Only while alone: a node that has joined finds its peers
                 // through the DHT. (Redialing a bootstrap node that closed
                 // an idle connection made every node of a large network
@@ -684,9 +696,31 @@ impl EventLoop {
                     self.dial_bootstrap();
                 },
                 _ = housekeeping.tick() => self.housekeeping(),
+                _ = refresh.tick() => if self.refresh.is_none() {
+                    self.refresh = self.swarm.behaviour_mut().kad.bootstrap().ok();
+                },
             }
         }
         tracing::debug!("event loop stopped");
+    }
+
+    /// Ends every Kademlia bootstrap but our periodic refresh, before it
+    /// sends more than its first few requests. libp2p starts one whenever a
+    /// peer enters a routing table of fewer than 20 (it cannot be turned
+    /// off), that is on every join, and again once it ends if more peers
+    /// joined meanwhile: a lookup of our id, then one in each farther
+    /// bucket, ~500 requests, 1.6 times per join at 300 nodes of `bench
+    /// dht`. A join is our lookup of our own id (`handle_kad_event`), ~50
+    /// requests; the farther buckets fill as the node looks things up and
+    /// others look it up, and the periodic refresh completes them.
+    fn end_automatic_bootstraps(&mut self) {
+        let ours = self.refresh;
+        for mut query in self.swarm.behaviour_mut().kad.iter_queries_mut() {
+            if matches!(query.info(), kad::QueryInfo::Bootstrap { .. }) && Some(query.id()) != ours
+            {
+                query.finish();
+            }
+        }
     }
 
     /// Tells the handles how the bootstrap addresses fare.
@@ -1373,7 +1407,14 @@ impl EventLoop {
                     self.get_queries.remove(&id);
                 }
             }
-            QueryResult::Bootstrap(Err(e)) => tracing::debug!("bootstrap failed: {e}"),
+            QueryResult::Bootstrap(result) => {
+                if step.last && self.refresh == Some(id) {
+                    self.refresh = None;
+                }
+                if let Err(e) = result {
+                    tracing::debug!("bootstrap failed: {e}");
+                }
+            }
             QueryResult::StartProviding(Err(e)) => tracing::debug!("provide failed: {e}"),
             _ => {}
         }

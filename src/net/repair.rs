@@ -7,9 +7,9 @@
 //! 1. leases that ran out are dropped, with the copies no owner holds any
 //!    longer ([`Store::expire_leases`]);
 //! 2. it counts the peers that hold the root pinned *now*: the root's DHT
-//!    providers, the holders it saw last time and the connected peers are
-//!    asked `Holds` (provider records outlive their nodes, so a record alone
-//!    counts for nothing);
+//!    providers, the holders it saw last time and the connected peers
+//!    closest to the root are asked `Holds` (provider records outlive their
+//!    nodes, so a record alone counts for nothing);
 //! 3. the owner (the node whose own content it is) renews its lease on
 //!    each holder that answered, every quarter of `--lease`;
 //! 4. when fewer than the target answer for [`SHORT_ROUNDS`] rounds in a
@@ -168,13 +168,15 @@ impl Repairer {
     /// The peers other than this node that answer now that they hold
     /// `root` pinned, and the most copies and the latest repair they
     /// report. Asks the root's DHT providers, `known` holders and the
-    /// connected peers, [`MAX_PROBED`] at most.
+    /// connected peers XOR-closest to the root (where copies are placed:
+    /// asking every connected peer cost each holder some 60 requests per
+    /// root and round at 1,000 nodes), [`MAX_PROBED`] at most.
     async fn live_holders(&self, root: Cid, known: &[PeerId]) -> (Vec<PeerId>, u8, u64) {
         let local = self.net.local_peer_id();
         let mut candidates: Vec<PeerId> = known.to_vec();
         discover::dht_providers(&self.net, root, &Default::default(), |peer| candidates.push(peer))
             .await;
-        candidates.extend(self.net.peers().await.into_iter().map(|p| p.peer_id));
+        candidates.extend(discover::closest_connected(&self.net, root).await);
         let mut seen = HashSet::new();
         candidates.retain(|p| *p != local && seen.insert(*p));
         candidates.truncate(MAX_PROBED);
