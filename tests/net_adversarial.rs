@@ -14,6 +14,7 @@ use std::{
 };
 
 use dfs_p2p::{
+    net::blocks::MAX_BLOCK_STREAMS_PER_PEER,
     net::codec::{self, FileCodec, PROTOCOL, Request, RequestFrame, Response},
     node::{Node, NodeConfig},
 };
@@ -315,14 +316,21 @@ async fn block_streams_answer_in_order_and_refuse_what_is_over_their_limits() {
         assert!(matches!(answers[1], Response::NotFound), "{:?}", answers[1]);
         assert!(matches!(&answers[2], Response::Block { .. }));
 
-        // A second stream is served; a third of the same peer is reset.
-        let mut second = control.open_stream(peer, codec::BLOCKS_STREAM_PROTOCOL).await.unwrap();
-        codec::write_block_request(&mut second, &root).await.unwrap();
-        second.flush().await.unwrap();
-        assert!(matches!(
-            codec::read_block_response(&mut second).await.unwrap(),
-            Response::Block { .. }
-        ));
+        // More streams are served up to the limit per peer (opened one
+        // after the other: streams that arrive at once may be dropped
+        // before the responder takes them); one more is reset.
+        let mut open = Vec::new();
+        for _ in 1..MAX_BLOCK_STREAMS_PER_PEER {
+            let mut more = control.open_stream(peer, codec::BLOCKS_STREAM_PROTOCOL).await.unwrap();
+            codec::write_block_request(&mut more, &root).await.unwrap();
+            more.flush().await.unwrap();
+            assert!(matches!(
+                codec::read_block_response(&mut more).await.unwrap(),
+                Response::Block { .. }
+            ));
+            open.push(more);
+        }
+        let mut second = open.pop().expect("a limit of 2 or more");
         let third = async {
             let mut third = control.open_stream(peer, codec::BLOCKS_STREAM_PROTOCOL).await?;
             codec::write_block_request(&mut third, &root).await?;
@@ -330,7 +338,8 @@ async fn block_streams_answer_in_order_and_refuse_what_is_over_their_limits() {
             codec::read_block_response(&mut third).await.map_err(Into::into)
         };
         let third: Result<Response, Box<dyn std::error::Error>> = third.await;
-        assert!(third.is_err(), "a third block stream was served: {third:?}");
+        assert!(third.is_err(), "a block stream over the limit was served: {third:?}");
+        drop(open);
 
         // Anything but a GetBlock ends the stream without an answer.
         let have = codec::encode_request(&Request::Have { cids: vec![root] });

@@ -981,7 +981,11 @@ fn child_command(exe: &Path) -> Command {
             Ok(())
         });
     }
-    command.stdin(Stdio::piped()).stderr(Stdio::null());
+    command.stdin(Stdio::piped()).stderr(if std::env::var_os("DFS_BENCH_CHILD_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    });
     command
 }
 

@@ -53,9 +53,11 @@ pub const MAX_STREAM_BLOCKS: usize = 32;
 /// Requests a block stream's responder reads ahead of the answer it is
 /// writing (so the disk read of the next block overlaps the sending).
 pub const STREAM_READ_AHEAD: usize = 4;
-/// Block streams accepted per peer (a requester uses one), and in all.
-pub const MAX_BLOCK_STREAMS_PER_PEER: usize = 2;
-pub const MAX_BLOCK_STREAMS: usize = 128;
+/// Block streams accepted per peer, counting those this node opened to it
+/// (a requester opens up to `lanes::LANES_PER_PEER`, and two nodes may get
+/// from each other), and in all.
+pub const MAX_BLOCK_STREAMS_PER_PEER: usize = 2 * crate::net::lanes::LANES_PER_PEER;
+pub const MAX_BLOCK_STREAMS: usize = 256;
 /// How long a block stream may wait for its next request.
 pub const STREAM_IDLE: Duration = Duration::from_secs(60);
 /// How long writing one answer on a block stream may take.
@@ -85,6 +87,7 @@ pub async fn fetch_block(net: &NetHandle, peer: PeerId, cid: Cid, timeout: Durat
         Err(LaneError::Unavailable) => return rpc_get_block(net, peer, cid, timeout).await,
         Err(LaneError::Timeout(_)) => Err(RequestError::Timeout { peer, secs: timeout.as_secs() }),
         Err(LaneError::Failed(reason)) => Err(RequestError::Failed { peer, reason }),
+        Err(e @ LaneError::Dropped) => Err(RequestError::Failed { peer, reason: e.to_string() }),
         Ok(response) => Ok(response),
     };
     judge_block(&cid, answer)

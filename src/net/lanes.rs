@@ -1,8 +1,9 @@
-//! Block streams, the requester's side: one long-lived stream per peer
+//! Block streams, the requester's side: long-lived streams to each peer
 //! (`/dfs-p2p/blocks/1.0.0`, `protocols/file-protocol.md` section 11), on
 //! which `GetBlock` requests are pipelined and answered in order. A
-//! [`Lanes`] keeps one such stream ("lane") per peer for the whole node,
-//! shared by every download.
+//! [`Lanes`] keeps up to [`LANES_PER_PEER`] such streams ("lanes") per
+//! peer for the whole node, shared by every download, and hands requests
+//! to them in turn.
 //!
 //! Why: a `request_response` exchange opens a new Yamux stream per block,
 //! and every new stream starts with Yamux's 256 KiB receive window, which
@@ -10,7 +11,10 @@
 //! trips: at 80 ms, 32 blocks in flight carried 32 MiB per ~435 ms, 55% of
 //! a 1 Gbit/s link. A lane's window grows once (Yamux doubles it while it
 //! is used up within two round trips) and stays grown, so the requests in
-//! flight, not the window, bound what is in the air.
+//! flight, not the window, bound what is in the air. Several lanes start
+//! with several windows: the first blocks of a get come through 4 × 256
+//! KiB instead of 256 KiB, two doublings (two round trips) sooner at the
+//! size that fills the link.
 //!
 //! Bounds: at most [`LANE_DEPTH`] requests unanswered per lane (more wait
 //! for room), [`MAX_LANES`] lanes (beyond that a request goes over
@@ -44,7 +48,9 @@ use crate::net::codec::{self, BLOCKS_STREAM_PROTOCOL, Response};
 /// fewer in flight to one provider (`net::providers`), several downloads
 /// share a lane.
 pub const LANE_DEPTH: usize = 64;
-/// Lanes open at once, each to another peer.
+/// Lanes to one peer, opened as requests come (a lone block opens one).
+pub const LANES_PER_PEER: usize = 4;
+/// Peers with lanes open at once.
 pub const MAX_LANES: usize = 256;
 /// How long a lane may go without an answer while it waits for one.
 pub const LANE_PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,7 +76,19 @@ pub enum LaneError {
     Timeout(Duration),
     #[error("{0}")]
     Failed(String),
+    /// The stream ended before its first answer: the peer took no more
+    /// streams just then (libp2p-stream drops an inbound stream its
+    /// responder has not taken yet), or closed the connection. The request
+    /// is asked again on a new lane, [`LANE_ATTEMPTS`] times at most.
+    #[error("the block stream ended before its first answer")]
+    Dropped,
 }
+
+/// Lanes a request is sent on, at most, when they end before their first
+/// answer (see [`LaneError::Dropped`]); the pause before the next one
+/// doubles from [`LANE_RETRY_PAUSE`].
+pub const LANE_ATTEMPTS: u32 = 4;
+pub const LANE_RETRY_PAUSE: Duration = Duration::from_millis(5);
 
 type Reply = oneshot::Sender<Result<Response, LaneError>>;
 
@@ -124,18 +142,32 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A peer's lane: where its requests are queued, or nothing yet.
+type Lane = tokio::sync::Mutex<Option<mpsc::Sender<(Cid, Reply)>>>;
+
+/// A peer's lanes: where its requests are queued, or nothing yet; and
+/// which lane the next request takes.
 #[derive(Default)]
 struct Slot {
-    lane: tokio::sync::Mutex<Option<mpsc::Sender<(Cid, Reply)>>>,
+    lanes: [Lane; LANES_PER_PEER],
+    next: std::sync::atomic::AtomicUsize,
 }
 
-/// The lanes of a node, one per peer; cheap to share (`Arc`).
+impl Slot {
+    /// Whether a lane of the slot is open, or being opened.
+    fn in_use(&self) -> bool {
+        self.lanes.iter().any(|lane| {
+            lane.try_lock().map_or(true, |l| l.as_ref().is_some_and(|s| !s.is_closed()))
+        })
+    }
+}
+
+/// The lanes of a node, up to [`LANES_PER_PEER`] per peer; cheap to share
+/// (`Arc`).
 pub struct Lanes {
     control: Mutex<Control>,
     slots: Mutex<HashMap<PeerId, Arc<Slot>>>,
     /// Peers that refused the protocol, and when.
-    unsupported: Mutex<HashMap<PeerId, Instant>>,
+    unsupported: Unsupported,
     active: ActiveStreams,
 }
 
@@ -144,7 +176,7 @@ impl Lanes {
         Lanes {
             control: Mutex::new(control),
             slots: Mutex::default(),
-            unsupported: Mutex::default(),
+            unsupported: Unsupported::default(),
             active,
         }
     }
@@ -175,60 +207,46 @@ impl Lanes {
         let deadline = tokio::time::Instant::now() + timeout;
         let asked = async {
             // A lane may close between being handed out and being used
-            // (it idled out): the request was not sent, so open another.
-            for _ in 0..2 {
+            // (it idled out, or ended before its first answer): the
+            // request was not answered, so ask on another.
+            let mut pause = LANE_RETRY_PAUSE;
+            for attempt in 1..=LANE_ATTEMPTS {
                 let lane = self.lane(peer).await?;
                 let (reply, answer) = oneshot::channel();
                 if lane.send((cid, reply)).await.is_ok() {
-                    return answer.await.map_err(|_| LaneError::Failed("lane closed".into()))?;
+                    match answer.await {
+                        Ok(Err(LaneError::Dropped)) | Err(_) if attempt < LANE_ATTEMPTS => {}
+                        Ok(answer) => return answer,
+                        Err(_) => return Err(LaneError::Failed("lane closed".into())),
+                    }
                 }
+                tokio::time::sleep(pause).await;
+                pause *= 2;
             }
-            Err(LaneError::Failed("lane closed".into()))
+            Err(LaneError::Dropped)
         };
         tokio::time::timeout_at(deadline, asked).await.map_err(|_| LaneError::Timeout(timeout))?
     }
 
     fn refused(&self, peer: &PeerId) -> bool {
-        let mut unsupported = self.unsupported.lock().expect("unsupported lock");
-        match unsupported.get(peer) {
-            Some(at) if at.elapsed() < UNSUPPORTED_RETRY => true,
-            Some(_) => {
-                unsupported.remove(peer);
-                false
-            }
-            None => false,
-        }
+        self.unsupported.refused(peer)
     }
 
-    fn refuse(&self, peer: PeerId) {
-        let mut unsupported = self.unsupported.lock().expect("unsupported lock");
-        if unsupported.len() >= MAX_UNSUPPORTED {
-            unsupported.retain(|_, at| at.elapsed() < UNSUPPORTED_RETRY);
-            if unsupported.len() >= MAX_UNSUPPORTED {
-                return;
-            }
-        }
-        unsupported.insert(peer, Instant::now());
-    }
-
-    /// The open lane of `peer`, opened now if it has none.
+    /// The next lane of `peer` in turn, opened now if it is not open.
     async fn lane(&self, peer: PeerId) -> Result<mpsc::Sender<(Cid, Reply)>, LaneError> {
         let slot = {
             let mut slots = self.slots.lock().expect("lanes lock");
             if !slots.contains_key(&peer) && slots.len() >= MAX_LANES {
-                slots.retain(|_, slot| {
-                    slot.lane
-                        .try_lock()
-                        .map_or(true, |l| l.as_ref().is_some_and(|s| !s.is_closed()))
-                });
+                slots.retain(|_, slot| slot.in_use());
                 if slots.len() >= MAX_LANES {
                     return Err(LaneError::Unavailable);
                 }
             }
             slots.entry(peer).or_default().clone()
         };
-        // One opener per peer; the others wait for its lane.
-        let mut lane = slot.lane.lock().await;
+        let turn = slot.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % LANES_PER_PEER;
+        // One opener per lane; the others wait for it.
+        let mut lane = slot.lanes[turn].lock().await;
         if let Some(sender) = lane.as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
@@ -242,7 +260,7 @@ impl Lanes {
             Ok(Ok(stream)) => stream,
             Ok(Err(OpenStreamError::UnsupportedProtocol(_))) => {
                 tracing::debug!("{peer} does not speak the block stream");
-                self.refuse(peer);
+                self.unsupported.refuse(peer);
                 return Err(LaneError::Unavailable);
             }
             Ok(Err(e)) => {
@@ -252,10 +270,49 @@ impl Lanes {
         };
         let (sender, requests) = mpsc::channel(LANE_DEPTH);
         let guard = self.active.enter(peer);
-        tokio::spawn(run_lane(peer, stream, requests, guard));
+        tokio::spawn(run_lane(peer, stream, requests, guard, self.unsupported.clone()));
         *lane = Some(sender.clone());
         Ok(sender)
     }
+}
+
+/// The peers that refused the block stream, and when; shared with the
+/// lanes, which learn it from their first answer.
+#[derive(Clone, Default)]
+struct Unsupported(Arc<Mutex<HashMap<PeerId, Instant>>>);
+
+impl Unsupported {
+    fn refused(&self, peer: &PeerId) -> bool {
+        let mut unsupported = self.0.lock().expect("unsupported lock");
+        match unsupported.get(peer) {
+            Some(at) if at.elapsed() < UNSUPPORTED_RETRY => true,
+            Some(_) => {
+                unsupported.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn refuse(&self, peer: PeerId) {
+        let mut unsupported = self.0.lock().expect("unsupported lock");
+        if unsupported.len() >= MAX_UNSUPPORTED {
+            unsupported.retain(|_, at| at.elapsed() < UNSUPPORTED_RETRY);
+            if unsupported.len() >= MAX_UNSUPPORTED {
+                return;
+            }
+        }
+        unsupported.insert(peer, Instant::now());
+    }
+}
+
+/// Whether a block stream's read failed because the peer refused the
+/// protocol: streams are opened without waiting for the peer to confirm
+/// it (`behaviour::swarm_config`), so its `na` is the first read's error.
+fn refused_protocol(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<libp2p::core::upgrade::NegotiationError>())
+        .is_some_and(|e| matches!(e, libp2p::core::upgrade::NegotiationError::Failed))
 }
 
 /// Runs one lane until it fails, idles out, or nobody can use it: one half
@@ -266,8 +323,19 @@ async fn run_lane(
     stream: libp2p::Stream,
     mut requests: mpsc::Receiver<(Cid, Reply)>,
     _guard: StreamGuard,
+    unsupported: Unsupported,
 ) {
     let (mut reader, mut writer) = stream.split();
+    // Whether an answer came: until then a failure is `Dropped`.
+    let answered = std::sync::atomic::AtomicBool::new(false);
+    let failure = |e: std::io::Error| {
+        if answered.load(std::sync::atomic::Ordering::Relaxed) {
+            LaneError::Failed(format!("block stream: {e}"))
+        } else {
+            LaneError::Dropped
+        }
+    };
+    let (answered, failure) = (&answered, &failure);
     // The askers of the requests written and not yet answered, oldest
     // first; its capacity is the lane's depth.
     let (unanswered, mut waiting) = mpsc::channel::<Reply>(LANE_DEPTH);
@@ -289,7 +357,7 @@ async fn run_lane(
             match written {
                 Ok(Ok(())) => permit.send(reply),
                 Ok(Err(e)) => {
-                    let _ = reply.send(Err(LaneError::Failed(format!("block stream: {e}"))));
+                    let _ = reply.send(Err(failure(e)));
                     break;
                 }
                 Err(_) => {
@@ -311,10 +379,16 @@ async fn run_lane(
             .await;
             let failure = match read {
                 Ok(Ok(response)) => {
+                    answered.store(true, std::sync::atomic::Ordering::Relaxed);
                     let _ = reply.send(Ok(response));
                     continue;
                 }
-                Ok(Err(e)) => LaneError::Failed(format!("block stream: {e}")),
+                // Those asking go over `request_response` instead.
+                Ok(Err(e)) if refused_protocol(&e) => {
+                    unsupported.refuse(peer);
+                    LaneError::Unavailable
+                }
+                Ok(Err(e)) => failure(e),
                 Err(_) => LaneError::Timeout(LANE_PROGRESS_TIMEOUT),
             };
             tracing::debug!("block stream to {peer} failed: {failure}");

@@ -6,8 +6,8 @@
 //! - [`behaviour`]: transport and protocols, and every tuning constant of
 //!   the swarm;
 //! - [`codec`]: the file protocol's wire format (`protocols/file-protocol.md`);
-//! - [`lanes`]: block streams, one long-lived stream per peer on which a
-//!   node asks for blocks;
+//! - [`lanes`]: block streams, a few long-lived streams per peer on which
+//!   a node asks for blocks;
 //! - [`event_loop`]: the one task that owns the swarm, and [`NetHandle`],
 //!   the handle the rest of the program talks to it with;
 //! - [`blocks`]: both sides of `GetBlock` and `Have`;
