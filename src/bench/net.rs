@@ -968,6 +968,9 @@ fn spawn_server(exe: &Path, listen: &Multiaddr, dir: &Path) -> Result<Child, Nod
     })
 }
 
+/// Set (to anything), the benchmark's child processes log to its stderr.
+pub const CHILD_LOG_VAR: &str = "DFS_BENCH_CHILD_LOG";
+
 /// A command for a child of this benchmark: stopped by the kernel if we
 /// die first, stopped by us through its stdin (see `stop_child`).
 fn child_command(exe: &Path) -> Command {
@@ -981,11 +984,10 @@ fn child_command(exe: &Path) -> Command {
             Ok(())
         });
     }
-    command.stdin(Stdio::piped()).stderr(if std::env::var_os("DFS_BENCH_CHILD_LOG").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    });
+    // The children's logs (with `RUST_LOG`) only where asked for: they
+    // would interleave with the report.
+    let logs = std::env::var_os(CHILD_LOG_VAR).is_some();
+    command.stdin(Stdio::piped()).stderr(if logs { Stdio::inherit() } else { Stdio::null() });
     command
 }
 
