@@ -498,6 +498,63 @@ async fn bootstrap_without_peer_id_by_dns_and_retried_when_down() {
     .await
 }
 
+/// A node whose bootstrap node is down when it starts joins once that node
+/// is up: the join that nobody answered is made again, and what the node
+/// put meanwhile reaches the DHT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_bootstrap_is_down_joins_once_it_is_up() {
+    run(async {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let hub_config = |dir: &Path| {
+            let mut c = config(dir, vec![], 1);
+            c.listen = vec![listen.clone()];
+            c
+        };
+        let hub_dir = tempfile::tempdir().unwrap();
+        let hub = Node::start(hub_config(hub_dir.path())).await.unwrap();
+        let hub_id = hub.peer_id();
+        hub.shutdown().await;
+
+        let bootstrap = listen.clone().with(libp2p::multiaddr::Protocol::P2p(hub_id));
+        let a = start(vec![bootstrap], 1).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while a.node.net().bootstrap_now().iter().all(|b| b.failures == 0) {
+            assert!(std::time::Instant::now() < deadline, "the bootstrap dial never failed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let bytes = data(CHUNK, 11);
+        let report = put(&a.node, &bytes).await;
+        let (root, a_id) = (report.ticket.root, a.node.peer_id());
+
+        // The bootstrap node comes up (the store lock is released once every
+        // task let go of the store).
+        let hub = loop {
+            match Node::start(hub_config(hub_dir.path())).await {
+                Ok(hub) => break hub,
+                Err(NodeError::Store(dfs_p2p::Error::InUse { .. })) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(a.node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+
+        // A node that learns of `a` from the DHT alone (see
+        // `restart_provides_held_roots_again`).
+        let looker = start(vec![listen.clone()], 1).await;
+        looker.node.net().block_peer(a_id).await;
+        assert!(looker.node.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+        let (found, others) = dht_finds(&looker.node, root, a_id, Duration::from_secs(30)).await;
+        assert!(
+            found,
+            "what the node put while its bootstrap was down is not in the DHT ({others:?})"
+        );
+        drop(hub);
+    })
+    .await
+}
+
 /// Looks `root` up in the DHT from `node` until `provider` is among the
 /// providers found, or `within` has passed; returns whether it was, and
 /// the providers of the last lookup.

@@ -64,6 +64,15 @@ pub const BOOTSTRAP_ATTEMPTS: u32 = 2;
 /// How often unreachable bootstrap addresses are dialed again, while the
 /// node is connected to no peer.
 pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(3);
+/// A join (the lookup of the node's own id) that no peer answered, or that
+/// left the routing table with fewer than `K_VALUE` peers, is made again
+/// after this, doubled each time, up to `behaviour::PERIODIC_BOOTSTRAP`. A
+/// join whose bootstrap peer could not be reached in time (its handshake
+/// slower than `HANDSHAKE_TIMEOUT` on a loaded machine) otherwise left the
+/// node out of every other node's table until its next refresh, 10 minutes
+/// on: in `bench dht` at 1,000 nodes, some runs lost 56–75 nodes of every
+/// wave past 500 that way.
+pub const JOIN_RETRY: Duration = Duration::from_secs(3);
 /// Peers whose addresses the loop remembers (beyond Kademlia's table).
 pub const ADDRESS_BOOK_SIZE: usize = 4096;
 
@@ -581,10 +590,17 @@ pub struct EventLoop {
     block_streams: ActiveStreams,
     /// Whether this is a node that listens (not a one-shot client).
     listens: bool,
+    /// Whether the node has not joined the DHT yet (no join lookup has been
+    /// answered since it was last alone).
     routing_empty: bool,
     /// The routing-table refresh running now, if any (the only Kademlia
     /// bootstrap let run: see [`EventLoop::end_automatic_bootstraps`]).
     refresh: Option<QueryId>,
+    /// The join's lookup running now; when it is made again, and the wait
+    /// after that (see [`JOIN_RETRY`]).
+    join: Option<QueryId>,
+    next_join: Option<tokio::time::Instant>,
+    join_backoff: Duration,
 }
 
 impl EventLoop {
@@ -650,6 +666,9 @@ impl EventLoop {
             listens: swarm_listens,
             routing_empty: true,
             refresh: None,
+            join: None,
+            next_join: None,
+            join_backoff: JOIN_RETRY,
         };
         (event_loop, handle, inbound_rx)
     }
@@ -694,6 +713,8 @@ impl EventLoop {
                 // join.)
                 _ = retry.tick() => if self.swarm.connected_peers().next().is_none() {
                     self.dial_bootstrap();
+                } else {
+                    self.join_again();
                 },
                 _ = housekeeping.tick() => self.housekeeping(),
                 _ = refresh.tick() => if self.refresh.is_none() {
@@ -720,6 +741,57 @@ impl EventLoop {
             {
                 query.finish();
             }
+        }
+    }
+
+    /// Makes the join's lookup again once it is due (see [`JOIN_RETRY`]),
+    /// with the bootstrap peers back in the table if it lost them all.
+    fn join_again(&mut self) {
+        let due = self.next_join.is_some_and(|at| at <= tokio::time::Instant::now());
+        if !due || self.join.is_some() {
+            return;
+        }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.kbuckets().all(|b| b.num_entries() == 0) {
+            for b in &self.bootstrap {
+                if let Some(peer) = b.peer {
+                    kad.add_address(&peer, b.addr.clone());
+                }
+            }
+        }
+        tracing::debug!("joining the DHT again");
+        self.start_join();
+    }
+
+    /// Starts the join: a lookup of the node's own id.
+    fn start_join(&mut self) {
+        self.next_join = None;
+        let local = *self.swarm.local_peer_id();
+        self.join = Some(self.swarm.behaviour_mut().kad.get_closest_peers(local));
+    }
+
+    /// The join's lookup ended. Answered by some peer, the node has joined:
+    /// it announces what it holds to the peers now reachable. Unanswered,
+    /// or with fewer than `K_VALUE` peers in the table, it is made again
+    /// (see [`JOIN_RETRY`]).
+    fn join_ended(&mut self, answered: bool) {
+        self.join = None;
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if answered && self.routing_empty {
+            self.routing_empty = false;
+            tracing::debug!("joined the DHT");
+            let provided: Vec<RecordKey> =
+                kad.store_mut().provided().map(|r| r.key.clone()).collect();
+            for key in provided {
+                let _ = kad.start_providing(key);
+            }
+        }
+        let known: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
+        if !answered || known < libp2p::kad::K_VALUE.get() {
+            self.next_join = Some(tokio::time::Instant::now() + self.join_backoff);
+            self.join_backoff = (self.join_backoff * 2).min(PERIODIC_BOOTSTRAP);
+        } else {
+            self.join_backoff = JOIN_RETRY;
         }
     }
 
@@ -1124,19 +1196,29 @@ impl EventLoop {
                 self.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
                 self.last_active.entry(peer_id).or_insert_with(Instant::now);
                 self.trim_connections();
+                let mut to_bootstrap = false;
                 for b in &mut self.bootstrap {
                     if b.dialing == Some(connection_id) || b.peer == Some(peer_id) {
+                        to_bootstrap = true;
                         b.dialing = None;
                         b.error = None;
                         b.failures = 0;
-                        if b.peer.is_none() {
-                            b.peer = Some(peer_id);
-                            self.swarm.behaviour_mut().kad.add_address(&peer_id, b.addr.clone());
-                        }
+                        // Back in the table if a failed dial took it out.
+                        b.peer = Some(peer_id);
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, b.addr.clone());
                     }
                 }
                 self.publish_bootstrap();
                 self.connected.send_replace(self.swarm.connected_peers().count());
+                // Not joined, and connected to a bootstrap peer at last, or
+                // again after being alone to peers the table still holds (no
+                // new entry to start the join).
+                if self.routing_empty
+                    && self.join.is_none()
+                    && (to_bootstrap || self.next_join.is_none())
+                {
+                    self.start_join();
+                }
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
                 if num_established == 0 {
@@ -1150,6 +1232,8 @@ impl EventLoop {
                 if connected == 0 {
                     // Alone again: republish once we rejoin.
                     self.routing_empty = true;
+                    self.next_join = None;
+                    self.join_backoff = JOIN_RETRY;
                 }
                 self.connected.send_replace(connected);
             }
@@ -1180,6 +1264,7 @@ impl EventLoop {
                 // which makes room in its bucket (see `add_to_routing`);
                 // libp2p would keep it until a newcomer replaced it.
                 if let Some(peer) = peer_id
+                    && !self.bootstrap.iter().any(|b| b.peer == Some(peer))
                     && matches!(
                         error,
                         DialError::Transport(_)
@@ -1362,6 +1447,7 @@ impl EventLoop {
                 self.provider_progress(id, providers, step.last, stats.num_requests());
             }
             QueryResult::GetClosestPeers(result) => {
+                let answered = stats.num_successes() > 0;
                 let peers = match result {
                     Ok(GetClosestPeersOk { peers, .. }) => peers,
                     Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
@@ -1373,6 +1459,9 @@ impl EventLoop {
                 }
                 if let Some(reply) = self.closest_queries.remove(&id) {
                     let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
+                }
+                if step.last && self.join == Some(id) {
+                    self.join_ended(answered);
                 }
             }
             QueryResult::PutRecord(result) => {
@@ -1459,26 +1548,21 @@ impl EventLoop {
             // libp2p's bootstrap starts (later inserts into a smaller
             // table start another bootstrap once that one ends).
             kad::Event::RoutablePeer { peer, address } => self.add_to_routing(peer, &[address]),
-            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } if self.routing_empty => {
-                // We just joined (or rejoined) a network: look our own id up
-                // and announce what we hold to the peers now reachable.
-                // Kademlia bootstraps by itself (a lookup of our id, then
-                // one in every farther bucket) when a peer joins a table of
-                // fewer than 20; it bootstraps again once that ends if more
-                // joined meanwhile, so a join cost two. Our own lookup fills
-                // the table past 20 before the first starts: about one
-                // bootstrap per join (`bench dht`, 200 nodes: 200
-                // bootstraps, not 370 and counting; 100 nodes: 106).
-                self.routing_empty = false;
-                tracing::debug!("joined the DHT through {peer}");
-                let local = *self.swarm.local_peer_id();
-                let kad = &mut self.swarm.behaviour_mut().kad;
-                let _ = kad.get_closest_peers(local);
-                let provided: Vec<RecordKey> =
-                    kad.store_mut().provided().map(|r| r.key.clone()).collect();
-                for key in provided {
-                    let _ = kad.start_providing(key);
-                }
+            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. }
+                if self.routing_empty && self.join.is_none() =>
+            {
+                // A first peer in the table of a node that has not joined
+                // (or that was alone): look our own id up (see
+                // `join_ended`). Kademlia bootstraps by itself (a lookup of
+                // our id, then one in every farther bucket) when a peer
+                // joins a table of fewer than 20; it bootstraps again once
+                // that ends if more joined meanwhile, so a join cost two.
+                // Our own lookup fills the table past 20 before the first
+                // starts: about one bootstrap per join (`bench dht`, 200
+                // nodes: 200 bootstraps, not 370 and counting; 100 nodes:
+                // 106).
+                tracing::debug!("joining the DHT through {peer}");
+                self.start_join();
             }
             _ => {}
         }
