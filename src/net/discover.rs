@@ -56,9 +56,7 @@ async fn discovery_round(net: &NetHandle, set: &Arc<ProviderSet>) {
     let cost = set.cost_counter();
     let ask_connected = async {
         let connected = closest_connected(net, root).await;
-        for peer in holders_among(net, connected, root, cost).await {
-            set.add(peer);
-        }
+        holders_among(net, connected, root, cost, |peer| set.add(peer)).await;
     };
     futures::join!(ask_connected, dht_providers(net, root, cost, |peer| set.add(peer)));
 }
@@ -104,22 +102,29 @@ pub async fn dht_providers(
 /// How many `Have` probes one round sends at once.
 const PROBES_AT_ONCE: usize = 16;
 
-/// The peers among `peers` that answer, within [`HAVE_TIMEOUT`], that they
-/// hold `root`; [`PROBES_AT_ONCE`] asked at a time, each counted in `cost`.
+/// Hands to `found`, as each answers, the peers among `peers` that answer
+/// within [`HAVE_TIMEOUT`] that they hold `root` (a get starts on the first
+/// one, not once the slowest has answered); [`PROBES_AT_ONCE`] asked at a
+/// time, each counted in `cost`.
 async fn holders_among(
     net: &NetHandle,
     peers: impl IntoIterator<Item = PeerId>,
     root: Cid,
     cost: &LookupCost,
-) -> Vec<PeerId> {
+    mut found: impl FnMut(PeerId),
+) {
     use futures::StreamExt;
     let probes = peers.into_iter().map(|peer| async move {
         cost.add_probes(1);
         let present = rpc_have(net, peer, vec![root], HAVE_TIMEOUT).await;
         (present.as_deref() == Some(&[true])).then_some(peer)
     });
-    let answers = futures::stream::iter(probes).buffer_unordered(PROBES_AT_ONCE);
-    answers.filter_map(std::future::ready).collect().await
+    let mut answers = futures::stream::iter(probes).buffer_unordered(PROBES_AT_ONCE);
+    while let Some(answer) = answers.next().await {
+        if let Some(peer) = answer {
+            found(peer);
+        }
+    }
 }
 
 /// One discovery round for `root`, collected: the peers that hold it.
@@ -137,5 +142,7 @@ pub async fn find_holders(net: &NetHandle, root: Cid) -> Vec<PeerId> {
         })
     );
     candidates.extend(connected);
-    holders_among(net, candidates, root, &cost).await
+    let mut holders = Vec::new();
+    holders_among(net, candidates, root, &cost, |peer| holders.push(peer)).await;
+    holders
 }
