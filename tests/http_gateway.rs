@@ -264,10 +264,7 @@ fn ffmpeg_seeks_in_a_video_through_a_gateway_that_does_not_hold_it() {
     assert!(fs::metadata(&frame).unwrap().len() > 1000);
     let fetched = block_files(&gateway.data_dir);
     let whole = block_files(&holder.data_dir);
-    assert!(
-        fetched < whole / 2,
-        "the player made the gateway fetch {fetched} of {whole} blocks"
-    );
+    assert!(fetched < whole / 2, "the player made the gateway fetch {fetched} of {whole} blocks");
     eprintln!("ffprobe and a seek to 20 s fetched {fetched} of the {whole} blocks");
     gateway.stop();
 }
