@@ -66,12 +66,12 @@ pub const BOOTSTRAP_ATTEMPTS: u32 = 2;
 pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(3);
 /// A join (the lookup of the node's own id) that no peer answered, or that
 /// left the routing table with fewer than `K_VALUE` peers, is made again
-/// after this, doubled each time, up to `behaviour::PERIODIC_BOOTSTRAP`. A
-/// join whose bootstrap peer could not be reached in time (its handshake
-/// slower than `HANDSHAKE_TIMEOUT` on a loaded machine) otherwise left the
-/// node out of every other node's table until its next refresh, 10 minutes
-/// on: in `bench dht` at 1,000 nodes, some runs lost 56–75 nodes of every
-/// wave past 500 that way.
+/// after this, doubled each time, up to `behaviour::PERIODIC_BOOTSTRAP`,
+/// and at once when a bootstrap peer connects. A join whose bootstrap peer
+/// could not be reached at the first dial (refused, or timed out) otherwise
+/// left the node out of every other node's table until its next refresh,
+/// 10 minutes on: in `bench dht` at 1,000 nodes, some runs lost 56–75 nodes
+/// of every wave past 500 with just those signs.
 pub const JOIN_RETRY: Duration = Duration::from_secs(3);
 /// Peers whose addresses the loop remembers (beyond Kademlia's table).
 pub const ADDRESS_BOOK_SIZE: usize = 4096;
