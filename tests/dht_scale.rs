@@ -51,15 +51,21 @@ async fn a_hundred_nodes_find_every_file_before_and_after_churn() {
     let (before, _) = report.phases[0].success();
     assert!(before >= 0.99, "before churn only {:.1}% of lookups succeeded", before * 100.0);
     for phase in &report.phases[1..] {
-        let (all, findable) = phase.success();
+        let (_, findable) = phase.success();
         assert!(
             findable >= 0.97,
             "{}: only {:.1}% of the lookups of files with a live copy succeeded",
             phase.name,
             findable * 100.0
         );
-        assert!(all >= 0.97, "{}: only {:.1}% of lookups succeeded", phase.name, all * 100.0);
     }
+    // A lost file fails its lookups whatever the DHT does. With repair after
+    // each step, a file is lost only when every copy stops within one step
+    // (say 2 of its holders among the same 10 of 90 nodes as the copy that
+    // repair put back after the step before): rare, about one run in 25
+    // loses one file by chance.
+    let lost: usize = report.churn.iter().map(|s| s.lost).sum();
+    assert!(lost <= 1, "{lost} files lost all their copies to churn in steps with repair");
     // The nodes left in two steps, and after each the holders' repair put
     // back every copy that had gone.
     assert_eq!(report.churn.len(), 2, "the churn ran in two steps");
