@@ -139,6 +139,17 @@ impl NetSource {
         if self.claim_local { self.store.claim(cid) } else { self.store.has(cid) }
     }
 
+    /// Runs `future` on the node's runtime from this blocking thread; `None`
+    /// if the runtime is shutting down (a node stopping, a program ending).
+    /// Its timers then panic, and that panic would take down this thread
+    /// only: the threads sharing the download (`export`, `pull_dag`) would
+    /// wait for its block forever, and the runtime, which waits for its
+    /// blocking tasks as it shuts down, with them.
+    fn on_runtime<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
+        let run = std::panic::AssertUnwindSafe(|| self.rt.block_on(future));
+        std::panic::catch_unwind(run).ok()
+    }
+
     /// Fetches one block from the providers, retrying others on failure.
     fn fetch(&self, cid: &Cid) -> Result<BlockBuf> {
         let started = Instant::now();
@@ -148,7 +159,12 @@ impl NetSource {
                 return Err(Error::Cancelled);
             }
             let peer = self.providers.acquire(cid)?;
-            match self.rt.block_on(fetch_block(&self.net, peer, *cid, BLOCK_TIMEOUT)) {
+            let Some(fetched) = self.on_runtime(fetch_block(&self.net, peer, *cid, BLOCK_TIMEOUT))
+            else {
+                self.providers.release(&peer, false);
+                return Err(Error::Cancelled);
+            };
+            match fetched {
                 Fetched::Block(bytes) => {
                     self.providers.release(&peer, true);
                     return Ok(bytes);
@@ -167,7 +183,7 @@ impl NetSource {
                 Fetched::Wrong(reason) => {
                     tracing::warn!("peer {peer} {reason}; blocking it");
                     self.providers.drop_bad(&peer);
-                    self.rt.block_on(self.net.block_peer(peer));
+                    let _ = self.on_runtime(self.net.block_peer(peer));
                 }
                 Fetched::Failed(e) => {
                     if self.providers.failed(&peer) {

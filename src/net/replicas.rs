@@ -658,16 +658,21 @@ pub fn pull_dag(source: &NetSource, root: &Cid, max_blocks: u64) -> Result<u64> 
                             w = cond.wait(w).expect("work lock");
                         }
                     };
-                    let links = if cid.codec() == DAG_CBOR {
-                        source
-                            .block(&cid)
-                            .and_then(|bytes| Node::decode(&cid, &bytes))
-                            .map(|node| node.links)
-                    } else if source.has_local(&cid) {
-                        Ok(Vec::new())
-                    } else {
-                        source.block(&cid).map(|_| Vec::new())
-                    };
+                    // A panic must still mark the block done: the other
+                    // workers wait for it, and the scope for them.
+                    let links = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if cid.codec() == DAG_CBOR {
+                            source
+                                .block(&cid)
+                                .and_then(|bytes| Node::decode(&cid, &bytes))
+                                .map(|node| node.links)
+                        } else if source.has_local(&cid) {
+                            Ok(Vec::new())
+                        } else {
+                            source.block(&cid).map(|_| Vec::new())
+                        }
+                    }))
+                    .unwrap_or_else(|_| Err(Error::Source(format!("fetching {cid} failed"))));
                     let mut w = work.lock().expect("work lock");
                     w.busy -= 1;
                     if let Err(e) = links.and_then(|links| w.frontier.push_links(depth, &links)) {
