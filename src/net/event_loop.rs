@@ -590,9 +590,9 @@ pub struct EventLoop {
     block_streams: ActiveStreams,
     /// Whether this is a node that listens (not a one-shot client).
     listens: bool,
-    /// Whether the node has not joined the DHT yet (no join lookup has been
-    /// answered since it was last alone).
-    routing_empty: bool,
+    /// Whether the node has joined the DHT: a join lookup has been answered
+    /// since it was last alone.
+    joined: bool,
     /// The routing-table refresh running now, if any (the only Kademlia
     /// bootstrap let run: see [`EventLoop::end_automatic_bootstraps`]).
     refresh: Option<QueryId>,
@@ -664,7 +664,7 @@ impl EventLoop {
             counters: handle.counters.clone(),
             block_streams,
             listens: swarm_listens,
-            routing_empty: true,
+            joined: false,
             refresh: None,
             join: None,
             next_join: None,
@@ -777,8 +777,8 @@ impl EventLoop {
     fn join_ended(&mut self, answered: bool) {
         self.join = None;
         let kad = &mut self.swarm.behaviour_mut().kad;
-        if answered && self.routing_empty {
-            self.routing_empty = false;
+        if answered && !self.joined {
+            self.joined = true;
             tracing::debug!("joined the DHT");
             let provided: Vec<RecordKey> =
                 kad.store_mut().provided().map(|r| r.key.clone()).collect();
@@ -793,6 +793,11 @@ impl EventLoop {
         } else {
             self.join_backoff = JOIN_RETRY;
         }
+    }
+
+    /// Whether `peer` is the peer of one of the bootstrap addresses.
+    fn is_bootstrap_peer(&self, peer: &PeerId) -> bool {
+        self.bootstrap.iter().any(|b| b.peer.as_ref() == Some(peer))
     }
 
     /// Tells the handles how the bootstrap addresses fare.
@@ -1213,9 +1218,7 @@ impl EventLoop {
                 // Not joined, and connected to a bootstrap peer at last, or
                 // again after being alone to peers the table still holds (no
                 // new entry to start the join).
-                if self.routing_empty
-                    && self.join.is_none()
-                    && (to_bootstrap || self.next_join.is_none())
+                if !self.joined && self.join.is_none() && (to_bootstrap || self.next_join.is_none())
                 {
                     self.start_join();
                 }
@@ -1224,14 +1227,14 @@ impl EventLoop {
                 if num_established == 0 {
                     tracing::debug!("disconnected from {peer_id}");
                     self.last_active.remove(&peer_id);
-                    if self.bootstrap.iter().any(|b| b.peer == Some(peer_id)) {
+                    if self.is_bootstrap_peer(&peer_id) {
                         self.publish_bootstrap();
                     }
                 }
                 let connected = self.swarm.connected_peers().count();
                 if connected == 0 {
                     // Alone again: republish once we rejoin.
-                    self.routing_empty = true;
+                    self.joined = false;
                     self.next_join = None;
                     self.join_backoff = JOIN_RETRY;
                 }
@@ -1264,7 +1267,7 @@ impl EventLoop {
                 // which makes room in its bucket (see `add_to_routing`);
                 // libp2p would keep it until a newcomer replaced it.
                 if let Some(peer) = peer_id
-                    && !self.bootstrap.iter().any(|b| b.peer == Some(peer))
+                    && !self.is_bootstrap_peer(&peer)
                     && matches!(
                         error,
                         DialError::Transport(_)
@@ -1549,7 +1552,7 @@ impl EventLoop {
             // table start another bootstrap once that one ends).
             kad::Event::RoutablePeer { peer, address } => self.add_to_routing(peer, &[address]),
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. }
-                if self.routing_empty && self.join.is_none() =>
+                if !self.joined && self.join.is_none() =>
             {
                 // A first peer in the table of a node that has not joined
                 // (or that was alone): look our own id up (see

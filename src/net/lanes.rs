@@ -208,7 +208,7 @@ impl Lanes {
         cid: Cid,
         timeout: Duration,
     ) -> Result<Response, LaneError> {
-        if self.refused(&peer) {
+        if self.unsupported.refused(&peer) {
             return Err(LaneError::Unavailable);
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -233,10 +233,6 @@ impl Lanes {
             Err(LaneError::Dropped)
         };
         tokio::time::timeout_at(deadline, asked).await.map_err(|_| LaneError::Timeout(timeout))?
-    }
-
-    fn refused(&self, peer: &PeerId) -> bool {
-        self.unsupported.refused(peer)
     }
 
     /// The next lane of `peer` in turn, opened now if it is not open.
