@@ -849,3 +849,46 @@ async fn a_range_read_fetches_its_blocks_and_a_later_get_only_the_rest() {
     })
     .await
 }
+
+/// A program that ends while a get is under way (its runtime dropped, as
+/// when `main` returns) ends too: the get's workers, each waiting on a
+/// fetch it runs on that runtime, see it shutting down and stop, instead of
+/// one of them dying in a panic of the runtime's timers and the others
+/// waiting for its block, and the runtime's shutdown for them, forever.
+#[test]
+fn a_runtime_dropped_mid_get_shuts_down() {
+    init_logs();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let nodes = rt.block_on(async {
+            let nodes = star(2, 1).await;
+            let bytes = data(800 * CHUNK, 11);
+            let ticket = put(&nodes[0].node, &bytes).await.ticket;
+            let (first, arrived) = tokio::sync::oneshot::channel();
+            let first = Mutex::new(Some(first));
+            let progress: dfs_p2p::node::ProgressFn = Arc::new(move |_, _| {
+                if let Some(first) = first.lock().unwrap().take() {
+                    let _ = first.send(());
+                }
+            });
+            let getter = nodes[1].node.clone();
+            tokio::spawn(async move {
+                let _ = getter.get(ticket, Box::new(Sink::default()), Some(progress)).await;
+            });
+            arrived.await.unwrap();
+            nodes
+        });
+        // The get's fetches are in flight: stop everything under them.
+        drop(rt);
+        drop(nodes);
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the runtime did not shut down within 60 s of being dropped mid-get");
+}

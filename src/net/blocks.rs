@@ -1,5 +1,5 @@
-//! Both sides of the block messages: `GetBlock` ([`fetch_block`] on a
-//! block stream, [`rpc_get_block`] over `request_response`;
+//! Both sides of the block messages: `GetBlock` ([`ask_block`], on a
+//! block stream or else over `request_response`, and [`judge_block`];
 //! [`BlockService::serve_streams`], [`BlockService::handle_get_block`]) and
 //! `Have` ([`rpc_have`], [`BlockService::handle_have`]).
 //!
@@ -81,25 +81,26 @@ pub enum Fetched {
 }
 
 /// Asks `peer` for the block `cid` on its block stream (over
-/// `request_response` if it does not speak it) and checks what comes back.
-pub async fn fetch_block(net: &NetHandle, peer: PeerId, cid: Cid, timeout: Duration) -> Fetched {
-    let answer = match net.lanes().get_block(peer, cid, timeout).await {
-        Err(LaneError::Unavailable) => return rpc_get_block(net, peer, cid, timeout).await,
+/// `request_response` if it does not speak it); the answer is not checked
+/// yet (see [`judge_block`]).
+pub async fn ask_block(
+    net: &NetHandle,
+    peer: PeerId,
+    cid: Cid,
+    timeout: Duration,
+) -> Result<Response, RequestError> {
+    match net.lanes().get_block(peer, cid, timeout).await {
+        Err(LaneError::Unavailable) => net.request(peer, Request::GetBlock { cid }, timeout).await,
         Err(LaneError::Timeout(_)) => Err(RequestError::Timeout { peer, secs: timeout.as_secs() }),
         Err(LaneError::Failed(reason)) => Err(RequestError::Failed { peer, reason }),
         Err(e @ LaneError::Dropped) => Err(RequestError::Failed { peer, reason: e.to_string() }),
         Ok(response) => Ok(response),
-    };
-    judge_block(&cid, answer)
+    }
 }
 
-/// Asks `peer` for the block `cid` over `request_response` and checks what
-/// comes back.
-pub async fn rpc_get_block(net: &NetHandle, peer: PeerId, cid: Cid, timeout: Duration) -> Fetched {
-    judge_block(&cid, net.request(peer, Request::GetBlock { cid }, timeout).await)
-}
-
-fn judge_block(cid: &Cid, answer: Result<Response, RequestError>) -> Fetched {
+/// Judges the answer to a `GetBlock` of `cid`: a block is checked against
+/// the CID here (a SHA-256 pass: on a blocking thread, or a small block).
+pub fn judge_block(cid: &Cid, answer: Result<Response, RequestError>) -> Fetched {
     match answer {
         Ok(Response::Block { data }) if block::verify(cid, &data) => Fetched::Block(data),
         Ok(Response::Block { .. }) => Fetched::Wrong(format!("sent a wrong block for {cid}")),

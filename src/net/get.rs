@@ -3,9 +3,10 @@
 //! least busy provider of a [`ProviderSet`], checks it against its CID,
 //! writes it to the store and hands it on. The export pipeline
 //! (`crate::export`) and replication pulls run on top of it on blocking
-//! threads: each fetch waits on the network handle with
-//! `Handle::block_on`, the one bridge from blocking code to the swarm (see
-//! the store's module docs for the rule).
+//! threads: each fetch runs as a task on the node's runtime and its
+//! blocking thread waits for the result (`NetSource::on_runtime`), the one
+//! bridge from blocking code to the swarm (see the store's module docs for
+//! the rule).
 
 use std::{
     sync::{
@@ -23,7 +24,7 @@ use crate::{
     error::{DagLimit, Error, Result},
     export::BlockSource,
     net::{
-        blocks::{Fetched, fetch_block},
+        blocks::{Fetched, ask_block, judge_block},
         event_loop::NetHandle,
         providers::ProviderSet,
     },
@@ -139,15 +140,24 @@ impl NetSource {
         if self.claim_local { self.store.claim(cid) } else { self.store.has(cid) }
     }
 
-    /// Runs `future` on the node's runtime from this blocking thread; `None`
-    /// if the runtime is shutting down (a node stopping, a program ending).
-    /// Its timers then panic, and that panic would take down this thread
-    /// only: the threads sharing the download (`export`, `pull_dag`) would
-    /// wait for its block forever, and the runtime, which waits for its
-    /// blocking tasks as it shuts down, with them.
-    fn on_runtime<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
-        let run = std::panic::AssertUnwindSafe(|| self.rt.block_on(future));
-        std::panic::catch_unwind(run).ok()
+    /// Runs `future` on the node's runtime and waits for it on this
+    /// blocking thread; `None` if the runtime stops first (a node stopping,
+    /// a program ending), which drops the task and with it the sender of
+    /// its result. Not `Handle::block_on`: that polls the future here, and
+    /// a timer polled on a runtime that is shutting down panics. The panic
+    /// took down one thread, and the threads sharing the download
+    /// (`export`, `pull_dag`) waited for its block forever, and the
+    /// runtime's shutdown, which waits for its blocking threads, with them.
+    fn on_runtime<F>(&self, future: F) -> Option<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (sender, result) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = sender.send(future.await);
+        });
+        result.recv().ok()
     }
 
     /// Fetches one block from the providers, retrying others on failure.
@@ -159,12 +169,15 @@ impl NetSource {
                 return Err(Error::Cancelled);
             }
             let peer = self.providers.acquire(cid)?;
-            let Some(fetched) = self.on_runtime(fetch_block(&self.net, peer, *cid, BLOCK_TIMEOUT))
-            else {
+            let (net, asked) = (self.net.clone(), *cid);
+            let answer =
+                self.on_runtime(async move { ask_block(&net, peer, asked, BLOCK_TIMEOUT).await });
+            let Some(answer) = answer else {
                 self.providers.release(&peer, false);
                 return Err(Error::Cancelled);
             };
-            match fetched {
+            // The SHA-256 pass runs here, on this blocking thread.
+            match judge_block(cid, answer) {
                 Fetched::Block(bytes) => {
                     self.providers.release(&peer, true);
                     return Ok(bytes);
@@ -183,7 +196,8 @@ impl NetSource {
                 Fetched::Wrong(reason) => {
                     tracing::warn!("peer {peer} {reason}; blocking it");
                     self.providers.drop_bad(&peer);
-                    let _ = self.on_runtime(self.net.block_peer(peer));
+                    let net = self.net.clone();
+                    let _ = self.on_runtime(async move { net.block_peer(peer).await });
                 }
                 Fetched::Failed(e) => {
                     if self.providers.failed(&peer) {

@@ -20,8 +20,8 @@
 //! lock). Async code calls it only from `tokio::task::spawn_blocking`, and
 //! long work (an import, an export, a pull) runs wholly on blocking
 //! threads. The one bridge the other way is the network handle: blocking
-//! code that needs the swarm waits on it with `Handle::block_on`, which is
-//! only ever called from such a blocking thread (see `net::get`).
+//! code that needs the swarm runs a task on the runtime and waits for its
+//! result, only ever from such a blocking thread (see `net::get`).
 
 mod blocks;
 mod check;
