@@ -118,6 +118,83 @@ async fn a_peer_sending_wrong_blocks_is_blocked_and_the_file_still_arrives() {
     .expect("test timed out");
 }
 
+/// A connected peer closest to the root that takes requests and never
+/// answers (an identity near a popular root costs an attacker nothing)
+/// delays a get by the root probe's timeout at most: the get asks it for
+/// the root first, then goes to the provider discovery found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_closest_to_the_root_delays_a_get_by_the_probe_timeout_at_most() {
+    use dfs_p2p::net::{behaviour::provider_key, get::ROOT_PROBE_TIMEOUT};
+    use libp2p::kad::KBucketKey;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (honest, honest_addr, _d1) = start(vec![]).await;
+        let (getter, getter_addr, _d2) = start(vec![honest_addr]).await;
+        assert!(getter.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
+        let bytes = data(16 * CHUNK, 3);
+        let report =
+            honest.put(Box::new(Cursor::new(bytes.clone())), None, None, None).await.unwrap();
+
+        // An identity closer to the root than the honest node.
+        let target = KBucketKey::new(provider_key(&report.ticket.root));
+        let honest_distance = target.distance(&KBucketKey::from(honest.peer_id()));
+        let key = loop {
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            if target.distance(&KBucketKey::from(key.public().to_peer_id())) < honest_distance {
+                break key;
+            }
+        };
+        let behaviour = request_response::Behaviour::<FileCodec>::new(
+            [(codec::STREAM_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(TEST_TIMEOUT),
+        );
+        let mut silent = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| behaviour)
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        silent.dial(getter_addr).unwrap();
+        let asked = Arc::new(Mutex::new(0u64));
+        let asked_silent = asked.clone();
+        let silent_task = tokio::spawn(async move {
+            // Every request is kept open, unanswered.
+            let mut held = Vec::new();
+            while let Some(event) = silent.next().await {
+                if let SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Request { request, channel, .. },
+                    ..
+                }) = event
+                {
+                    if matches!(request, RequestFrame::Valid(Request::GetBlock { .. })) {
+                        *asked_silent.lock().unwrap() += 1;
+                    }
+                    held.push(channel);
+                }
+            }
+        });
+        assert!(getter.wait_for_peers(2, Duration::from_secs(20)).await >= 2);
+
+        let started = std::time::Instant::now();
+        let sink = Sink::default();
+        getter.get(report.ticket.clone(), Box::new(sink.clone()), None).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(*sink.0.lock().unwrap(), bytes, "the file arrives intact");
+        assert_eq!(*asked.lock().unwrap(), 1, "the silent peer was asked for the root, once");
+        // Its block stream is refused, then `GetBlock` waits out the probe.
+        let bound = 2 * ROOT_PROBE_TIMEOUT + Duration::from_secs(5);
+        assert!(took < bound, "the get took {took:?}, more than {bound:?}");
+        silent_task.abort();
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// A codec that sends any bytes as a request and reads whatever comes back.
 #[derive(Clone, Default)]
 struct RawCodec;

@@ -17,6 +17,7 @@ use std::{
 };
 
 use cid::Cid;
+use libp2p::PeerId;
 use tokio::runtime::Handle;
 
 use crate::{
@@ -25,6 +26,7 @@ use crate::{
     export::BlockSource,
     net::{
         blocks::{Fetched, ask_block, judge_block},
+        discover::closest_connected,
         event_loop::NetHandle,
         providers::ProviderSet,
     },
@@ -40,6 +42,10 @@ pub const MAX_BUSY_RETRIES: u32 = 200;
 /// How long a get or put waits for a first peer when the node has
 /// bootstrap addresses but no connection yet (a one-shot client).
 pub const FIRST_PEER_WAIT: Duration = Duration::from_secs(10);
+/// How long a get waits for the root from the connected peer closest to
+/// it before it asks the providers discovery found (see
+/// `NetSource::probe_root`): what a silent peer there can delay a get by.
+pub const ROOT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Export workers for a network get (each has one block in flight).
 pub const GET_WORKERS: usize = 32;
 /// Leaves in flight or waiting to be written during a network get.
@@ -162,6 +168,12 @@ impl NetSource {
 
     /// Fetches one block from the providers, retrying others on failure.
     fn fetch(&self, cid: &Cid) -> Result<BlockBuf> {
+        if *cid == self.providers.root()
+            && self.providers.peers().is_empty()
+            && let Some(bytes) = self.probe_root(cid)
+        {
+            return Ok(bytes);
+        }
         let started = Instant::now();
         let mut busy = 0;
         loop {
@@ -193,12 +205,7 @@ impl NetSource {
                     tracing::debug!("peer {peer} cannot send {cid}: {reason}");
                     self.providers.lacks(&peer, cid);
                 }
-                Fetched::Wrong(reason) => {
-                    tracing::warn!("peer {peer} {reason}; blocking it");
-                    self.providers.drop_bad(&peer);
-                    let net = self.net.clone();
-                    let _ = self.on_runtime(async move { net.block_peer(peer).await });
-                }
+                Fetched::Wrong(reason) => self.blame(peer, &reason),
                 Fetched::Failed(e) => {
                     if self.providers.failed(&peer) {
                         tracing::debug!("dropping provider {peer}: {e}");
@@ -208,6 +215,47 @@ impl NetSource {
                 }
             }
             tracing::trace!("retrying {cid} after {:?}", started.elapsed());
+        }
+    }
+}
+
+impl NetSource {
+    /// Drops a peer that broke the protocol from the download, and blocks it.
+    fn blame(&self, peer: PeerId, reason: &str) {
+        tracing::warn!("peer {peer} {reason}; blocking it");
+        self.providers.drop_bad(&peer);
+        let net = self.net.clone();
+        let _ = self.on_runtime(async move { net.block_peer(peer).await });
+    }
+
+    /// Asks the connected peer closest to the root for the root block
+    /// itself, while discovery has found no provider yet: copies are placed
+    /// on the peers closest to the root, so it most likely holds one, and a
+    /// peer that answers with the block holds it (what its `Have` answer
+    /// would have said), a round trip sooner than asking it `Have` first.
+    /// It is then a provider of the download. Any other answer, or none
+    /// within [`ROOT_PROBE_TIMEOUT`], leaves the root to the providers
+    /// discovery finds meanwhile.
+    fn probe_root(&self, root: &Cid) -> Option<BlockBuf> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.providers.cost_counter().add_probes(1);
+        let (net, asked) = (self.net.clone(), *root);
+        let (peer, answer) = self.on_runtime(async move {
+            let peer = *closest_connected(&net, asked).await.first()?;
+            Some((peer, ask_block(&net, peer, asked, ROOT_PROBE_TIMEOUT).await))
+        })??;
+        match judge_block(root, answer) {
+            Fetched::Block(bytes) => {
+                self.providers.add(peer);
+                Some(bytes)
+            }
+            Fetched::Wrong(reason) => {
+                self.blame(peer, &reason);
+                None
+            }
+            Fetched::Lacks(_) | Fetched::Busy | Fetched::Failed(_) => None,
         }
     }
 }
