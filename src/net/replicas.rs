@@ -499,6 +499,9 @@ impl ReplicaService {
         let Offer { root, blocks: max_blocks, bytes: max_bytes, lease } = offer;
         let owner = lease.owner();
         let providers = ProviderSet::new(root, true);
+        // The asker is a provider before the pull starts (the discovery task
+        // adds it too, later): the root is not probed for elsewhere.
+        providers.add(peer);
         let discovery =
             tokio::spawn(discover::discover(self.net.clone(), providers.clone(), vec![peer]));
         let cancel = Arc::new(AtomicBool::new(false));
