@@ -121,14 +121,34 @@ async fn a_peer_sending_wrong_blocks_is_blocked_and_the_file_still_arrives() {
 /// A connected peer closest to the root that takes requests and never
 /// answers (an identity near a popular root costs an attacker nothing)
 /// delays a get by the root probe's timeout at most: the get asks it for
-/// the root first, then goes to the provider discovery found.
+/// the root first, then goes to the provider discovery found. The honest
+/// provider is reached through a link with a round trip of 200 ms, so that
+/// discovery cannot name it before the get asks for the root, as on any
+/// real network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_closest_to_the_root_delays_a_get_by_the_probe_timeout_at_most() {
-    use dfs_p2p::net::{behaviour::provider_key, get::ROOT_PROBE_TIMEOUT};
-    use libp2p::kad::KBucketKey;
+    use dfs_p2p::{
+        bench::proxy::{Link, LinkProxy},
+        net::{behaviour::provider_key, get::ROOT_PROBE_TIMEOUT},
+    };
+    use libp2p::{kad::KBucketKey, multiaddr::Protocol};
     tokio::time::timeout(TEST_TIMEOUT, async {
         let (honest, honest_addr, _d1) = start(vec![]).await;
-        let (getter, getter_addr, _d2) = start(vec![honest_addr]).await;
+        let honest_port = honest_addr
+            .iter()
+            .find_map(|p| if let Protocol::Tcp(port) = p { Some(port) } else { None })
+            .unwrap();
+        let link = LinkProxy::start(
+            ([127, 0, 0, 1], honest_port).into(),
+            Link::from_rtt_and_rate(200.0, None),
+        )
+        .await
+        .unwrap();
+        let through: Multiaddr =
+            format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", link.local_addr().port(), honest.peer_id())
+                .parse()
+                .unwrap();
+        let (getter, getter_addr, _d2) = start(vec![through]).await;
         assert!(getter.wait_for_peers(1, Duration::from_secs(20)).await >= 1);
         let bytes = data(16 * CHUNK, 3);
         let report =
