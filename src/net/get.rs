@@ -217,9 +217,7 @@ impl NetSource {
             tracing::trace!("retrying {cid} after {:?}", started.elapsed());
         }
     }
-}
 
-impl NetSource {
     /// Drops a peer that broke the protocol from the download, and blocks it.
     fn blame(&self, peer: PeerId, reason: &str) {
         tracing::warn!("peer {peer} {reason}; blocking it");
@@ -240,10 +238,10 @@ impl NetSource {
         if self.cancel.load(Ordering::Relaxed) {
             return None;
         }
-        self.providers.cost_counter().add_probes(1);
-        let (net, asked) = (self.net.clone(), *root);
+        let (net, asked, cost) = (self.net.clone(), *root, self.providers.cost_counter().clone());
         let (peer, answer) = self.on_runtime(async move {
             let peer = *closest_connected(&net, asked).await.first()?;
+            cost.add_probes(1);
             Some((peer, ask_block(&net, peer, asked, ROOT_PROBE_TIMEOUT).await))
         })??;
         match judge_block(root, answer) {
