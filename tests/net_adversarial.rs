@@ -43,7 +43,15 @@ async fn start(bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr, TempDir) {
 }
 
 fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> Swarm<B> {
-    libp2p::SwarmBuilder::with_new_identity()
+    raw_swarm_as(libp2p::identity::Keypair::generate_ed25519(), behaviour)
+}
+
+/// [`raw_swarm`] under the identity `key`.
+fn raw_swarm_as<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    behaviour: B,
+) -> Swarm<B> {
+    libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .unwrap()
@@ -167,18 +175,7 @@ async fn a_silent_peer_closest_to_the_root_delays_a_get_by_the_probe_timeout_at_
             [(codec::STREAM_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(TEST_TIMEOUT),
         );
-        let mut silent = libp2p::SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| behaviour)
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+        let mut silent = raw_swarm_as(key, behaviour);
         silent.dial(getter_addr).unwrap();
         let asked = Arc::new(Mutex::new(0u64));
         let asked_silent = asked.clone();
