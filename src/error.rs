@@ -76,6 +76,14 @@ pub enum Error {
     /// The operation was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// A worker thread or task panicked while doing the named work: a bug,
+    /// reported as such rather than as a stopped node.
+    #[error("internal error: {0} panicked (a bug; the log has the details)")]
+    WorkerPanicked(String),
+    /// Anything else that is the program's fault, not the user's, a peer's
+    /// or the disk's.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Which limit a DAG broke.

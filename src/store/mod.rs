@@ -27,6 +27,7 @@ mod blocks;
 mod check;
 mod dir;
 mod direct;
+mod face;
 mod gc;
 mod index;
 mod walk;
@@ -44,6 +45,7 @@ use libp2p::{PeerId, identity::Keypair};
 
 pub use self::{
     blocks::Usage,
+    face::{AsyncStore, STORE_CALLS, assert_blocking_context, spawn_blocking},
     gc::{CORRUPT_KEPT, CORRUPT_KEPT_FOR, GcStats, Guard, SWEEP_BATCH},
     index::{FileInfo, PinKind, Rebuilt, RootInfo},
     writer::{BlockWriter, Durability, Prepared},
