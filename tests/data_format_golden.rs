@@ -25,10 +25,12 @@ use dfs_p2p::{
     Ticket, block, crypto,
     dag::{self, Node},
     import::{self, ImportOptions},
+    lease::DeleteRecord,
     net::behaviour,
     store::{Store, StoreOptions},
     ticket,
 };
+use libp2p::identity::{Keypair, ed25519};
 use sha2::{Digest, Sha256};
 
 const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/protocols/data-format.md");
@@ -518,6 +520,14 @@ fn spec_golden_values_are_what_the_code_produces() {
             text.insert(format!("{label}.leaf.key"), HEXLOWER.encode(&leaf.key).into_bytes());
         }
     }
+    // The delete record of section 9, and its DHT key, as a node makes them.
+    let owner = delete_record_owner();
+    let root = Cid::try_from(&cid_bytes(DAG_CBOR, &[0xa0])[..]).unwrap();
+    let record = DeleteRecord::issue_at(&owner, root, DELETED_AT, KEEP_UNTIL).unwrap();
+    hex.insert("delete-record".to_owned(), record.encode());
+    let key = DeleteRecord::dht_key(&root, &owner.public().to_peer_id());
+    hex.insert("delete-record-key".to_owned(), key);
+
     let golden = Golden::from_spec();
     assert_same("hex blocks of the spec vs the code", &golden.hex, &hex, dump);
     let spec_text = golden.text.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
@@ -562,6 +572,46 @@ fn golden_values_follow_from_the_spec_rules_alone() {
             assert_eq!(provider_key, &cid, "the provider key is the root's binary CID");
         }
     }
+}
+
+/// The owner of the delete record of section 9: the Ed25519 key whose
+/// secret is 32 bytes of 01.
+fn delete_record_owner() -> Keypair {
+    let mut secret = [1u8; 32];
+    let secret = ed25519::SecretKey::try_from_bytes(&mut secret).unwrap();
+    Keypair::from(ed25519::Keypair::from(secret))
+}
+
+/// The delete record's times: 2026-01-01 00:00 UTC, and 30 days later.
+const DELETED_AT: u64 = 1_767_225_600;
+const KEEP_UNTIL: u64 = 1_769_817_600;
+
+/// The delete record of section 9 and its key, by the layout of section 8
+/// alone: the fields, the key written out byte by byte, and the signature
+/// checked with the owner's public key.
+#[test]
+fn the_delete_record_follows_from_the_spec_rules_alone() {
+    let golden = Golden::from_spec();
+    let record = golden.hex("delete-record");
+    let key = golden.hex("delete-record-key");
+    let root = cid_bytes(DAG_CBOR, &[0xa0]);
+    let public = delete_record_owner().public().try_into_ed25519().unwrap().to_bytes();
+
+    assert_eq!(record.len(), 149);
+    assert_eq!(record[0], 0x02, "kind");
+    assert_eq!(record[1..37], root, "root");
+    assert_eq!(record[37..45], DELETED_AT.to_be_bytes(), "deleted");
+    assert_eq!(record[45..53], KEEP_UNTIL.to_be_bytes(), "keep_until");
+    assert_eq!(record[53..85], public, "the owner's key");
+    let signed = [&b"dfs-p2p delete v1"[..], &record[..85]].concat();
+    let verifier = ed25519::PublicKey::try_from_bytes(&public).unwrap();
+    assert!(verifier.verify(&signed, &record[85..]), "the signature");
+    assert!(!verifier.verify(&record[..85], &record[85..]), "the context string is signed");
+
+    // The key: the prefix, the root, the owner's peer id (an identity
+    // multihash of the protobuf public key).
+    let peer_id = [&[0x00, 0x24, 0x08, 0x01, 0x12, 0x20][..], &public].concat();
+    assert_eq!(key, [&b"/dfs-p2p/delete/"[..], &root, &peer_id].concat());
 }
 
 /// A reader that knows only the spec reads the golden files from their

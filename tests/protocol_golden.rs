@@ -2,7 +2,8 @@
 //!
 //! The hex vectors below are copied verbatim from the examples in
 //! `protocols/file-protocol.md` (section 9); `spec_examples_are_the_test_vectors`
-//! fails if the two ever differ.
+//! fails if the two ever differ. The delete record and its DHT key are read
+//! from `protocols/data-format.md` (section 9), where they are specified.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io;
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 
 use cid::Cid;
 use cid::multihash::Multihash;
-use dfs_p2p::lease::{LEASE_LEN, Lease};
+use dfs_p2p::lease::{DELETE_RECORD_LEN, DeleteRecord, LEASE_LEN, Lease, RecordError};
 use dfs_p2p::net::codec::{
     ErrorCode, FRAME_HEADER_LEN, FileCodec, MAX_BLOCK_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_HAVE_CIDS,
     MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE, PROTOCOL, Request, RequestFrame, Response,
@@ -21,6 +22,7 @@ use dfs_p2p::net::codec::{
 };
 use futures::executor::block_on;
 use futures::io::{AsyncRead, Cursor};
+use libp2p::PeerId;
 use libp2p::identity::{Keypair, ed25519};
 use libp2p::request_response::Codec;
 use proptest::collection::vec;
@@ -235,10 +237,10 @@ fn empty_map() -> Cid {
     cid_of(0x71, &[0xa0])
 }
 
-/// The lease of the Replicate example: the owner's key is the Ed25519 key
+/// The owner of the examples' lease and delete record: the Ed25519 key
 /// whose secret is 32 bytes of 0x01 (peer id
 /// 12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5).
-fn example_lease() -> Lease {
+fn example_owner() -> Keypair {
     let mut secret = [1u8; 32];
     let secret = ed25519::SecretKey::try_from_bytes(&mut secret).unwrap();
     let owner = Keypair::from(ed25519::Keypair::from(secret));
@@ -246,6 +248,13 @@ fn example_lease() -> Lease {
         owner.public().to_peer_id().to_string(),
         "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
     );
+    owner
+}
+
+/// The lease of the Replicate example: 3 copies of the empty map, from
+/// 2026-01-01 for 30 days.
+fn example_lease() -> Lease {
+    let owner = example_owner();
     let lease = Lease::issue_at(&owner, empty_map(), 3, 1_767_225_600, 1_769_817_600).unwrap();
     assert_eq!(Lease::decode(&lease.encode()).unwrap().owner(), owner.public().to_peer_id());
     lease
@@ -289,6 +298,71 @@ fn spec_examples_are_the_test_vectors() {
     }
     let vectors: Vec<&str> = VECTORS.iter().map(|v| v.trim_matches('\n')).collect();
     assert_eq!(blocks, vectors, "spec hex examples differ from the test vectors");
+}
+
+/// The bytes of the ```` ```hex <label> ```` block of
+/// `protocols/data-format.md`.
+fn data_format_vector(label: &str) -> Vec<u8> {
+    let spec =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/protocols/data-format.md"))
+            .expect("read the data format spec");
+    let mut lines = spec.lines();
+    while let Some(line) = lines.next() {
+        if line.trim().strip_prefix("```hex").map(str::trim) == Some(label) {
+            let dump: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            return hex(&dump.join("\n"));
+        }
+    }
+    panic!("the data format spec has no hex block {label}");
+}
+
+/// 2026-01-01 00:00 UTC and 30 days later: the delete record's times.
+const DELETED_AT: u64 = 1_767_225_600;
+const KEEP_UNTIL: u64 = 1_769_817_600;
+
+#[test]
+fn golden_delete_record_and_its_dht_key() {
+    let owner = example_owner();
+    let peer = owner.public().to_peer_id();
+    let record = DeleteRecord::issue_at(&owner, empty_map(), DELETED_AT, KEEP_UNTIL).unwrap();
+    let bytes = data_format_vector("delete-record");
+    let key = data_format_vector("delete-record-key");
+
+    // Built from the fixed inputs: exactly the spec's bytes.
+    assert_eq!(bytes.len(), DELETE_RECORD_LEN);
+    assert_eq!(record.encode(), bytes, "the delete record");
+    assert_eq!(DeleteRecord::dht_key(&empty_map(), &peer), key, "its DHT key");
+
+    // Read back: the same record, signed by the same owner.
+    let back = DeleteRecord::decode(&bytes).unwrap();
+    assert_eq!(back, record);
+    assert_eq!(back.owner(), peer);
+    assert_eq!((back.root, back.deleted, back.keep_until), (empty_map(), DELETED_AT, KEEP_UNTIL));
+    assert_eq!(key.len(), 16 + 36 + 38);
+    assert_eq!(&key[..16], b"/dfs-p2p/delete/");
+    assert_eq!(Cid::try_from(&key[16..52]).unwrap(), empty_map());
+    assert_eq!(PeerId::from_bytes(&key[52..]).unwrap(), peer);
+
+    // As a node that is sent it checks it: kept between its times, only
+    // under its own key.
+    let day = 86_400;
+    assert_eq!(DeleteRecord::from_dht(&key, &bytes, DELETED_AT + day), Ok(record.clone()));
+    assert_eq!(DeleteRecord::from_dht(&key, &bytes, KEEP_UNTIL), Err(RecordError::Expired));
+    assert_eq!(
+        DeleteRecord::from_dht(&key, &bytes, DELETED_AT - 601),
+        Err(RecordError::FromTheFuture)
+    );
+    let elsewhere = DeleteRecord::dht_key(&empty_map(), &PeerId::random());
+    assert_eq!(
+        DeleteRecord::from_dht(&elsewhere, &bytes, DELETED_AT + day),
+        Err(RecordError::OtherRoot)
+    );
+    // Any changed bit is refused: every byte is signed or is the signature.
+    for at in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01;
+        assert!(DeleteRecord::decode(&bad).is_err(), "byte {at} changed, still accepted");
+    }
 }
 
 #[test]
