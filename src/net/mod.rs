@@ -1,17 +1,20 @@
-//! The peer network, in layers, each importing only those above it in this
-//! list:
+//! The peer network, in layers. Each module imports (`crate::net::…`)
+//! only modules above it in this list:
 //!
 //! - [`limits`] (connections per remote address) and [`records`] (the
-//!   DHT's bounded record store);
+//!   DHT's bounded record store), which import no other;
+//! - [`codec`]: the file protocol's wire format (`protocols/file-protocol.md`):
+//!   its messages, their frames, and reading and writing them on streams;
 //! - [`behaviour`]: transport and protocols, and every tuning constant of
 //!   the swarm;
-//! - [`codec`]: the file protocol's wire format (`protocols/file-protocol.md`);
 //! - [`lanes`]: block streams, a few long-lived streams per peer on which
 //!   a node asks for blocks;
 //! - [`event_loop`]: the one task that owns the swarm, and [`NetHandle`],
-//!   the handle the rest of the program talks to it with;
+//!   the handle the rest of the program talks to it with; one file per
+//!   concern (its module docs say which lives where);
 //! - [`blocks`]: both sides of `GetBlock` and `Have`;
-//! - [`providers`] and [`discover`]: who holds a root;
+//! - [`providers`]: the providers of one download, and how busy each is;
+//! - [`discover`]: who holds a root, found by DHT lookup and `Have` probe;
 //! - [`get`]: fetching a download's blocks from its providers;
 //! - [`replicas`]: both sides of `Replicate`, `Delete` and `Holds`, and
 //!   the owners' delete records in the DHT;
