@@ -1,8 +1,10 @@
-//! Discovery: who holds a root. A round asks every connected peer `Have`
-//! for the root (small networks, and peers the DHT has not spread to yet)
-//! and looks the root's provider records up in the DHT, feeding what it
-//! finds into a [`ProviderSet`]. A download runs rounds on demand
-//! ([`discover`]); a delete or `providers` runs one ([`find_holders`]).
+//! Discovery: who holds a root. A round asks the connected peers
+//! XOR-closest to the root, at most [`CONNECTED_PROBES`] of them, `Have` for
+//! it (small networks, and peers the DHT has not spread to yet) and looks
+//! the root's provider records up in the DHT, feeding what it finds into a
+//! [`ProviderSet`]. A download runs rounds on demand ([`discover`]); a
+//! delete or `providers` runs one ([`find_holders`]), which asks the
+//! providers the DHT names `Have` too.
 
 use std::{
     sync::Arc,
