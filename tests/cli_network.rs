@@ -5,7 +5,7 @@
 
 mod cli_support;
 
-use std::{fs, net::TcpListener, path::Path};
+use std::{fs, path::Path};
 
 use cli_support::*;
 
@@ -129,10 +129,9 @@ fn one_shot_put_and_get_against_a_running_network() {
 #[test]
 fn a_one_shot_put_with_no_reachable_peer_stores_locally() {
     let tmp = tempfile::tempdir().unwrap();
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("/ip4/127.0.0.1/tcp/{}", l.local_addr().unwrap().port())
-    };
+    // A port nobody listens on, and no other test can take.
+    let reserved = ReservedPort::new();
+    let closed = reserved.multiaddr();
     let d = tmp.path().join("data");
     let out = run(&["put", "-", "--bootstrap", &closed, "--data-dir", arg(&d)], b"lonely bytes");
     assert!(out.status.success(), "{}", text(&out.stderr));

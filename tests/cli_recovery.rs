@@ -85,9 +85,9 @@ fn bootstrap_failures_name_the_address_and_the_reason_at_once() {
     let d = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
     let ticket = put_file(&tmp.path().join("owner"), &file);
 
-    // Nobody listens on the port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("/ip4/127.0.0.1/tcp/{closed}");
+    // Nobody listens on the port, and no other test can take it.
+    let reserved = ReservedPort::new();
+    let addr = reserved.multiaddr();
     let started = Instant::now();
     let out = run(&["get", &ticket, "--bootstrap", &addr, "--data-dir", &d("c1")], b"");
     let took = started.elapsed();

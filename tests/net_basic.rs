@@ -2,7 +2,7 @@
 //! each test bounded by a timeout, conditions polled, never slept for.
 
 mod net_support;
-use net_support::{Sink, data};
+use net_support::{ReservedPort, Sink, data};
 
 use std::{
     io::{self, Cursor, Write},
@@ -479,14 +479,15 @@ async fn twenty_concurrent_gets_across_three_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_without_peer_id_by_dns_and_retried_when_down() {
     run(async {
-        // A port nobody listens on yet.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let late_addr: Multiaddr = format!("/dns4/localhost/tcp/{port}").parse().unwrap();
+        // A port nobody listens on yet, and no other test can take.
+        let reserved = ReservedPort::new();
+        let late_addr: Multiaddr =
+            format!("/dns4/localhost/tcp/{}", reserved.port).parse().unwrap();
         let b = start(vec![late_addr], 1).await;
         assert_eq!(b.node.wait_for_peers(1, Duration::from_millis(200)).await, 0);
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path(), vec![], 1);
-        c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+        c.listen = vec![reserved.multiaddr().parse().unwrap()];
         let a = Node::start(c).await.unwrap();
         assert!(b.node.wait_for_peers(1, Duration::from_secs(30)).await >= 1);
         let peers = b.node.peers().await;
@@ -504,8 +505,9 @@ async fn bootstrap_without_peer_id_by_dns_and_retried_when_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_bootstrap_is_down_joins_once_it_is_up() {
     run(async {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        // The hub's port, which no other test can take while it is down.
+        let reserved = ReservedPort::new();
+        let listen: Multiaddr = reserved.multiaddr().parse().unwrap();
         let hub_config = |dir: &Path| {
             let mut c = config(dir, vec![], 1);
             c.listen = vec![listen.clone()];
