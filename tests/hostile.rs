@@ -4,7 +4,10 @@
 //! an honest node, in this process, fetches the victim's own file while the
 //! attack runs. In every case the victim stays up, refuses what it must
 //! with a reason, keeps its memory under [`MEMORY_BOUND`] and what it holds
-//! for others within its quota, and the honest get completes.
+//! for others within its quota, and the honest get completes. Each test
+//! also checks that its attack landed (the victim took the records, served
+//! the flood, accepted the stalled streams) before it checks the bound, and
+//! waits for conditions, never for a fixed time.
 //!
 //! The attacks run one at a time (they share two cores).
 
@@ -86,6 +89,22 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// Waits until a process uses less than a tenth of a core over a quarter
+/// of a second; fails the test if it has not after `within`.
+fn wait_idle(pid: u32, within: Duration) {
+    const SAMPLE: Duration = Duration::from_millis(250);
+    let deadline = Instant::now() + within;
+    loop {
+        let before = cpu_secs(pid);
+        std::thread::sleep(SAMPLE);
+        let spent = cpu_secs(pid) - before;
+        if spent < SAMPLE.as_secs_f64() / 10.0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the victim is still busy after {within:?}");
+    }
+}
+
 /// The victim is alive, within its memory bound, and answers at its prompt.
 fn assert_healthy(victim: &mut Victim) {
     assert!(victim.try_wait().is_none(), "the victim died");
@@ -96,25 +115,30 @@ fn assert_healthy(victim: &mut Victim) {
     victim.expect_out(|l| l.starts_with("peer id"));
 }
 
-/// An honest node in this process gets the victim's file within
-/// [`HONEST_GET`]; returns how long it took.
+/// An honest node in this process connects to the victim and gets its
+/// file, all within [`HONEST_GET`]; returns how long the get itself took
+/// (from the call, once connected).
 async fn honest_get(victim: &Multiaddr, ticket: &Ticket) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path().to_path_buf());
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     config.bootstrap = vec![victim.clone()];
     config.replicas = 1;
-    let started = Instant::now();
-    let node = Node::start(config).await.unwrap();
     let out = Arc::new(Mutex::new(Vec::new()));
     let sink = Sink(out.clone());
-    let got = tokio::time::timeout(HONEST_GET, node.get(ticket.clone(), Box::new(sink), None))
-        .await
-        .expect("the honest get did not finish in time");
-    got.expect("the honest get failed");
+    let took = tokio::time::timeout(HONEST_GET, async {
+        let node = Node::start(config).await.unwrap();
+        assert!(node.wait_for_peers(1, HONEST_GET).await >= 1, "the honest node never connected");
+        let started = Instant::now();
+        node.get(ticket.clone(), Box::new(sink), None).await.expect("the honest get failed");
+        let took = started.elapsed();
+        node.shutdown().await;
+        took
+    })
+    .await
+    .expect("the honest get did not finish in time");
     assert_eq!(*out.lock().unwrap(), cli_support::data(FILE_LEN, 7));
-    node.shutdown().await;
-    started.elapsed()
+    took
 }
 
 struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -350,9 +374,11 @@ fn dags_that_reuse_nodes_cost_their_distinct_blocks_only() {
         assert!(matches!(answer, Ok(Response::Replicated { blocks: 4 })), "{answer:?}");
     }
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
-    // Nothing keeps running after the answers.
+    // Nothing keeps running after the answers: the victim goes idle, having
+    // spent next to nothing more (a walk that followed every link would
+    // keep a core busy for hours).
     let before = cpu_secs(pid);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_idle(pid, Duration::from_secs(30));
     let spent = cpu_secs(pid) - before;
     assert!(spent < 0.5, "the victim spent {spent} CPU-s after answering");
 
@@ -443,15 +469,23 @@ fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Peers of the request flood, and the requests each keeps in flight: far
+/// beyond what the victim takes from one peer.
+const FLOODERS: usize = 32;
+const FLOOD_DEPTH: usize = 250;
+
 #[test]
 fn a_request_flood_gets_busy_answers_and_slows_only_the_flooders() {
+    use dfs_p2p::net::event_loop::{MAX_INBOUND_BLOCKS_PER_PEER, MAX_WAITING_BLOCKS};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // One flooder alone asks for more than its share and less than the
+    // victim takes from all peers: only its share can refuse it.
+    assert!((MAX_INBOUND_BLOCKS_PER_PEER + 1..MAX_WAITING_BLOCKS).contains(&FLOOD_DEPTH));
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let (mut victim, addr, ticket) = victim(dir.path(), &[]);
-    let quiet = rt.block_on(honest_get(&addr, &ticket));
 
-    // 32 peers keep 250 requests each in flight, for the victim's own
+    // Each flooder keeps its requests in flight, for the victim's own
     // blocks, for as long as the honest get runs.
     let blocks: Vec<Cid> = {
         let store_dir = dir.path().join("victim");
@@ -461,129 +495,240 @@ fn a_request_flood_gets_busy_answers_and_slows_only_the_flooders() {
         }
         cids
     };
-    let flooders: Vec<Hostile> =
-        (0..32).map(|_| Hostile::start(&rt, &addr, HashMap::new())).collect();
-    let busy = Arc::new(AtomicU64::new(0));
-    let answered = Arc::new(AtomicU64::new(0));
+    // Per flooder: requests answered with a block, and answered `Busy`.
+    let counts: Vec<(Arc<AtomicU64>, Arc<AtomicU64>)> =
+        (0..FLOODERS).map(|_| Default::default()).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tasks: Vec<_> = flooders
-        .iter()
-        .flat_map(|h| (0..250).map(move |i| (h.clone(), i)))
-        .map(|(h, i)| {
-            let (busy, answered, stop) = (busy.clone(), answered.clone(), stop.clone());
-            let cid = blocks[i % blocks.len()];
-            rt.spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match h.ask(Request::GetBlock { cid }).await {
-                        Ok(Response::Error { code: ErrorCode::Busy, .. }) => {
-                            busy.fetch_add(1, Ordering::Relaxed);
+    let flood = |flooder: usize| -> Vec<tokio::task::JoinHandle<()>> {
+        let hostile = Hostile::start(&rt, &addr, HashMap::new());
+        (0..FLOOD_DEPTH)
+            .map(|i| {
+                let (h, stop) = (hostile.clone(), stop.clone());
+                let (answered, busy) = counts[flooder].clone();
+                let cid = blocks[i % blocks.len()];
+                rt.spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match h.ask(Request::GetBlock { cid }).await {
+                            Ok(Response::Error { code: ErrorCode::Busy, .. }) => {
+                                busy.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Response::Block { .. }) => {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(_) => {}
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                         }
-                        Ok(_) => {
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
-                }
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
+    // A flooder lands when it has been served, and refused.
+    let landed = |(answered, busy): &(Arc<AtomicU64>, Arc<AtomicU64>)| {
+        answered.load(Ordering::Relaxed) > 0 && busy.load(Ordering::Relaxed) > 0
+    };
+    let wait_landed = |flooders: std::ops::Range<usize>| {
+        let deadline = Instant::now() + HONEST_GET;
+        while !counts[flooders.clone()].iter().all(landed) {
+            let counts = flood_counts(&counts[flooders.clone()]);
+            assert!(
+                Instant::now() < deadline,
+                "the flood was not both served and refused: {counts}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // First one flooder alone (its share refuses it), then all of them.
+    let mut tasks = flood(0);
+    wait_landed(0..1);
+    tasks.extend((1..FLOODERS).flat_map(flood));
+    wait_landed(0..FLOODERS);
     let flooded = rt.block_on(honest_get(&addr, &ticket));
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.abort();
     }
-    let (busy, answered) = (busy.load(Ordering::Relaxed), answered.load(Ordering::Relaxed));
-    eprintln!(
-        "honest get: {quiet:?} alone, {flooded:?} under the flood; {answered} answered, {busy} busy"
-    );
-    assert!(busy > 0, "no Busy among {answered} answers");
+    // Each flooder was held to its share: beyond it, it was answered
+    // `Busy` at once instead of queued. The honest peer, within its own
+    // share, was never made to wait out a block request's timeout.
+    eprintln!("honest get under the flood: {flooded:?}; {}", flood_counts(&counts));
+    assert!(counts.iter().all(landed), "{}", flood_counts(&counts));
+    let bound = dfs_p2p::net::get::BLOCK_TIMEOUT;
+    assert!(flooded < bound, "the honest get took {flooded:?} under the flood (bound {bound:?})");
     assert_healthy(&mut victim);
 }
 
-/// A codec that writes part of a request frame and then never finishes.
-#[derive(Clone, Default)]
-struct Stalling;
+/// Blocks and `Busy` answers the flooders got, in all.
+fn flood_counts(counts: &[(Arc<AtomicU64>, Arc<AtomicU64>)]) -> String {
+    let sum = |f: fn(&(Arc<AtomicU64>, Arc<AtomicU64>)) -> u64| counts.iter().map(f).sum::<u64>();
+    let answered = sum(|c| c.0.load(Ordering::Relaxed));
+    let busy = sum(|c| c.1.load(Ordering::Relaxed));
+    let served = counts.iter().filter(|c| c.0.load(Ordering::Relaxed) > 0).count();
+    let refused = counts.iter().filter(|c| c.1.load(Ordering::Relaxed) > 0).count();
+    format!(
+        "{answered} blocks and {busy} busy answers; {served} of {} flooders served, {refused} refused",
+        counts.len()
+    )
+}
 
-impl request_response::Codec for Stalling {
-    type Protocol = libp2p::StreamProtocol;
-    type Request = ();
-    type Response = ();
+/// A `Have` request's frame header announcing 37,890 bytes: a stalled
+/// stream sends this and nothing more.
+const STALL_HEADER: [u8; 5] = [0x02, 0x00, 0x00, 0x94, 0x02];
 
-    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &libp2p::StreamProtocol,
-        _: &mut T,
-    ) -> std::io::Result<()> {
-        Err(std::io::Error::other("this side only asks"))
+/// Per stalled stream that ended: when it was opened, and when the victim
+/// closed it (`None`: still open when its peer stopped waiting).
+type Ended = Arc<Mutex<Vec<(Instant, Option<Instant>)>>>;
+
+/// One connection's stalled streams, as its peer saw them.
+struct Staller {
+    /// Streams asked for so far (opened, or refused as they opened).
+    opened: Arc<AtomicU64>,
+    ended: Ended,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Staller {
+    /// A peer that opens `streams` file-protocol streams to the victim over
+    /// one connection, writes [`STALL_HEADER`] on each and then only waits,
+    /// for up to `patience`, for the victim to close it.
+    fn start(rt: &Runtime, victim: &Multiaddr, streams: usize, patience: Duration) -> Staller {
+        let opened = Arc::new(AtomicU64::new(0));
+        let ended = Arc::new(Mutex::new(Vec::new()));
+        let (count, log, victim) = (opened.clone(), ended.clone(), victim.clone());
+        let task = rt.spawn(async move {
+            let mut swarm = swarm_with(libp2p_stream::Behaviour::new());
+            let mut control = swarm.behaviour().new_control();
+            let peer = peer_of(&victim);
+            swarm.add_peer_address(peer, victim.clone());
+            swarm.dial(victim).unwrap();
+            let open = async move {
+                for _ in 0..streams {
+                    let stream = control.open_stream(peer, STREAM_PROTOCOL).await;
+                    let at = Instant::now();
+                    let log = log.clone();
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let Ok(mut stream) = stream else {
+                        log.lock().unwrap().push((at, Some(at)));
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        use futures::{AsyncReadExt, AsyncWriteExt};
+                        let held = async {
+                            stream.write_all(&STALL_HEADER).await?;
+                            stream.flush().await?;
+                            let mut byte = [0u8; 1];
+                            stream.read(&mut byte).await
+                        };
+                        let closed = tokio::time::timeout(patience, held).await;
+                        let closed = closed.is_ok().then(Instant::now);
+                        log.lock().unwrap().push((at, closed));
+                        // Still open at the deadline: keep holding it.
+                        if closed.is_none() {
+                            futures::future::pending::<()>().await;
+                        }
+                    });
+                }
+                futures::future::pending::<()>().await
+            };
+            let drive = async move {
+                loop {
+                    swarm.select_next_some().await;
+                }
+            };
+            futures::future::join(open, drive).await;
+        });
+        Staller { opened, ended, task }
     }
 
-    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &libp2p::StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<()> {
-        let mut sink = Vec::new();
-        futures::AsyncReadExt::read_to_end(io, &mut sink).await.map(drop)
+    fn opened(&self) -> usize {
+        self.opened.load(Ordering::Relaxed) as usize
     }
 
-    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &libp2p::StreamProtocol,
-        io: &mut T,
-        _: (),
-    ) -> std::io::Result<()> {
-        // A `Have` header announcing 37,890 bytes, then nothing.
-        futures::AsyncWriteExt::write_all(io, &[0x02, 0x00, 0x00, 0x94, 0x02]).await?;
-        futures::AsyncWriteExt::flush(io).await?;
-        futures::future::pending().await
-    }
-
-    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &libp2p::StreamProtocol,
-        _: &mut T,
-        _: (),
-    ) -> std::io::Result<()> {
-        Err(std::io::Error::other("this side only asks"))
+    /// Streams the victim has closed so far.
+    fn closed(&self) -> usize {
+        self.ended.lock().unwrap().iter().filter(|(_, c)| c.is_some()).count()
     }
 }
 
 #[test]
 fn streams_that_never_finish_a_frame_hold_nothing_back() {
+    use dfs_p2p::net::behaviour::{FILE_REQUEST_TIMEOUT, MAX_CONCURRENT_STREAMS};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let (mut victim, addr, ticket) = victim(dir.path(), &[]);
-    let peer = peer_of(&addr);
-    // Eight connections, each with as many unfinished frames as the
-    // victim takes streams.
-    let stallers: Vec<_> = (0..8)
-        .map(|_| {
-            let addr = addr.clone();
-            rt.spawn(async move {
-                let behaviour = request_response::Behaviour::<Stalling>::new(
-                    [(STREAM_PROTOCOL, ProtocolSupport::Outbound)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(600))
-                        .with_max_concurrent_streams(2048),
-                );
-                let mut swarm = swarm_with(behaviour);
-                swarm.dial(addr).unwrap();
-                for _ in 0..1024 {
-                    swarm.behaviour_mut().send_request(&peer, ());
-                }
-                loop {
-                    swarm.select_next_some().await;
-                }
-            })
-        })
+    // Eight connections, each with more unfinished frames than the victim
+    // takes streams on a connection. The victim holds at most
+    // `MAX_CONCURRENT_STREAMS` of them per connection, each until its
+    // request timeout, and closes the rest at once: a stream open for half
+    // the timeout was taken, one closed sooner was refused.
+    let per_connection = MAX_CONCURRENT_STREAMS + 64;
+    let taken = FILE_REQUEST_TIMEOUT / 2;
+    let started = Instant::now();
+    let stallers: Vec<Staller> = (0..8)
+        .map(|_| Staller::start(&rt, &addr, per_connection, 2 * FILE_REQUEST_TIMEOUT))
         .collect();
-    rt.block_on(async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        honest_get(&addr, &ticket).await
-    });
+
+    // The stall is in place: every stream opened, and those beyond what a
+    // connection may hold already closed.
+    let refused_at_least = per_connection - MAX_CONCURRENT_STREAMS;
+    let in_place = |s: &Staller| s.opened() == per_connection && s.closed() >= refused_at_least;
+    while !stallers.iter().all(in_place) {
+        let state: Vec<_> = stallers.iter().map(|s| (s.opened(), s.closed())).collect();
+        assert!(
+            started.elapsed() < taken,
+            "no stall in place within {taken:?}: (opened, closed) per connection {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Honest work gets through while the stalls are held: it needs nothing
+    // they hold, so it does not wait for the victim to let them go.
+    rt.block_on(honest_get(&addr, &ticket));
+    let honest_done = Instant::now();
+
+    // Every stream is closed by the victim, those it held once their
+    // request timeout passed.
+    for s in &stallers {
+        let deadline = Instant::now() + 2 * FILE_REQUEST_TIMEOUT;
+        while s.ended.lock().unwrap().len() < per_connection {
+            assert!(Instant::now() < deadline, "the stalled streams never all ended");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for (i, s) in stallers.iter().enumerate() {
+        let ended = s.ended.lock().unwrap();
+        let held: Vec<Duration> = ended
+            .iter()
+            .map(|(at, closed)| {
+                let closed = closed.unwrap_or_else(|| {
+                    panic!(
+                        "connection {i}: a stalled stream outlived {:?}",
+                        2 * FILE_REQUEST_TIMEOUT
+                    )
+                });
+                closed - *at
+            })
+            .collect();
+        let accepted = held.iter().filter(|h| **h >= taken).count();
+        let longest = held.iter().max().unwrap();
+        eprintln!(
+            "connection {i}: {accepted} of {per_connection} stalls held, longest {longest:?}"
+        );
+        assert!(accepted > 0, "connection {i}: the victim took none of the stalled streams");
+        assert!(
+            accepted <= MAX_CONCURRENT_STREAMS,
+            "connection {i}: the victim held {accepted} stalled streams"
+        );
+        let released = ended.iter().filter_map(|(at, closed)| closed.filter(|c| *c - *at >= taken));
+        let first_release = released.min().unwrap();
+        assert!(
+            honest_done < first_release,
+            "connection {i}: the honest get ended after a stall was let go"
+        );
+    }
     for s in stallers {
-        s.abort();
+        s.task.abort();
     }
     assert_healthy(&mut victim);
 }
@@ -600,9 +745,12 @@ fn silent_sockets_and_a_crowd_of_idle_peers_lock_nobody_out() {
     let silent: Vec<TcpStream> =
         (0..300).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     // 256 fresh peer ids with two idle connections each.
+    let dials = Arc::new(AtomicU64::new(0));
+    let established = Arc::new(AtomicU64::new(0));
     let crowd: Vec<_> = (0..256)
         .map(|_| {
             let addr = addr.clone();
+            let (dials, established) = (dials.clone(), established.clone());
             rt.spawn(async move {
                 let mut swarm = swarm_with(libp2p::swarm::dummy::Behaviour);
                 for _ in 0..2 {
@@ -613,15 +761,30 @@ fn silent_sockets_and_a_crowd_of_idle_peers_lock_nobody_out() {
                     let _ = swarm.dial(opts);
                 }
                 loop {
-                    swarm.select_next_some().await;
+                    match swarm.select_next_some().await {
+                        SwarmEvent::ConnectionEstablished { .. } => {
+                            established.fetch_add(1, Ordering::Relaxed);
+                            dials.fetch_add(1, Ordering::Relaxed);
+                        }
+                        SwarmEvent::OutgoingConnectionError { .. } => {
+                            dials.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
                 }
             })
         })
         .collect();
-    rt.block_on(async {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        honest_get(&addr, &ticket).await
-    });
+    // The crowd is in: every dial came to an end, and idle peers hold
+    // connections.
+    let deadline = Instant::now() + HONEST_GET;
+    while dials.load(Ordering::Relaxed) < 512 {
+        assert!(Instant::now() < deadline, "{} of 512 dials ended", dials.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let crowded = established.load(Ordering::Relaxed);
+    assert!(crowded > 0, "no idle peer got a connection");
+    rt.block_on(honest_get(&addr, &ticket));
     // The silent sockets were dropped after the handshake timeout.
     for mut socket in silent {
         socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -635,14 +798,28 @@ fn silent_sockets_and_a_crowd_of_idle_peers_lock_nobody_out() {
     assert_healthy(&mut victim);
 }
 
+/// Provider records of other peers the victim holds, from its `stat`.
+fn foreign_records(victim: &mut Victim) -> usize {
+    victim.send("stat");
+    let line = victim.expect_out(|l| l.starts_with("dht records"));
+    let count = line.split_whitespace().nth(2).and_then(|n| n.parse().ok());
+    count.unwrap_or_else(|| panic!("no record count in {line:?}"))
+}
+
 #[test]
 fn a_flood_of_fat_provider_records_leaves_the_victims_files_findable() {
+    use dfs_p2p::net::records::MAX_RECORDS_PER_PEER;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let (mut victim, addr, ticket) = victim(dir.path(), &[]);
+    assert_eq!(foreign_records(&mut victim), 0);
+    // A peer that announces itself as the provider of ever new keys, each
+    // record with 200 addresses, keeping 256 announcements under way;
+    // counts those done (sent to the victim, its only peer).
+    let announced = Arc::new(AtomicU64::new(0));
     let flooder = rt.spawn({
-        let addr = addr.clone();
+        let (addr, announced) = (addr.clone(), announced.clone());
         async move {
             let mut swarm = libp2p::SwarmBuilder::with_new_identity()
                 .with_tokio()
@@ -676,19 +853,53 @@ fn a_flood_of_fat_provider_records_leaves_the_victims_files_findable() {
                 swarm.add_external_address(fake);
             }
             swarm.behaviour_mut().add_address(&peer_of(&addr), addr.clone());
-            for i in 0..5000u32 {
-                let key = libp2p::kad::RecordKey::new(&i.to_be_bytes());
-                let _ = swarm.behaviour_mut().start_providing(key);
-            }
+            let (mut next, mut running) = (0u32, 0);
             loop {
-                swarm.select_next_some().await;
+                while running < 256 {
+                    let key = libp2p::kad::RecordKey::new(&next.to_be_bytes());
+                    let _ = swarm.behaviour_mut().start_providing(key);
+                    (next, running) = (next + 1, running + 1);
+                }
+                if let SwarmEvent::Behaviour(libp2p::kad::Event::OutboundQueryProgressed {
+                    result: libp2p::kad::QueryResult::StartProviding(_),
+                    step,
+                    ..
+                }) = swarm.select_next_some().await
+                    && step.last
+                {
+                    running -= 1;
+                    announced.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     });
+
+    // The flood lands: the victim takes the flooder's records up to the
+    // share one peer may have, never more, even as twice that many more
+    // arrive.
+    let held = |victim: &mut Victim| {
+        let held = foreign_records(victim);
+        assert!(held <= MAX_RECORDS_PER_PEER, "the victim holds {held} records of one peer");
+        held
+    };
+    let deadline = Instant::now() + HONEST_GET;
+    while held(&mut victim) < MAX_RECORDS_PER_PEER {
+        let sent = announced.load(Ordering::Relaxed);
+        assert!(Instant::now() < deadline, "{sent} records announced, too few held");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let more = announced.load(Ordering::Relaxed) + 2 * MAX_RECORDS_PER_PEER as u64;
+    let deadline = Instant::now() + HONEST_GET;
+    while announced.load(Ordering::Relaxed) < more {
+        assert!(Instant::now() < deadline, "the flooder stalled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(held(&mut victim), MAX_RECORDS_PER_PEER);
+    eprintln!("{MAX_RECORDS_PER_PEER} records held of {more} announced");
+
     // Meanwhile the victim's own file stays findable through the DHT, and
     // fetchable.
     rt.block_on(async {
-        tokio::time::sleep(Duration::from_secs(10)).await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = NodeConfig::new(dir.path().to_path_buf());
         config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
