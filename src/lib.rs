@@ -13,13 +13,15 @@
 //!   memory, reporting through [`progress`]);
 //! - [`net`] (the swarm and the file protocol);
 //! - [`node`] (a running node: the API the command line uses);
-//! - [`bench`] (the benchmarks), [`gateway`] (the HTTP gateway) and `fuzzing` (the checks the fuzz targets
-//!   in `fuzz/` run; hidden, not part of the API);
+//! - `bench` (the benchmarks; only with the Cargo feature `bench`),
+//!   [`gateway`] (the HTTP gateway) and `fuzzing` (the checks the fuzz
+//!   targets in `fuzz/` run; hidden, not part of the API);
 //! - [`cli`] (the `dfs-p2p` command).
 //!
 //! The data format is specified in `protocols/data-format.md`, the wire
 //! protocol in `protocols/file-protocol.md`.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod block;
 pub mod cli;

@@ -159,12 +159,11 @@ fn one_shot_bad_input_fails_with_one_clear_line() {
     let foreign = put_file(&other, &file);
 
     let t = tmp.path().to_str().unwrap();
-    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+    let mut cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["frobnicate"], 2, "frobnicate"),
         (vec!["put"], 2, "<FILE|->"),
         (vec!["putt", "x"], 2, "'put'"),
         (vec!["get"], 2, "<TICKET>"),
-        (vec!["bench"], 2, "store, net"),
         (vec!["put", missing.to_str().unwrap(), "--data-dir", d], 1, "no such file"),
         (vec!["put", t, "--data-dir", d], 1, "directory"),
         (vec!["get", "not-a-ticket", "--data-dir", d], 2, "malformed ticket"),
@@ -176,8 +175,14 @@ fn one_shot_bad_input_fails_with_one_clear_line() {
         (vec!["--bootstrap", "/ip4/1.2.3", "put", "-", "--data-dir", d], 2, "--bootstrap"),
         (vec!["--replicas", "zero", "--data-dir", d], 2, "--replicas"),
         (vec!["--cache-size", "big", "--data-dir", d], 2, "--cache-size"),
-        (vec!["bench", "store", "--size", "huge"], 2, "--size"),
     ];
+    if cfg!(feature = "bench") {
+        cases.push((vec!["bench"], 2, "store, net"));
+        cases.push((vec!["bench", "store", "--size", "huge"], 2, "--size"));
+    } else {
+        // A build without the benchmarks has no such command.
+        cases.push((vec!["bench", "store"], 2, "'bench'"));
+    }
     for (args, code, needle) in cases {
         let out = run(&args, b"");
         let line = assert_one_line_error(&out, code, &format!("{args:?}"));
@@ -201,10 +206,11 @@ fn help_and_version_succeed() {
     let out = run(&["--help"], b"");
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for word in ["put", "get", "id", "bench", "--listen", "--bootstrap", "--data-dir", "--replicas"]
-    {
+    for word in ["put", "get", "id", "--listen", "--bootstrap", "--data-dir", "--replicas"] {
         assert!(help.contains(word), "--help lacks {word}: {help}");
     }
+    // Only a build with `--features bench` has the benchmarks.
+    assert_eq!(help.contains("bench"), cfg!(feature = "bench"), "{help}");
     let out = run(&["--version"], b"");
     assert!(out.status.success());
     assert!(text(&out.stdout).starts_with("dfs-p2p "));
@@ -380,6 +386,7 @@ fn an_interrupted_one_shot_put_exits_130() {
     assert!(out.stdout.is_empty(), "no ticket for an interrupted put");
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn bench_store_reports() {
     let tmp = tempfile::tempdir().unwrap();

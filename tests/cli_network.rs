@@ -148,11 +148,10 @@ fn a_one_shot_put_with_no_reachable_peer_stores_locally() {
     assert_eq!(out.stdout, b"lonely bytes");
 }
 
-/// `bench net` through the binary: the serving node and the raw stream's
-/// serving end run as child processes, and the report covers both nodes
-/// and both baselines.
-/// Runs `dfs-p2p bench net ARGS` with its own TMPDIR; returns that
-/// directory and the report, once it succeeded.
+/// Runs `dfs-p2p bench net ARGS` (a build with `--features bench`) with
+/// its own TMPDIR; returns that directory and the report, once it
+/// succeeded.
+#[cfg(feature = "bench")]
 fn bench_net(args: &[&str], what: &str) -> (tempfile::TempDir, String) {
     let tmp = tempfile::tempdir().unwrap();
     let child = dfs(&[&["bench", "net"], args].concat())
@@ -167,6 +166,10 @@ fn bench_net(args: &[&str], what: &str) -> (tempfile::TempDir, String) {
     (tmp, text(&out.stdout))
 }
 
+/// `bench net` through the binary: the serving node and the raw stream's
+/// serving end run as child processes, and the report covers both nodes
+/// and both baselines.
+#[cfg(feature = "bench")]
 #[test]
 fn bench_net_reports_both_nodes_and_both_baselines() {
     let (tmp, report) = bench_net(&["--size", "4MiB"], "bench net");
@@ -180,6 +183,7 @@ fn bench_net_reports_both_nodes_and_both_baselines() {
 /// `bench net` with links through the binary: two serving nodes in child
 /// processes, each behind its own link, the links in a process of their
 /// own; every get went through the links, and nothing is left behind.
+#[cfg(feature = "bench")]
 #[test]
 fn bench_net_through_links_reports_every_node() {
     let (tmp, report) =

@@ -132,7 +132,8 @@ async fn a_peer_sending_wrong_blocks_is_blocked_and_the_file_still_arrives() {
 /// the root first, then goes to the provider discovery found. The honest
 /// provider is reached through a link with a round trip of 200 ms, so that
 /// discovery cannot name it before the get asks for the root, as on any
-/// real network.
+/// real network. The link is the benchmarks' (`--features bench`).
+#[cfg(feature = "bench")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_closest_to_the_root_delays_a_get_by_the_probe_timeout_at_most() {
     use dfs_p2p::{

@@ -4,7 +4,8 @@
 //! loopback or through [`proxy`] links with a delay and a rate), [`dht`]
 //! (lookups among many nodes, before and after churn). They sit
 //! above the node, beside the command line, and nothing below imports
-//! them. This module holds what they measure with: CPU time and peak
+//! them; they are compiled only with the Cargo feature `bench`, so the
+//! library and the program a user runs carry none of them. This module holds what they measure with: CPU time and peak
 //! resident memory of this process or of a child, and medians.
 
 pub mod dht;

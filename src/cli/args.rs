@@ -149,97 +149,10 @@ pub enum Command {
     /// Rebuild the index of stored files from the blocks on disk (after it was
     /// damaged); every whole file found becomes this node's own.
     RebuildIndex,
-    /// Measure throughput.
+    /// Measure throughput (only in a build with the `bench` feature).
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Import and export through the local store only.
-    Store {
-        /// Bytes to import, e.g. 1GiB.
-        #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
-        size: u64,
-        /// Chunk size, e.g. 1MiB.
-        #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_chunk_size)]
-        chunk_size: usize,
-        /// Directory to benchmark in [default: a temporary directory, removed after]
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-    },
-    /// Get a file from nodes on this machine, against one raw libp2p stream:
-    /// over loopback, or with --rtt, --rate or --providers through links
-    /// that delay and pace what crosses them.
-    Net {
-        /// Bytes to transfer, e.g. 256MiB.
-        #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
-        size: u64,
-        /// Round trip of each link in milliseconds (half of it each way).
-        #[arg(long, value_name = "MS", value_parser = parse_rtt)]
-        rtt: Option<f64>,
-        /// Rate of each link, each way, in Mbit/s [default: unlimited]
-        #[arg(long, value_name = "MBIT", value_parser = parse_rate)]
-        rate: Option<f64>,
-        /// Serving nodes, each holding the file behind a link of its own
-        /// [default: 1]
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32))]
-        providers: Option<u32>,
-    },
-    /// Lookups among many nodes in this process, before and after churn.
-    Dht {
-        /// Nodes in the network, the bootstrap node included.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(2..=5000))]
-        nodes: u32,
-        /// Files put (4 KiB each, 3 copies).
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        files: u32,
-        /// Lookups in each phase [default: 10 per file, at least 1,000]
-        #[arg(long)]
-        lookups: Option<u32>,
-        /// Per cent of the nodes stopped without warning, then replaced.
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=90))]
-        churn: u32,
-        /// Steps the churn is stopped in, each followed by repair (1: all
-        /// at once, the lookups right after).
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
-        churn_steps: u32,
-        /// How often the nodes check their files' copies and repair them
-        /// (each node's --repair-interval), e.g. 10s.
-        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-        repair: std::time::Duration,
-        /// Seed of the nodes' keys, the files, and every random choice.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Loopback TCP instead of the in-process memory transport.
-        #[arg(long)]
-        tcp: bool,
-        /// Where the table (dht-N.md) and the plot (dht-N.svg) go.
-        #[arg(long, value_name = "DIR", default_value = "bench-dht")]
-        out: PathBuf,
-    },
-    /// The serving end of `bench net`'s raw stream (started by it).
-    #[command(hide = true)]
-    RawServe,
-    /// The links of `bench net` (started by it).
-    #[command(hide = true)]
-    LinkProxy,
-}
-
-/// Parses a round trip in milliseconds: from 0 to 10,000.
-fn parse_rtt(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(ms) if (0.0..=10_000.0).contains(&ms) => Ok(ms),
-        _ => Err(format!("`{s}` is not a round trip from 0 to 10000 ms")),
-    }
-}
-
-/// Parses a rate in Mbit/s: more than 0, at most 1,000,000.
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(mbit) if (0.001..=1_000_000.0).contains(&mbit) => Ok(mbit),
-        _ => Err(format!("`{s}` is not a rate from 0.001 to 1000000 Mbit/s")),
-    }
+    Bench(super::bench::BenchCommand),
 }
 
 /// Parses a size: plain bytes (`4096`), binary units (`1.5GiB`, `512MiB`,
@@ -331,15 +244,6 @@ pub fn parse_bootstrap(s: &str) -> Result<Multiaddr, String> {
     Ok(addr)
 }
 
-fn parse_chunk_size(s: &str) -> Result<usize, String> {
-    use crate::import::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-    let size = parse_size(s)?;
-    usize::try_from(size)
-        .ok()
-        .filter(|n| (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(n))
-        .ok_or_else(|| format!("the chunk size must be between 64KiB and 4MiB, not `{s}`"))
-}
-
 fn parse_replicas(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(n) if (1..=64).contains(&n) => Ok(n),
@@ -422,10 +326,6 @@ mod tests {
             &["dfs-p2p", "--cache-size", "lots"],
             &["dfs-p2p", "get", "xyz"],
             &["dfs-p2p", "frobnicate"],
-            &["dfs-p2p", "bench", "store", "--chunk-size", "1k"],
-            &["dfs-p2p", "bench", "net", "--rtt", "-1"],
-            &["dfs-p2p", "bench", "net", "--rate", "0"],
-            &["dfs-p2p", "bench", "net", "--providers", "0"],
             &["dfs-p2p", "--bootstrap", "/ip4/127.0.0.1"],
             &["dfs-p2p", "--bootstrap", "/ip4/127.0.0.1/tcp/0"],
             &["dfs-p2p", "--bootstrap", "/ip4/127.0.0.1/udp/3000"],

@@ -8,6 +8,8 @@
 //! signal during shutdown exits 130 at once.
 
 pub mod args;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod output;
 pub mod repl;
 pub mod transfer;
@@ -25,7 +27,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use self::{
-    args::{BenchCommand, Cli, Command, NodeArgs},
+    args::{Cli, Command, NodeArgs},
     transfer::Output,
 };
 use crate::node::{Node, NodeConfig, NodeError};
@@ -108,15 +110,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    // A thousand nodes in one process would fill the terminal with each
-    // one's put and replica news; so would the serving nodes `bench net`
-    // places its file on.
-    let many_nodes = matches!(
-        cli.command,
-        Some(Command::Bench(
-            BenchCommand::Dht { .. } | BenchCommand::Net { providers: Some(2..), .. }
-        ))
-    );
+    // Many nodes in one process log less (`BenchCommand::runs_many_nodes`).
+    #[cfg(feature = "bench")]
+    let many_nodes = matches!(&cli.command, Some(Command::Bench(bench)) if bench.runs_many_nodes());
+    #[cfg(not(feature = "bench"))]
+    let many_nodes = false;
     init_logging(cli.verbose, many_nodes);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -287,7 +285,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Command::Id => id(args),
             Command::Gc => gc(args).await,
             Command::RebuildIndex => rebuild_index(args),
-            Command::Bench(bench) => run_bench(bench).await,
+            #[cfg(feature = "bench")]
+            Command::Bench(bench) => bench::run(bench).await,
         }
     };
     tokio::select! {
@@ -578,67 +577,6 @@ fn rebuild_index(args: &NodeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn run_bench(bench: BenchCommand) -> Result<(), Failure> {
-    match bench {
-        BenchCommand::Store { size, chunk_size, dir } => {
-            let scratch = ScratchDir::new(dir)?;
-            let path = scratch.path.clone();
-            let report = tokio::task::spawn_blocking(move || {
-                crate::bench::store::bench_store(size, chunk_size, &path)
-            })
-            .await
-            .map_err(|e| Failure::Error(format!("the benchmark stopped: {e}")))??;
-            output::result(&format!("{report}\n"));
-        }
-        BenchCommand::Net { size, rtt, rate, providers } => {
-            use crate::bench::{net, proxy::Link};
-            let scratch = ScratchDir::new(None)?;
-            // Any link option puts each serving node behind a link.
-            let link = (rtt.is_some() || rate.is_some() || providers.is_some())
-                .then(|| Link::from_rtt_and_rate(rtt.unwrap_or(0.0), rate));
-            let providers = providers.map_or(1, |n| n as usize);
-            let options = net::NetBenchOptions { size, providers, link };
-            let report = net::bench_net(options, &scratch.path).await?;
-            output::result(&format!("{report}\n"));
-        }
-        BenchCommand::Dht { nodes, files, lookups, churn, churn_steps, repair, seed, tcp, out } => {
-            use crate::bench::dht;
-            let scratch = ScratchDir::new(None)?;
-            let options = dht::DhtOptions {
-                nodes: nodes as usize,
-                files: files as usize,
-                lookups: lookups.map_or((files as usize * 10).max(1000), |l| l as usize),
-                churn,
-                churn_steps: churn_steps as usize,
-                repair_interval: repair,
-                seed,
-                wire: if tcp {
-                    crate::net::behaviour::Wire::Tcp
-                } else {
-                    crate::net::behaviour::Wire::Memory
-                },
-                dir: scratch.path.clone(),
-            };
-            let started = std::time::Instant::now();
-            let say = move |line: String| {
-                output::status(&format!("[{:5.1} s] {line}", started.elapsed().as_secs_f64()))
-            };
-            let report = dht::bench_dht(options, say).await.map_err(Failure::Error)?;
-            let (table, plot) = dht::write_report(&report, &out).map_err(Failure::Error)?;
-            output::result(&format!(
-                "{report}\n\nwrote {} and {}\n",
-                table.display(),
-                plot.display()
-            ));
-        }
-        BenchCommand::RawServe => crate::bench::raw::raw_serve().await?,
-        BenchCommand::LinkProxy => crate::bench::proxy::serve_links()
-            .await
-            .map_err(|e| Failure::Error(format!("the links stopped: {e}")))?,
-    }
-    Ok(())
-}
-
 /// Blocks themselves live in buffers of their own (`block::buffers`), but
 /// much else of a megabyte or two is allocated and freed constantly: an
 /// import's chunk buffers, structure nodes being built or decoded, the
@@ -672,38 +610,6 @@ fn raise_file_limit() {
         {
             limit.rlim_cur = limit.rlim_max.min(1 << 20);
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-/// A benchmark's directory: the one given, or a temporary one removed after.
-struct ScratchDir {
-    path: PathBuf,
-    remove: bool,
-}
-
-impl ScratchDir {
-    fn new(dir: Option<PathBuf>) -> Result<ScratchDir, Failure> {
-        let (path, remove) = match dir {
-            Some(dir) => (dir, false),
-            None => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos());
-                let name = format!("dfs-p2p-bench-{}-{nanos}", std::process::id());
-                (std::env::temp_dir().join(name), true)
-            }
-        };
-        std::fs::create_dir_all(&path)
-            .map_err(|e| Failure::io(format!("cannot create {}", path.display()), &e))?;
-        Ok(ScratchDir { path, remove })
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        if self.remove {
-            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
 }
