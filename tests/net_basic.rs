@@ -133,7 +133,7 @@ async fn put_on_one_get_on_another() {
         assert!(up.peers >= 1 && up.blocks > 0 && !up.listen_addrs.is_empty());
         let down = nodes[2].node.stat().await.unwrap();
         assert_eq!((down.pinned_roots, down.cached_roots), (0, 1));
-        assert_eq!(down.cache_used, nodes[2].node.ls()[0].size);
+        assert_eq!(down.cache_used, nodes[2].node.ls().await.unwrap()[0].size);
     })
     .await
 }
@@ -839,13 +839,13 @@ async fn a_range_read_fetches_its_blocks_and_a_later_get_only_the_rest() {
         let part = part.unwrap();
         assert_eq!(*sink.0.lock().unwrap(), &bytes[3 * CHUNK - 1..=3 * CHUNK]);
         assert!(part.from_network < whole / 2, "{} of {whole} blocks", part.from_network);
-        let listed = nodes[1].node.ls();
+        let listed = nodes[1].node.ls().await.unwrap();
         assert!(listed.iter().any(|r| r.root == ticket.root && r.partial), "{listed:?}");
         nodes[1].node.gc().await.unwrap();
         let (got, rest) = get(&nodes[1].node, &ticket).await.unwrap();
         assert_eq!(got, bytes);
         assert_eq!(rest.from_network + part.from_network, whole, "blocks fetched twice");
-        assert!(!nodes[1].node.ls()[0].partial);
+        assert!(!nodes[1].node.ls().await.unwrap()[0].partial);
     })
     .await
 }

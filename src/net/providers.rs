@@ -266,15 +266,8 @@ impl ProviderSet {
                     self.wake_discovery.notify_one();
                 }
                 Pick::None => {
-                    let reason = if s.ever_found == 0 {
-                        format!("no provider found for {}", self.root)
-                    } else {
-                        format!(
-                            "block {cid} of {}: none of the {} providers found could send it",
-                            self.root, s.ever_found
-                        )
-                    };
-                    return Err(Error::Source(reason));
+                    let (root, cid, found) = (self.root, Box::new(*cid), s.ever_found);
+                    return Err(Error::NoProviders { root, cid, found });
                 }
             }
         }
