@@ -305,12 +305,13 @@ async fn no_provider_is_a_clear_error_in_bounded_time() {
         let nodes = star(2, 1).await;
         // Content that exists nowhere on the network.
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            dfs_p2p::store::Store::open(dir.path(), dfs_p2p::store::StoreOptions::default())
-                .unwrap();
-        let imported =
+        let path = dir.path().to_path_buf();
+        let imported = dfs_p2p::store::run_blocking("a scratch import", move || {
+            let store = dfs_p2p::store::Store::open(path, dfs_p2p::store::StoreOptions::default())?;
             dfs_p2p::import::import(&store, Cursor::new(data(CHUNK, 6)), &Default::default(), None)
-                .unwrap();
+        })
+        .await
+        .unwrap();
         let started = std::time::Instant::now();
         let err = get(&nodes[1].node, &imported.ticket).await.unwrap_err();
         assert!(matches!(err, NodeError::NotFound { .. }), "{err}");
