@@ -385,7 +385,7 @@ pub async fn bench_net(options: NetBenchOptions, dir: &Path) -> Result<NetBenchR
     // The file, where the serving nodes will find it.
     let placed = if providers == 1 {
         let server_dir = server_dirs[0].clone();
-        let (ticket, peer) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+        let (ticket, peer) = crate::store::spawn_blocking(move || -> Result<_, NodeError> {
             let store = Store::open(&server_dir, StoreOptions::default())?;
             let options = ImportOptions { name: Some("bench".into()), ..Default::default() };
             let imported = import::import(&store, Generator::new(size), &options, None)?;
@@ -734,7 +734,7 @@ async fn wait_unlocked(dir: &Path) -> Result<(), NodeError> {
     let deadline = Instant::now() + SERVER_START;
     loop {
         let path = dir.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || {
+        let opened = crate::store::spawn_blocking(move || {
             Store::open_unindexed(path, StoreOptions::default()).map(drop)
         })
         .await
@@ -906,7 +906,7 @@ impl LinkProcess {
     /// Sends one command line and returns the line that answers it.
     async fn ask(&self, line: String) -> Result<String, NodeError> {
         let pipes = self.pipes.clone();
-        let exchange = tokio::task::spawn_blocking(move || -> io::Result<String> {
+        let exchange = crate::store::spawn_blocking(move || -> io::Result<String> {
             use std::io::{BufRead, Write};
             let mut pipes = pipes.lock().expect("link pipes");
             let (stdin, stdout) = &mut *pipes;
@@ -1006,7 +1006,7 @@ impl RawServer {
             .spawn()
             .map_err(|e| failed(e.to_string()))?;
         let stdout = child.stdout.take().ok_or_else(|| failed("no stdout".into()))?;
-        let read = tokio::task::spawn_blocking(move || {
+        let read = crate::store::spawn_blocking(move || {
             let mut line = String::new();
             std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
                 .map(|_| line)
