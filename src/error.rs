@@ -70,10 +70,18 @@ pub enum Error {
     /// The requested byte range lies outside the file.
     #[error("range {offset}+{len} is outside the file ({size} bytes)")]
     Range { offset: u64, len: u64, size: u64 },
-    /// A block source other than the local store failed (a network fetch).
-    #[error("{0}")]
-    Source(String),
-    /// The operation was cancelled.
+    /// No peer could send a block of the DAG under `root`: none of the
+    /// `found` providers discovery found for it had `cid`, or none was
+    /// found at all (`found` 0: the content is not to be had, which
+    /// `node::NodeError` reports as not found).
+    #[error("{}", no_providers(root, cid, *found))]
+    NoProviders { root: Cid, cid: Box<Cid>, found: usize },
+    /// The node stopped while the operation waited on the network (its
+    /// runtime shut down under a fetch).
+    #[error("the node stopped")]
+    NodeStopped,
+    /// The operation was cancelled: by its caller, or because it ran past
+    /// its deadline.
     #[error("cancelled")]
     Cancelled,
     /// A worker thread or task panicked while doing the named work: a bug,
@@ -84,6 +92,14 @@ pub enum Error {
     /// or the disk's.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn no_providers(root: &Cid, cid: &Cid, found: usize) -> String {
+    if found == 0 {
+        format!("no provider found for {root}")
+    } else {
+        format!("block {cid} of {root}: none of the {found} providers found could send it")
+    }
 }
 
 /// Which limit a DAG broke.

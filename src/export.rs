@@ -221,7 +221,9 @@ pub fn export(
         }
         if written != len {
             // Only reached if a thread stopped without reporting an error.
-            return Err(Error::Source(format!("export stopped after {written} of {len} bytes")));
+            return Err(Error::Internal(format!(
+                "the export stopped after {written} of {len} bytes without saying why"
+            )));
         }
         out.flush()
             .map_err(|e| Error::Io { context: "cannot write the output".into(), source: e })?;

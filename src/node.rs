@@ -2,8 +2,10 @@
 //! behind one cheap cloneable [`Node`] handle — the API the command line
 //! and the benchmarks use. Put, get and delete are composed here from the
 //! storage core (`import`, `export`, `store`) and the network layer
-//! (`net::*`); disk and crypto work run on blocking threads, never on the
-//! swarm task.
+//! (`net::*`). Async code here reaches the store only through its face
+//! (`store::AsyncStore::run` for short calls, `store::run_blocking` for an
+//! import, an export or a collection, which call it directly on their
+//! blocking thread): never on the swarm task, never on a runtime worker.
 
 use std::{
     io::{Read, Write},
@@ -32,7 +34,7 @@ use crate::{
         repair::{self, Health, RepairConfig, Repairer},
         replicas::{self, Accept, Offer, ReplicaPolicy},
     },
-    store::{Durability, FileInfo, PinKind, RootInfo, Store, StoreOptions},
+    store::{self, AsyncStore, Durability, FileInfo, PinKind, RootInfo, Store, StoreOptions},
     ticket::TicketOrCid,
 };
 
@@ -212,16 +214,33 @@ pub struct Stat {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
+    /// Any failure of the storage core or of a fetch, as it is; a worker
+    /// that panicked is [`Error::WorkerPanicked`], naming its work.
     #[error("{0}")]
-    Store(#[from] Error),
+    Store(Error),
+    /// No peer was found that holds the content.
     #[error("no provider found for {root}")]
     NotFound { root: Cid },
     #[error("network: {0}")]
     Transport(String),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    /// The node's event loop is gone: its runtime stopped under the
+    /// operation.
     #[error("the node has stopped")]
     Stopped,
+}
+
+impl From<Error> for NodeError {
+    /// The one place that decides what is "not found": a fetch that no
+    /// provider could serve because discovery found none at all.
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NoProviders { root, found: 0, .. } => NodeError::NotFound { root },
+            Error::NodeStopped => NodeError::Stopped,
+            e => NodeError::Store(e),
+        }
+    }
 }
 
 /// A running node; cheap to clone.
@@ -231,7 +250,7 @@ pub struct Node {
 }
 
 struct Inner {
-    store: Store,
+    store: AsyncStore,
     net: NetHandle,
     /// The responder's block service (for its count of blocks served).
     blocks: BlockService,
@@ -246,12 +265,13 @@ impl Node {
     /// cannot be bound is an error), then bootstraps in the background.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let (dir, cache_limit) = (config.data_dir.clone(), config.cache_size);
-        let store =
-            tokio::task::spawn_blocking(move || Store::open(dir, StoreOptions { cache_limit }))
-                .await
-                .map_err(|_| NodeError::Stopped)??;
+        let store = store::run_blocking("opening the store", move || {
+            Store::open(dir, StoreOptions { cache_limit })
+        })
+        .await?;
+        let store = AsyncStore::new(store);
         let mut swarm = behaviour::build_swarm(
-            store.identity().clone(),
+            store.blocking().identity().clone(),
             config.wire,
             !config.listen.is_empty(),
             config.provider_ttl,
@@ -264,14 +284,15 @@ impl Node {
                 .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: listen_error(e) })?;
         }
         let (event_loop, net, inbound) = EventLoop::new(swarm, config.bootstrap.clone());
+        let quota_dir = store.blocking().dir().to_path_buf();
         let event_loop = tokio::spawn(event_loop.run());
         let policy = ReplicaPolicy {
-            quota: config.replica_quota.unwrap_or_else(|| default_replica_quota(store.dir())),
+            quota: config.replica_quota.unwrap_or_else(|| default_replica_quota(&quota_dir)),
             accept: config.accept_replicas.clone(),
             longest_lease: config.lease,
         };
         let replica_quota = policy.quota;
-        let responder = Responder::new(store.clone(), net.clone(), policy);
+        let responder = Responder::new(store.blocking().clone(), net.clone(), policy);
         let blocks = responder.blocks().clone();
         tokio::spawn(responder.run(inbound));
         if let Some(incoming) = net.lanes().incoming() {
@@ -299,8 +320,8 @@ impl Node {
         tokio::spawn(node.clone().reprovide());
         // Blocks left by whatever was interrupted before (a killed put, get
         // or replica) go now, and later ones as they appear.
-        node.inner.store.request_gc();
-        let (store, net) = (node.inner.store.clone(), node.inner.net.clone());
+        node.store().request_gc();
+        let (store, net) = (node.store().clone(), node.inner.net.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(GC_INTERVAL);
             every.tick().await;
@@ -335,17 +356,18 @@ impl Node {
     }
 
     async fn provide_held_roots(&self) {
-        let store = self.inner.store.clone();
-        let complete = tokio::task::spawn_blocking(move || {
-            store
+        let complete = self.inner.store.run(|store| {
+            Ok(store
                 .roots()
                 .into_iter()
                 .filter(|r| store.is_complete(&r.root))
                 .map(|r| r.root)
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
+                .collect::<Vec<_>>())
+        });
+        let complete = complete.await.unwrap_or_else(|e| {
+            tracing::warn!("cannot list the roots to provide: {e}");
+            Vec::new()
+        });
         for root in complete {
             self.inner.net.provide(root).await;
             // Each starts a DHT query: a node holding many roots spreads them.
@@ -365,8 +387,14 @@ impl Node {
         self.inner.net.local_peer_id()
     }
 
-    /// The store under this node (for tools and tests).
+    /// The store under this node, for tools and tests that call it from a
+    /// blocking thread (async code uses [`async_store`](Self::async_store)).
     pub fn store(&self) -> &Store {
+        self.inner.store.blocking()
+    }
+
+    /// The store's face for async code (see `store::AsyncStore`).
+    pub fn async_store(&self) -> &AsyncStore {
         &self.inner.store
     }
 
@@ -407,7 +435,7 @@ impl Node {
         reader: Box<dyn Read + Send>,
         put: PutOptions,
     ) -> Result<PutReport, NodeError> {
-        let store = self.inner.store.clone();
+        let store = self.store().clone();
         let wanted = u8::try_from(self.inner.config.replicas.clamp(1, MAX_REPLICAS))
             .expect("at most MAX_REPLICAS");
         let options = ImportOptions {
@@ -422,7 +450,7 @@ impl Node {
             Some(cancel) => Box::new(Cancellable { inner: reader, cancel }),
             None => reader,
         };
-        let (imported, bytes) = tokio::task::spawn_blocking(move || {
+        let (imported, bytes) = store::run_blocking("the import", move || {
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let imported = import::import(&store, reader, &options, progress)?;
             let file = FileInfo { size: imported.size, name: options.name.clone() };
@@ -432,7 +460,6 @@ impl Node {
             Ok::<_, Error>((imported, bytes))
         })
         .await
-        .map_err(|_| NodeError::Stopped)?
         .map_err(|e| match e {
             Error::Io { source, .. } if source.get_ref().is_some_and(|e| e.is::<Cancelled>()) => {
                 Error::Cancelled
@@ -451,9 +478,8 @@ impl Node {
         if elsewhere > 0 {
             self.wait_for_first_peer().await;
         }
-        let lease =
-            Lease::issue(self.inner.store.identity(), root, wanted, self.inner.config.lease)
-                .map_err(|e| NodeError::Transport(format!("cannot sign a lease: {e}")))?;
+        let lease = Lease::issue(self.store().identity(), root, wanted, self.inner.config.lease)
+            .map_err(|e| NodeError::Transport(format!("cannot sign a lease: {e}")))?;
         let offer = Offer { root, blocks: imported.blocks, bytes, lease };
         let on_copy = put.on_copy.clone();
         let report = move |peer: &PeerId, result: &Result<u64, String>| {
@@ -492,19 +518,14 @@ impl Node {
     ) -> Result<GetReport, NodeError> {
         let GetOptions { progress, output_dir, cancel, range, read_ahead } = get;
         let root = ticket.root;
-        let store = self.inner.store.clone();
-        let complete = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.is_complete(&root))
-                .await
-                .map_err(|_| NodeError::Stopped)?
-        };
+        let store = self.store().clone();
+        let complete = self.inner.store.run(move |store| Ok(store.is_complete(&root))).await?;
         // A complete local copy needs the network only to repair a block
         // that turns out corrupt: then discovery starts on demand.
         let (providers, discovery) = self.discovery(root, complete).await;
         let (net, rt) = (self.inner.net.clone(), tokio::runtime::Handle::current());
         let set = providers.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let result = store::run_blocking("the get", move || {
             let mut out = out;
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let window = read_ahead.unwrap_or(GET_WINDOW).max(1);
@@ -549,20 +570,16 @@ impl Node {
             let evicted = store.enforce_cache_limit()?;
             Ok::<_, Error>((size, source.fetched(), evicted))
         })
-        .await
-        .map_err(|_| NodeError::Stopped)?;
+        .await;
         discovery.abort();
         let (size, from_network, evicted) = match result {
             Ok(done) => done,
-            Err(e @ Error::Source(_)) if providers.ever_found() == 0 => {
-                return Err(not_found_or(e, root, &providers));
-            }
             Err(e) => {
                 // What arrived belongs to no root yet: a get that runs again
                 // before the next collection (at the latest, the next start)
                 // needs only the rest. A full disk wants its space now.
                 if matches!(e, Error::DiskFull { .. } | Error::NoSpace { .. }) {
-                    self.inner.store.request_gc();
+                    self.store().request_gc();
                 }
                 return Err(e.into());
             }
@@ -591,19 +608,16 @@ impl Node {
         ticket: &Ticket,
     ) -> (Result<crate::dag::FileMeta, NodeError>, Arc<ProviderSet>) {
         let root = ticket.root;
-        let store = self.inner.store.clone();
-        let here = {
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.has(&root)).await {
-                Ok(here) => here,
-                Err(_) => return (Err(NodeError::Stopped), ProviderSet::new(root, false)),
-            }
+        let store = self.store().clone();
+        let here = match self.inner.store.run(move |store| Ok(store.has(&root))).await {
+            Ok(here) => here,
+            Err(e) => return (Err(e.into()), ProviderSet::new(root, false)),
         };
         let (providers, discovery) = self.discovery(root, here).await;
         let (net, rt, set) =
             (self.inner.net.clone(), tokio::runtime::Handle::current(), providers.clone());
         let ticket = ticket.clone();
-        let opened = tokio::task::spawn_blocking(move || {
+        let opened = store::run_blocking("reading the root", move || {
             let source = NetSource::new(store, net, rt, set, Durability::Cached, !here);
             let opened = export::open_root(&source, &ticket);
             source.commit()?;
@@ -612,10 +626,7 @@ impl Node {
         })
         .await;
         discovery.abort();
-        let meta = match opened {
-            Ok(opened) => opened.map_err(|e| not_found_or(e, root, &providers)),
-            Err(_) => Err(NodeError::Stopped),
-        };
+        let meta = opened.map_err(NodeError::from);
         (meta, providers)
     }
 
@@ -642,13 +653,10 @@ impl Node {
     /// the owner) to delete theirs.
     pub async fn delete(&self, target: TicketOrCid) -> Result<DeleteReport, NodeError> {
         let root = target.root();
-        let store = self.inner.store.clone();
-        let local = tokio::task::spawn_blocking(move || store.remove_root(&root))
-            .await
-            .map_err(|_| NodeError::Stopped)??;
+        let local = self.inner.store.run(move |store| store.remove_root(&root)).await?;
         self.inner.net.unprovide(root).await;
         let keep = self.inner.config.lease;
-        let record = match DeleteRecord::issue(self.inner.store.identity(), root, keep) {
+        let record = match DeleteRecord::issue(self.store().identity(), root, keep) {
             Ok(record) if self.inner.net.connected_now() > 0 => {
                 let key = DeleteRecord::dht_key(&root, &self.peer_id());
                 self.inner.net.put_record(key, record.encode(), keep).await
@@ -664,7 +672,8 @@ impl Node {
     /// answer, the target, and the last repair.
     pub async fn status(&self, target: TicketOrCid) -> Health {
         let root = target.root();
-        if self.inner.store.root_info(&root).is_none() {
+        let info = self.inner.store.run(move |store| Ok(store.root_info(&root))).await;
+        if !matches!(info, Ok(Some(_))) {
             self.wait_for_first_peer().await;
         }
         self.inner.repairer.health(root).await
@@ -679,14 +688,13 @@ impl Node {
     /// Collects garbage now (waiting for a collection already running);
     /// returns what it removed.
     pub async fn gc(&self) -> Result<crate::store::GcStats, NodeError> {
-        let store = self.inner.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.gc())
-            .await
-            .map_err(|_| NodeError::Stopped)??)
+        let store = self.store().clone();
+        Ok(store::run_blocking("a garbage collection", move || store.gc()).await?)
     }
 
-    pub fn ls(&self) -> Vec<RootInfo> {
-        self.inner.store.roots()
+    /// The roots this node keeps, pinned and cached.
+    pub async fn ls(&self) -> Result<Vec<RootInfo>, NodeError> {
+        Ok(self.inner.store.run(|store| Ok(store.roots())).await?)
     }
 
     /// The peers connected right now.
@@ -711,11 +719,14 @@ impl Node {
     }
 
     pub async fn stat(&self) -> Result<Stat, NodeError> {
-        let store = self.inner.store.clone();
-        let usage = tokio::task::spawn_blocking(move || store.usage())
-            .await
-            .map_err(|_| NodeError::Stopped)??;
-        let roots = self.inner.store.roots();
+        let (usage, roots, cache_used, held_for_others) = self
+            .inner
+            .store
+            .run(|store| {
+                let usage = store.usage()?;
+                Ok((usage, store.roots(), store.cache_usage(), store.held_for_others()))
+            })
+            .await?;
         let pinned_roots = roots.iter().filter(|r| r.kind == PinKind::Pinned).count();
         Ok(Stat {
             peer_id: self.peer_id(),
@@ -725,9 +736,9 @@ impl Node {
             bytes: usage.bytes,
             pinned_roots,
             cached_roots: roots.len() - pinned_roots,
-            cache_used: self.inner.store.cache_usage(),
-            cache_limit: self.inner.store.options().cache_limit,
-            held_for_others: self.inner.store.held_for_others(),
+            cache_used,
+            cache_limit: self.store().options().cache_limit,
+            held_for_others,
             replica_quota: self.inner.replica_quota,
             blocks_served: self.inner.blocks.blocks_served(),
             provider_records: self.inner.net.provider_records().await,
@@ -801,15 +812,6 @@ fn check_space(
         }
     }
     Ok(meta)
-}
-
-/// A fetch that failed before any provider was found: the content is
-/// nowhere to be had; otherwise the failure itself.
-fn not_found_or(e: Error, root: Cid, providers: &ProviderSet) -> NodeError {
-    match e {
-        Error::Source(_) if providers.ever_found() == 0 => NodeError::NotFound { root },
-        e => e.into(),
-    }
 }
 
 /// A range read needs room for its own bytes only.

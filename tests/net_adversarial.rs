@@ -5,7 +5,7 @@
 //! peers are raw libp2p swarms built here, over the same TCP+Noise+Yamux.
 
 mod net_support;
-use net_support::{Sink, data};
+use net_support::{Sink, data, store};
 
 use std::{
     io::{self, Cursor},
@@ -116,9 +116,8 @@ async fn a_peer_sending_wrong_blocks_is_blocked_and_the_file_still_arrives() {
             assert_ne!(p.peer_id, liar_id);
         }
         // Nothing wrong was stored.
-        getter
-            .store()
-            .walk(&report.ticket.root, &mut |c| getter.store().get(c).map(|_| ()))
+        store(&getter)
+            .walk(&report.ticket.root, &mut |c| store(&getter).get(c).map(|_| ()))
             .unwrap();
         liar_task.abort();
     })
@@ -543,9 +542,8 @@ async fn a_peer_sending_wrong_blocks_on_a_block_stream_is_blocked_and_the_file_s
         assert_eq!(r.size, bytes.len() as u64);
         assert!(*served.lock().unwrap() > 0, "the liar was asked on its block stream");
         assert!(getter.blocked_peers().await.contains(&liar_id));
-        getter
-            .store()
-            .walk(&report.ticket.root, &mut |c| getter.store().get(c).map(|_| ()))
+        store(&getter)
+            .walk(&report.ticket.root, &mut |c| store(&getter).get(c).map(|_| ()))
             .unwrap();
         liar_task.abort();
         streams_task.abort();

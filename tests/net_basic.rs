@@ -2,7 +2,7 @@
 //! each test bounded by a timeout, conditions polled, never slept for.
 
 mod net_support;
-use net_support::{ReservedPort, Sink, data};
+use net_support::{ReservedPort, Sink, data, store};
 
 use std::{
     io::{self, Cursor, Write},
@@ -95,7 +95,7 @@ async fn get(node: &Node, ticket: &Ticket) -> Result<(Vec<u8>, GetReport), NodeE
 /// Blocks of the DAG under `root` in `node`'s store.
 fn dag_blocks(node: &Node, root: &cid::Cid) -> u64 {
     let mut n = 0;
-    node.store()
+    store(node)
         .walk(root, &mut |_| {
             n += 1;
             Ok(())
@@ -133,7 +133,7 @@ async fn put_on_one_get_on_another() {
         assert!(up.peers >= 1 && up.blocks > 0 && !up.listen_addrs.is_empty());
         let down = nodes[2].node.stat().await.unwrap();
         assert_eq!((down.pinned_roots, down.cached_roots), (0, 1));
-        assert_eq!(down.cache_used, nodes[2].node.ls()[0].size);
+        assert_eq!(down.cache_used, nodes[2].node.ls().await.unwrap()[0].size);
     })
     .await
 }
@@ -159,13 +159,13 @@ async fn put_replicates_to_closest_peers() {
         closest.sort();
         let mut holders: Vec<PeerId> = nodes[1..]
             .iter()
-            .filter(|n| n.node.store().root_info(&root).is_some())
+            .filter(|n| store(&n.node).root_info(&root).is_some())
             .map(|n| n.node.peer_id())
             .collect();
         holders.sort();
         assert_eq!(holders, closest, "replicas not on the closest peers; by distance: {others:?}");
         for n in &nodes[1..] {
-            let Some(info) = n.node.store().root_info(&root) else { continue };
+            let Some(info) = store(&n.node).root_info(&root) else { continue };
             assert_eq!(info.kind, dfs_p2p::store::PinKind::Pinned);
             assert_eq!(info.owners, [nodes[0].node.peer_id()]);
             assert!(!info.local);
@@ -193,7 +193,7 @@ async fn one_get_takes_blocks_from_several_providers() {
         assert_eq!(report.copies, 3);
         let root = report.ticket.root;
         for p in &providers {
-            assert!(p.node.store().is_complete(&root));
+            assert!(store(&p.node).is_complete(&root));
         }
         // A fresh node connected to all three.
         let getter = start(providers.iter().map(|p| p.addr.clone()).collect(), 1).await;
@@ -251,7 +251,7 @@ async fn file_survives_its_uploader() {
         // A node without a replica fetches it from the replicas.
         let getter = nodes
             .iter()
-            .find(|n| n.node.store().root_info(&report.ticket.root).is_none())
+            .find(|n| store(&n.node).root_info(&report.ticket.root).is_none())
             .expect("one node holds no replica");
         let (got, r) = get(&getter.node, &report.ticket).await.unwrap();
         assert_eq!(got, bytes);
@@ -290,7 +290,7 @@ async fn interrupted_get_resumes_with_only_missing_blocks() {
         let out = FailAfter { limit: 10 * CHUNK, taken: 0 };
         let err = getter.get(report.ticket.clone(), Box::new(out), None).await.unwrap_err();
         assert!(err.to_string().contains("interrupted on purpose"), "{err}");
-        let have = getter.store().usage().unwrap().blocks;
+        let have = store(getter).usage().unwrap().blocks;
         assert!(have >= 10 && have < total, "{have} of {total}");
         let (got, r) = get(getter, &report.ticket).await.unwrap();
         assert_eq!(got, bytes);
@@ -305,12 +305,13 @@ async fn no_provider_is_a_clear_error_in_bounded_time() {
         let nodes = star(2, 1).await;
         // Content that exists nowhere on the network.
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            dfs_p2p::store::Store::open(dir.path(), dfs_p2p::store::StoreOptions::default())
-                .unwrap();
-        let imported =
+        let path = dir.path().to_path_buf();
+        let imported = dfs_p2p::store::run_blocking("a scratch import", move || {
+            let store = dfs_p2p::store::Store::open(path, dfs_p2p::store::StoreOptions::default())?;
             dfs_p2p::import::import(&store, Cursor::new(data(CHUNK, 6)), &Default::default(), None)
-                .unwrap();
+        })
+        .await
+        .unwrap();
         let started = std::time::Instant::now();
         let err = get(&nodes[1].node, &imported.ticket).await.unwrap_err();
         assert!(matches!(err, NodeError::NotFound { .. }), "{err}");
@@ -328,7 +329,7 @@ async fn provider_killed_mid_transfer_is_replaced() {
         let report = put(&nodes[0].node, &bytes).await;
         assert_eq!(report.copies, 3);
         let getter_index = (1..4)
-            .find(|&i| nodes[i].node.store().root_info(&report.ticket.root).is_none())
+            .find(|&i| store(&nodes[i].node).root_info(&report.ticket.root).is_none())
             .unwrap();
         let getter = nodes[getter_index].node.clone();
         // Kill a provider once a quarter of the file is out, and hold the
@@ -370,11 +371,11 @@ async fn only_the_owner_deletes_replicas() {
         let root = report.ticket.root;
         let holders: Vec<_> = nodes[1..]
             .iter()
-            .filter(|n| n.node.store().root_info(&root).is_some())
+            .filter(|n| store(&n.node).root_info(&root).is_some())
             .map(|n| n.node.peer_id())
             .collect();
         let stranger =
-            nodes[1..].iter().find(|n| n.node.store().root_info(&root).is_none()).unwrap();
+            nodes[1..].iter().find(|n| store(&n.node).root_info(&root).is_none()).unwrap();
         let refused = stranger.node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
         assert!(!refused.local);
         assert!(refused.remote_deleted.is_empty());
@@ -388,7 +389,7 @@ async fn only_the_owner_deletes_replicas() {
         }
         for n in &nodes {
             if holders.contains(&n.node.peer_id()) {
-                assert!(n.node.store().root_info(&root).is_some());
+                assert!(store(&n.node).root_info(&root).is_some());
             }
         }
         let deleted = nodes[0]
@@ -403,7 +404,7 @@ async fn only_the_owner_deletes_replicas() {
         want.sort();
         assert_eq!(got, want, "{deleted:?}");
         for n in &nodes {
-            assert!(n.node.store().root_info(&root).is_none());
+            assert!(store(&n.node).root_info(&root).is_none());
         }
     })
     .await
@@ -430,7 +431,7 @@ async fn a_replica_with_two_owners_goes_only_when_both_delete() {
         assert_eq!(one.ticket.root, two.ticket.root);
         assert_eq!((one.copies, two.copies), (3, 3));
         let root = one.ticket.root;
-        let info = holder.node.store().root_info(&root).unwrap();
+        let info = store(&holder.node).root_info(&root).unwrap();
         let mut owners = info.owners.clone();
         owners.sort();
         let mut want = vec![first.node.peer_id(), second.node.peer_id()];
@@ -440,7 +441,7 @@ async fn a_replica_with_two_owners_goes_only_when_both_delete() {
         // The first owner's delete drops only its own pin.
         let deleted = first.node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
         assert!(deleted.remote_deleted.contains(&holder.node.peer_id()), "{deleted:?}");
-        let info = holder.node.store().root_info(&root).expect("kept for the second owner");
+        let info = store(&holder.node).root_info(&root).expect("kept for the second owner");
         assert_eq!(info.owners, [second.node.peer_id()]);
         let (got, _) = get(&holder.node, &one.ticket).await.unwrap();
         assert_eq!(got, bytes);
@@ -448,7 +449,7 @@ async fn a_replica_with_two_owners_goes_only_when_both_delete() {
         // The second owner's delete removes the replica.
         let deleted = second.node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
         assert!(deleted.remote_deleted.contains(&holder.node.peer_id()), "{deleted:?}");
-        assert!(holder.node.store().root_info(&root).is_none());
+        assert!(store(&holder.node).root_info(&root).is_none());
     })
     .await
 }
@@ -678,7 +679,7 @@ async fn one_shot_client_gets_and_puts_right_after_start() {
         assert_eq!((uploaded.copies, uploaded.wanted), (3, 3));
         assert!(!uploaded.counts_local);
         for n in &nodes {
-            assert!(n.node.store().root_info(&uploaded.ticket.root).is_some());
+            assert!(store(&n.node).root_info(&uploaded.ticket.root).is_some());
         }
     })
     .await
@@ -707,8 +708,7 @@ async fn a_corrupt_local_block_is_fetched_again() {
 /// A leaf of `root` in `node`'s store, and its file.
 fn a_leaf(node: &TestNode, root: &cid::Cid) -> (cid::Cid, std::path::PathBuf) {
     let mut leaf = None;
-    node.node
-        .store()
+    store(&node.node)
         .walk(root, &mut |c| {
             if c.codec() == dfs_p2p::block::RAW {
                 leaf = Some(*c);
@@ -738,8 +738,8 @@ async fn a_changed_block_is_never_served_even_with_its_check_tag() {
         assert!(!err.to_string().contains('\n'), "{err}");
         // The server moved the block aside instead of serving it, and the
         // getter kept nothing under that CID.
-        assert!(!nodes[0].node.store().has(&leaf));
-        assert!(!nodes[1].node.store().has(&leaf));
+        assert!(!store(&nodes[0].node).has(&leaf));
+        assert!(!store(&nodes[1].node).has(&leaf));
         assert_eq!(std::fs::read_dir(nodes[0]._dir.path().join("corrupt")).unwrap().count(), 1);
     })
     .await
@@ -841,13 +841,13 @@ async fn a_range_read_fetches_its_blocks_and_a_later_get_only_the_rest() {
         let part = part.unwrap();
         assert_eq!(*sink.0.lock().unwrap(), &bytes[3 * CHUNK - 1..=3 * CHUNK]);
         assert!(part.from_network < whole / 2, "{} of {whole} blocks", part.from_network);
-        let listed = nodes[1].node.ls();
+        let listed = nodes[1].node.ls().await.unwrap();
         assert!(listed.iter().any(|r| r.root == ticket.root && r.partial), "{listed:?}");
         nodes[1].node.gc().await.unwrap();
         let (got, rest) = get(&nodes[1].node, &ticket).await.unwrap();
         assert_eq!(got, bytes);
         assert_eq!(rest.from_network + part.from_network, whole, "blocks fetched twice");
-        assert!(!nodes[1].node.ls()[0].partial);
+        assert!(!nodes[1].node.ls().await.unwrap()[0].partial);
     })
     .await
 }

@@ -3,7 +3,7 @@
 //! timeout; conditions are polled, never slept for.
 
 mod net_support;
-use net_support::{Sink, data};
+use net_support::{Sink, data, store};
 
 use std::{io::Cursor, path::Path, time::Duration};
 
@@ -65,7 +65,7 @@ impl TestNode {
     }
 
     fn holds(&self, root: &Cid) -> bool {
-        self.node.store().root_info(root).is_some_and(|i| i.pinned())
+        store(&self.node).root_info(root).is_some_and(|i| i.pinned())
     }
 
     fn id(&self) -> PeerId {
@@ -159,7 +159,7 @@ async fn stopped_holders_are_replaced_and_the_file_outlives_its_first_holders() 
         until(SETTLE, "three holders again", || holders(&nodes, &root).len() == 3).await;
         let repaired = holders(&nodes, &root);
         for node in nodes.iter().filter(|n| n.holds(&root) && n.id() != owner) {
-            let info = node.node.store().root_info(&root).unwrap();
+            let info = store(&node.node).root_info(&root).unwrap();
             assert_eq!(info.owners, vec![owner], "a repaired copy keeps its owner");
             assert_eq!(info.leases[0].owner(), owner);
         }
@@ -264,7 +264,7 @@ async fn copies_live_while_their_owner_renews_and_go_when_it_stops() {
         let first_lease = nodes
             .iter()
             .find(|n| n.holds(&root) && n.id() != owner)
-            .map(|n| n.node.store().root_info(&root).unwrap().leases[0].clone())
+            .map(|n| store(&n.node).root_info(&root).unwrap().leases[0].clone())
             .unwrap();
         // Past the lease the put granted: the owner renewed it meanwhile.
         until(Duration::from_secs(30), "the first lease ran out", || {
@@ -273,7 +273,7 @@ async fn copies_live_while_their_owner_renews_and_go_when_it_stops() {
         .await;
         assert_eq!(holders(&nodes, &root).len(), 3, "copies went while the owner renews");
         for n in nodes.iter().filter(|n| n.holds(&root) && n.id() != owner) {
-            let now = &n.node.store().root_info(&root).unwrap().leases[0];
+            let now = &store(&n.node).root_info(&root).unwrap().leases[0];
             assert!(now.expires > first_lease.expires, "not renewed");
         }
         // The owner stops: nobody renews (repair hands the lease on as it
@@ -296,8 +296,8 @@ async fn forged_leases_and_a_strangers_delete_are_refused() {
         let stranger = nodes.iter().find(|n| !n.holds(&root) && n.id() != owner.id()).unwrap();
         let victim = nodes.iter().find(|n| !n.holds(&root) && n.id() != stranger.id()).unwrap();
         let holder = nodes.iter().find(|n| n.holds(&root) && n.id() != owner.id()).unwrap();
-        let real = holder.node.store().root_info(&root).unwrap().leases[0].clone();
-        let (blocks, size) = holder.node.store().dag_stats(&root).unwrap();
+        let real = store(&holder.node).root_info(&root).unwrap().leases[0].clone();
+        let (blocks, size) = store(&holder.node).dag_stats(&root).unwrap();
 
         let ask = |lease: Vec<u8>| {
             let request = Request::Replicate { root, blocks, bytes: size, lease };

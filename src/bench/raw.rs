@@ -136,7 +136,7 @@ pub async fn raw_serve() -> Result<(), NodeError> {
     writeln!(stdout, "{addr}").and_then(|()| stdout.flush()).map_err(|e| {
         NodeError::Transport(format!("cannot report the raw server's address: {e}"))
     })?;
-    let stdin_closed = tokio::task::spawn_blocking(|| {
+    let stdin_closed = crate::store::spawn_blocking(|| {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
     });
     tokio::pin!(stdin_closed);

@@ -143,7 +143,7 @@ pub fn bench_store(size: u64, chunk_size: usize, dir: &Path) -> Result<StoreBenc
     let mut out = Hashing(blake3::Hasher::new());
     export(&store, &imported.ticket, &mut out, &options, None)?;
     if out.0.finalize() != expected.finalize() {
-        return Err(Error::Source("the exported bytes differ from the input".into()));
+        return Err(Error::Internal("the exported bytes differ from the input".into()));
     }
     let _ = std::fs::remove_file(&input);
     Ok(StoreBenchReport {

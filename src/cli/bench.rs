@@ -124,7 +124,7 @@ pub async fn run(bench: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Store { size, chunk_size, dir } => {
             let scratch = ScratchDir::new(dir)?;
             let path = scratch.path.clone();
-            let report = tokio::task::spawn_blocking(move || {
+            let report = crate::store::spawn_blocking(move || {
                 crate::bench::store::bench_store(size, chunk_size, &path)
             })
             .await

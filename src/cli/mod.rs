@@ -282,9 +282,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Command::Status { target } => status(args, target).await,
             Command::Providers { target } => providers(args, target).await,
-            Command::Id => id(args),
+            Command::Id => id(args).await,
             Command::Gc => gc(args).await,
-            Command::RebuildIndex => rebuild_index(args),
+            Command::RebuildIndex => rebuild_index(args).await,
             #[cfg(feature = "bench")]
             Command::Bench(bench) => bench::run(bench).await,
         }
@@ -535,31 +535,34 @@ async fn get(
     Ok(())
 }
 
-fn id(args: &NodeArgs) -> Result<(), Failure> {
-    let options = crate::store::StoreOptions::default();
+async fn id(args: &NodeArgs) -> Result<(), Failure> {
+    let (dir, options) = (data_dir(args)?, crate::store::StoreOptions::default());
     // The identity needs no index: `id` works on a damaged one too.
-    let store = crate::store::Store::open_unindexed(data_dir(args)?, options)?;
+    let store = crate::store::run_blocking("reading the identity", move || {
+        crate::store::Store::open_unindexed(dir, options)
+    })
+    .await?;
     output::result(&format!("{}\n", store.peer_id()));
     Ok(())
 }
 
 async fn gc(args: &NodeArgs) -> Result<(), Failure> {
     let dir = data_dir(args)?;
-    let stats = tokio::task::spawn_blocking(move || {
+    let stats = crate::store::run_blocking("the garbage collection", move || {
         let store = crate::store::Store::open(dir, crate::store::StoreOptions::default())?;
         store.gc()
     })
-    .await
-    .map_err(|e| Failure::Error(format!("garbage collection stopped: {e}")))??;
+    .await?;
     output::status(&output::gc_summary(&stats));
     Ok(())
 }
 
-fn rebuild_index(args: &NodeArgs) -> Result<(), Failure> {
-    let (store, rebuilt) = crate::store::Store::open_rebuilding(
-        data_dir(args)?,
-        crate::store::StoreOptions::default(),
-    )?;
+async fn rebuild_index(args: &NodeArgs) -> Result<(), Failure> {
+    let dir = data_dir(args)?;
+    let (store, rebuilt) = crate::store::run_blocking("rebuilding the index", move || {
+        crate::store::Store::open_rebuilding(dir, crate::store::StoreOptions::default())
+    })
+    .await?;
     for path in &rebuilt.moved_aside {
         output::status(&format!("moved the old index to {}", path.display()));
     }

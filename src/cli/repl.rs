@@ -201,7 +201,7 @@ async fn execute(
             }
         }
         ("delete" | "rm", [target]) => delete(node, target).await?,
-        ("ls", []) => output::result(&output::roots_table(&node.ls())),
+        ("ls", []) => output::result(&output::roots_table(&node.ls().await?)),
         ("peers", []) => output::result(&output::peers_table(&node.peers().await)),
         ("providers", [target]) => {
             let root = parse_target(target)?.root();

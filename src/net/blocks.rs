@@ -168,7 +168,7 @@ impl BlockService {
     /// `NotFound`.
     async fn read_block(&self, cid: Cid) -> Response {
         let store = self.store.clone();
-        let read = tokio::task::spawn_blocking(move || store.get(&cid)).await;
+        let read = crate::store::spawn_blocking(move || store.get(&cid)).await;
         match read {
             Ok(Ok(data)) => {
                 self.served.fetch_add(1, Ordering::Relaxed);
@@ -268,7 +268,7 @@ impl BlockService {
         let Ok(_permit) = self.haves.clone().acquire_owned().await else { return };
         let store = self.store.clone();
         let present =
-            tokio::task::spawn_blocking(move || cids.iter().map(|c| store.has(c)).collect()).await;
+            crate::store::spawn_blocking(move || cids.iter().map(|c| store.has(c)).collect()).await;
         let response = match present {
             Ok(present) => Response::Have { present },
             Err(_) => Response::error(ErrorCode::Internal, "have task failed"),

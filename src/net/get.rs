@@ -10,7 +10,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -126,18 +126,27 @@ impl NetSource {
     /// Commits what was fetched, keeping the writer's guard (so the caller
     /// can pin).
     pub fn commit(&self) -> Result<()> {
-        match self.writer.lock().expect("writer lock").as_mut() {
+        match self.writer()?.as_mut() {
             Some(w) => w.finish(),
             None => Ok(()),
         }
     }
 
-    /// Commits and releases the writer's guard; ends discovery.
+    /// Commits and releases the writer's guard; ends discovery. The guard
+    /// goes even if a panic poisoned the writer (what it had not committed
+    /// is then left to garbage collection).
     pub fn finish(&self) -> Result<()> {
         let result = self.commit();
-        self.writer.lock().expect("writer lock").take();
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
         self.providers.close();
         result
+    }
+
+    /// The writer, unless a thread panicked while it held it: its batch may
+    /// then be half-updated, so this download fails, with the panic named,
+    /// instead of every later block panicking on the poisoned lock in turn.
+    fn writer(&self) -> Result<MutexGuard<'_, Option<BlockWriter>>> {
+        self.writer.lock().map_err(|_| Error::WorkerPanicked("writing a fetched block".into()))
     }
 
     /// Whether the block is on disk, claimed for this download when it
@@ -186,7 +195,7 @@ impl NetSource {
                 self.on_runtime(async move { ask_block(&net, peer, asked, BLOCK_TIMEOUT).await });
             let Some(answer) = answer else {
                 self.providers.release(&peer, false);
-                return Err(Error::Cancelled);
+                return Err(Error::NodeStopped);
             };
             // The SHA-256 pass runs here, on this blocking thread.
             match judge_block(cid, answer) {
@@ -274,7 +283,7 @@ impl BlockSource for NetSource {
             return Err(Error::Limit { root, limit: DagLimit::Bytes(self.max_bytes) });
         }
         let prepared = BlockWriter::prepare(&self.store, self.durability, cid, &bytes)?;
-        if let Some(w) = self.writer.lock().expect("writer lock").as_mut() {
+        if let Some(w) = self.writer()?.as_mut() {
             w.add_prepared(prepared)?;
         }
         self.fetched.fetch_add(1, Ordering::Relaxed);

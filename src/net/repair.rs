@@ -40,7 +40,7 @@ use crate::{
         event_loop::NetHandle,
         replicas::{self, Offer},
     },
-    store::{RootInfo, Store},
+    store::{AsyncStore, RootInfo},
 };
 
 /// How often a node checks the roots it holds, by default: a departed
@@ -102,7 +102,7 @@ struct Watch {
 /// The repair loop and its memory; cheap to clone.
 #[derive(Clone)]
 pub struct Repairer {
-    store: Store,
+    store: AsyncStore,
     net: NetHandle,
     identity: Keypair,
     config: RepairConfig,
@@ -110,8 +110,8 @@ pub struct Repairer {
 }
 
 impl Repairer {
-    pub fn new(store: Store, net: NetHandle, config: RepairConfig) -> Self {
-        let identity = store.identity().clone();
+    pub fn new(store: AsyncStore, net: NetHandle, config: RepairConfig) -> Self {
+        let identity = store.blocking().identity().clone();
         Repairer { store, net, identity, config, watches: Arc::default() }
     }
 
@@ -135,8 +135,11 @@ impl Repairer {
     /// One round over every root held pinned.
     pub async fn round(&self) {
         self.expire_leases().await;
-        let roots: Vec<RootInfo> =
-            self.store.roots().into_iter().filter(|r| r.pinned() && r.target() >= 2).collect();
+        let roots = self.store.run(|store| Ok(store.roots())).await;
+        let roots: Vec<RootInfo> = match roots {
+            Ok(roots) => roots.into_iter().filter(|r| r.pinned() && r.target() >= 2).collect(),
+            Err(e) => return tracing::warn!("cannot read the roots held: {e}"),
+        };
         let held: HashSet<Cid> = roots.iter().map(|r| r.root).collect();
         self.watches.lock().expect("watches").retain(|root, _| held.contains(root));
         futures::stream::iter(roots)
@@ -145,14 +148,12 @@ impl Repairer {
     }
 
     async fn expire_leases(&self) {
-        let (store, longest) = (self.store.clone(), self.config.lease);
+        let longest = self.config.lease;
         let ended =
-            tokio::task::spawn_blocking(move || store.expire_leases(lease::unix_secs(), longest))
-                .await;
+            self.store.run(move |store| store.expire_leases(lease::unix_secs(), longest)).await;
         let ended = match ended {
-            Ok(Ok(ended)) => ended,
-            Ok(Err(e)) => return tracing::warn!("cannot drop the leases that ran out: {e}"),
-            Err(_) => return,
+            Ok(ended) => ended,
+            Err(e) => return tracing::warn!("cannot drop the leases that ran out: {e}"),
         };
         for (root, owners, released) in ended {
             for owner in owners {
@@ -205,7 +206,8 @@ impl Repairer {
             None => (Vec::new(), 0),
         };
         let (mut holders, mut target, mut last_repair) = self.live_holders(root, &known).await;
-        if let Some(info) = self.store.root_info(&root).filter(RootInfo::pinned) {
+        let info = self.store.run(move |store| Ok(store.root_info(&root))).await;
+        if let Some(info) = info.ok().flatten().filter(RootInfo::pinned) {
             holders.insert(0, self.net.local_peer_id());
             target = target.max(info.target());
             last_repair = last_repair.max(info.repaired);
@@ -272,14 +274,13 @@ impl Repairer {
                 continue;
             };
             tracing::info!("{owner} deleted {root} (at {}): dropping its copy", record.deleted);
-            let store = self.store.clone();
             let owner = *owner;
-            match tokio::task::spawn_blocking(move || store.release(&root, &owner)).await {
-                Ok(Ok(Some(true))) => {
+            match self.store.run(move |store| store.release(&root, &owner)).await {
+                Ok(Some(true)) => {
                     self.net.unprovide(root).await;
                     return false;
                 }
-                Ok(Err(e)) => tracing::warn!("cannot drop {root}: {e}"),
+                Err(e) => tracing::warn!("cannot drop {root}: {e}"),
                 _ => {}
             }
         }
@@ -319,15 +320,12 @@ impl Repairer {
     }
 
     async fn offer(&self, root: Cid, lease: Lease) -> Option<Offer> {
-        let store = self.store.clone();
-        let stats = tokio::task::spawn_blocking(move || store.dag_stats(&root)).await;
-        match stats {
-            Ok(Ok((blocks, bytes))) => Some(Offer { root, blocks, bytes, lease }),
-            Ok(Err(e)) => {
+        match self.store.run(move |store| store.dag_stats(&root)).await {
+            Ok((blocks, bytes)) => Some(Offer { root, blocks, bytes, lease }),
+            Err(e) => {
                 tracing::warn!("cannot offer {root}: {e}");
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -384,8 +382,7 @@ impl Repairer {
                 format!(", {} peers declined", placed.failed.len())
             }
         );
-        let store = self.store.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.record_repair(&root)).await {
+        if let Err(e) = self.store.run(move |store| store.record_repair(&root)).await {
             tracing::warn!("cannot record the repair of {root}: {e}");
         }
         let mut watches = self.watches.lock().expect("watches");

@@ -36,7 +36,7 @@ use crate::{
         get::NetSource,
         providers::ProviderSet,
     },
-    store::{Durability, PinKind},
+    store::{self, AsyncStore, Durability, PinKind},
 };
 
 /// How long a put keeps asking a peer to finish a replica. A `Replicate`
@@ -288,6 +288,16 @@ pub struct ReplicaPolicy {
 
 /// Replications one peer may have running or waiting here at once.
 pub const MAX_REPLICATIONS_PER_PEER: usize = 2;
+/// Requests that may wait for one pull besides the one that started it
+/// (`Replicate`s of the same root, from its asker sent again after a
+/// stream timeout, or from other owners); more are answered `Busy`. Each
+/// holds an open stream and, once the pull ends, costs a pin of its lease.
+pub const MAX_JOINED_PER_PULL: usize = 8;
+/// Requests one peer may have waiting for pulls it did not start, over
+/// all of them; more are answered `Busy`. A requester that sends its
+/// `Replicate` again after a stream timeout keeps one: the request whose
+/// stream closed is dropped first.
+pub const MAX_JOINED_PER_PEER: usize = 2;
 /// A pull may take this long, plus the time its declared bytes take at
 /// [`PULL_MIN_RATE`]; then it stops.
 pub const PULL_GRACE: Duration = Duration::from_secs(120);
@@ -301,7 +311,7 @@ const PULL_WATCH: Duration = Duration::from_secs(1);
 /// The responder of the replica messages; cheap to clone.
 #[derive(Clone)]
 pub struct ReplicaService {
-    store: crate::store::Store,
+    store: AsyncStore,
     net: NetHandle,
     policy: Arc<ReplicaPolicy>,
     replications: Arc<Semaphore>,
@@ -311,18 +321,83 @@ pub struct ReplicaService {
 /// Replications running or waiting here.
 #[derive(Default)]
 struct Replications {
-    /// Per root: the requests waiting for its answer.
-    waiting: HashMap<Cid, Vec<ResponseChannel<Response>>>,
+    /// Per root: the request that started its pull, and those that joined.
+    waiting: HashMap<Cid, Pull>,
     /// Per asker: its replications running or waiting.
     per_peer: HashMap<PeerId, usize>,
     /// Bytes reserved for pulls under way.
     reserved: u64,
 }
 
+/// The requests waiting for one pull.
+struct Pull {
+    /// The request that started it; its lease is pinned by the pull.
+    first: ResponseChannel<Response>,
+    /// Requests that came while it ran (at most [`MAX_JOINED_PER_PULL`]);
+    /// each lease is pinned when the pull succeeds.
+    joined: Vec<Joined>,
+}
+
+/// A `Replicate` that joined a pull already running.
+struct Joined {
+    peer: PeerId,
+    lease: Lease,
+    channel: ResponseChannel<Response>,
+}
+
+/// What became of a request for a root that may be pulled already.
+enum Join {
+    /// No pull of the root runs: the request is handed back.
+    NoPull(ResponseChannel<Response>),
+    /// It waits for the pull running.
+    Joined,
+    /// The pull or the peer has as many requests waiting as it may.
+    Refused(ResponseChannel<Response>, Response),
+}
+
+impl Replications {
+    /// Joins the pull of `root` running, if there is one (see [`Join`]). Requests whose streams closed
+    /// (timed out at the requester, which may send again) are dropped
+    /// first: they hold nothing at the event loop any longer, and must not
+    /// hold a place here.
+    fn join(
+        &mut self,
+        root: Cid,
+        peer: PeerId,
+        lease: Lease,
+        channel: ResponseChannel<Response>,
+    ) -> Join {
+        if !self.waiting.contains_key(&root) {
+            return Join::NoPull(channel);
+        }
+        for pull in self.waiting.values_mut() {
+            pull.joined.retain(|j| j.channel.is_open());
+        }
+        let mine = self.waiting.values().flat_map(|p| &p.joined).filter(|j| j.peer == peer);
+        if mine.count() >= MAX_JOINED_PER_PEER {
+            let busy = format!(
+                "too many of your requests wait for replications here (at most \
+                 {MAX_JOINED_PER_PEER})"
+            );
+            return Join::Refused(channel, Response::error(ErrorCode::Busy, busy));
+        }
+        let pull = self.waiting.get_mut(&root).expect("checked above");
+        if pull.joined.len() >= MAX_JOINED_PER_PULL {
+            let busy = format!(
+                "too many requests wait for the replication of {root} (at most \
+                 {MAX_JOINED_PER_PULL})"
+            );
+            return Join::Refused(channel, Response::error(ErrorCode::Busy, busy));
+        }
+        pull.joined.push(Joined { peer, lease, channel });
+        Join::Joined
+    }
+}
+
 impl ReplicaService {
     pub fn new(store: crate::store::Store, net: NetHandle, policy: ReplicaPolicy) -> Self {
         ReplicaService {
-            store,
+            store: AsyncStore::new(store),
             net,
             policy: Arc::new(policy),
             replications: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLICATIONS)),
@@ -378,50 +453,62 @@ impl ReplicaService {
             let refusal = Response::error(ErrorCode::Refused, "its owner deleted it");
             return self.net.respond(channel, refusal).await;
         }
-        let store = self.store.clone();
-        let held = tokio::task::spawn_blocking(move || {
-            let info = store.root_info(&root)?;
-            (info.kind == PinKind::Pinned && store.is_complete(&root)).then_some(info)
-        })
-        .await
-        .ok()
-        .flatten();
-        if held.is_some() {
+        let held = self
+            .store
+            .run(move |store| {
+                let info = store.root_info(&root);
+                Ok(info.is_some_and(|i| i.kind == PinKind::Pinned && store.is_complete(&root)))
+            })
+            .await
+            .unwrap_or(false);
+        if held {
             // Already pinned here: one more owner, or a newer lease, costs
             // no space.
-            let (store, lease) = (self.store.clone(), offer.lease.clone());
-            let pinned = tokio::task::spawn_blocking(move || {
-                let _guard = store.guard();
-                store.pin_leased(&root, lease).and_then(|_| store.dag_stats(&root))
-            })
-            .await;
+            let lease = offer.lease.clone();
+            let pinned = self
+                .store
+                .run(move |store| {
+                    let _guard = store.guard();
+                    store.pin_leased(&root, lease).and_then(|_| store.dag_stats(&root))
+                })
+                .await;
             let response = match pinned {
-                Ok(Ok((blocks, _))) => Response::Replicated { blocks },
-                Ok(Err(e)) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
-                Err(_) => Response::error(ErrorCode::Internal, "replication task failed"),
+                Ok((blocks, _)) => Response::Replicated { blocks },
+                Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
             };
             return self.net.respond(channel, response).await;
         }
         {
             let mut state = self.state.lock().await;
-            if let Some(waiting) = state.waiting.get_mut(&root) {
-                waiting.push(channel);
-                return;
-            }
+            let channel = match state.join(root, peer, offer.lease.clone(), channel) {
+                Join::Joined => return,
+                Join::Refused(channel, refusal) => {
+                    drop(state);
+                    tracing::info!("refused to join the pull of {root} for {peer}: {refusal:?}");
+                    return self.net.respond(channel, refusal).await;
+                }
+                Join::NoPull(channel) => channel,
+            };
             let mine = state.per_peer.get(&peer).copied().unwrap_or(0);
             let refusal = if state.waiting.len() >= MAX_PENDING_REPLICATIONS {
                 Some(Response::error(ErrorCode::Busy, "too many replications pending"))
             } else if mine >= MAX_REPLICATIONS_PER_PEER {
                 Some(Response::error(ErrorCode::Busy, "too many replications pending for you"))
             } else {
-                self.reserve(&mut state, offer.bytes).err()
+                // Read with the state locked (an async lock: no runtime
+                // worker waits), so that a pull that ends meanwhile is
+                // counted as held or as reserved, never as neither.
+                match self.store.run(|store| Ok(store.held_for_others())).await {
+                    Ok(held) => self.reserve(&mut state, held, offer.bytes).err(),
+                    Err(e) => Some(Response::error(ErrorCode::Internal, told_to_peers(&e))),
+                }
             };
             if let Some(refusal) = refusal {
                 drop(state);
                 tracing::info!("refused to replicate {root} for {peer}: {refusal:?}");
                 return self.net.respond(channel, refusal).await;
             }
-            state.waiting.insert(root, vec![channel]);
+            state.waiting.insert(root, Pull { first: channel, joined: Vec::new() });
             *state.per_peer.entry(peer).or_default() += 1;
         }
         let reserved = offer.bytes;
@@ -429,7 +516,7 @@ impl ReplicaService {
             Ok(_permit) => self.pull_and_pin(peer, offer).await,
             Err(_) => Response::error(ErrorCode::Busy, "shutting down"),
         };
-        let waiting = {
+        let pull = {
             let mut state = self.state.lock().await;
             state.reserved -= reserved;
             if let Some(n) = state.per_peer.get_mut(&peer) {
@@ -438,10 +525,46 @@ impl ReplicaService {
                     state.per_peer.remove(&peer);
                 }
             }
-            state.waiting.remove(&root).unwrap_or_default()
+            state.waiting.remove(&root)
         };
-        for channel in waiting {
-            self.net.respond(channel, response.clone()).await;
+        let Some(Pull { first, joined }) = pull else { return };
+        self.net.respond(first, response.clone()).await;
+        self.answer_joined(root, response, joined).await;
+    }
+
+    /// Answers the requests that joined a pull. When it succeeded, each
+    /// one's lease is pinned first: an owner that joined holds the replica
+    /// as the first asker's owner does (a lease that cannot be pinned is
+    /// answered with the reason); when it failed, each gets its answer.
+    async fn answer_joined(&self, root: Cid, response: Response, joined: Vec<Joined>) {
+        if joined.is_empty() {
+            return;
+        }
+        let answers: Vec<Response> = if matches!(response, Response::Replicated { .. }) {
+            let leases: Vec<Lease> = joined.iter().map(|j| j.lease.clone()).collect();
+            let done = response.clone();
+            let pinned = self
+                .store
+                .run(move |store| {
+                    let _guard = store.guard();
+                    let pin = |lease| match store.pin_leased(&root, lease) {
+                        Ok(_) => done.clone(),
+                        Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
+                    };
+                    Ok(leases.into_iter().map(pin).collect())
+                })
+                .await;
+            pinned.unwrap_or_else(|e| {
+                vec![Response::error(ErrorCode::Internal, told_to_peers(&e)); joined.len()]
+            })
+        } else {
+            vec![response.clone(); joined.len()]
+        };
+        for (joined, answer) in joined.into_iter().zip(answers) {
+            if let Response::Error { message, .. } = &answer {
+                tracing::info!("a pull of {root} that {} joined: {message}", joined.peer);
+            }
+            self.net.respond(joined.channel, answer).await;
         }
     }
 
@@ -476,9 +599,9 @@ impl ReplicaService {
         }
     }
 
-    /// Reserves `bytes` against the quota, or says why not.
-    fn reserve(&self, state: &mut Replications, bytes: u64) -> Result<(), Response> {
-        let held = self.store.held_for_others();
+    /// Reserves `bytes` against the quota, of which `held` is taken by
+    /// replicas held already, or says why not.
+    fn reserve(&self, state: &mut Replications, held: u64, bytes: u64) -> Result<(), Response> {
         let used = held.saturating_add(state.reserved);
         if used.saturating_add(bytes) > self.policy.quota {
             return Err(Response::error(
@@ -507,8 +630,8 @@ impl ReplicaService {
         let cancel = Arc::new(AtomicBool::new(false));
         let watch = tokio::spawn(watch_pull(self.net.clone(), peer, max_bytes, cancel.clone()));
         let (store, net, rt) =
-            (self.store.clone(), self.net.clone(), tokio::runtime::Handle::current());
-        let pulled = tokio::task::spawn_blocking(move || -> Result<u64> {
+            (self.store.blocking().clone(), self.net.clone(), tokio::runtime::Handle::current());
+        let pulled = store::run_blocking("a replica pull", move || -> Result<u64> {
             let source =
                 NetSource::new(store.clone(), net, rt, providers, Durability::Synced, true)
                     .with_limits(max_bytes, cancel);
@@ -528,7 +651,7 @@ impl ReplicaService {
         discovery.abort();
         watch.abort();
         match pulled {
-            Ok(Ok(blocks)) => {
+            Ok(blocks) => {
                 self.net.provide(root).await;
                 if owner == peer {
                     tracing::info!("replicated {root} for {peer} ({blocks} blocks)");
@@ -539,12 +662,13 @@ impl ReplicaService {
                 }
                 Response::Replicated { blocks }
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!("cannot replicate {root} for {peer}: {e}");
                 // What the pull stored belongs to no root: collect it.
-                self.store.request_gc();
+                self.store.blocking().request_gc();
                 let code = match e {
-                    Error::Source(_) | Error::Missing { .. } => ErrorCode::NotFound,
+                    Error::NoProviders { .. } | Error::Missing { .. } => ErrorCode::NotFound,
+                    Error::NodeStopped => ErrorCode::Busy,
                     Error::Limit { .. } => ErrorCode::Refused,
                     Error::Cancelled => ErrorCode::Busy,
                     Error::DiskFull { .. } => ErrorCode::Refused,
@@ -559,7 +683,6 @@ impl ReplicaService {
                 };
                 Response::error(code, message)
             }
-            Err(_) => Response::error(ErrorCode::Internal, "replication task failed"),
         }
     }
 
@@ -567,10 +690,9 @@ impl ReplicaService {
     /// the replica with it once no other owner holds it. This node's own
     /// content and its cache are never deleted.
     pub async fn handle_delete(self, peer: PeerId, root: Cid, channel: ResponseChannel<Response>) {
-        let store = self.store.clone();
-        let decided = tokio::task::spawn_blocking(move || {
+        let decided = self.store.run(move |store| {
             let refused = |message: String| Err(Response::error(ErrorCode::Refused, message));
-            match store.root_info(&root) {
+            Ok(match store.root_info(&root) {
                 None => {
                     Err(Response::error(ErrorCode::NotPinned, format!("{root} is not pinned here")))
                 }
@@ -589,10 +711,9 @@ impl ReplicaService {
                     )),
                     Err(e) => Err(Response::error(ErrorCode::Internal, told_to_peers(&e))),
                 },
-            }
-        })
-        .await;
-        let response = match decided {
+            })
+        });
+        let response = match decided.await {
             Ok(Ok(removed)) => {
                 if removed {
                     self.net.unprovide(root).await;
@@ -606,7 +727,7 @@ impl ReplicaService {
                 tracing::info!("refused a delete of {root} from {peer}: {refusal:?}");
                 refusal
             }
-            Err(_) => Response::error(ErrorCode::Internal, "delete task failed"),
+            Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
         };
         self.net.respond(channel, response).await;
     }
@@ -616,11 +737,12 @@ impl ReplicaService {
     /// Answers a `Holds`: whether this node holds `root` pinned (a pinned
     /// root is whole: nothing is pinned before all its blocks are here).
     pub async fn handle_holds(self, root: Cid, channel: ResponseChannel<Response>) {
-        let response = match self.store.root_info(&root) {
-            Some(info) if info.pinned() => {
+        let response = match self.store.run(move |store| Ok(store.root_info(&root))).await {
+            Ok(Some(info)) if info.pinned() => {
                 Response::Holding { pinned: true, replicas: info.target(), repaired: info.repaired }
             }
-            _ => Response::Holding { pinned: false, replicas: 0, repaired: 0 },
+            Ok(_) => Response::Holding { pinned: false, replicas: 0, repaired: 0 },
+            Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
         };
         self.net.respond(channel, response).await;
     }
@@ -675,7 +797,7 @@ pub fn pull_dag(source: &NetSource, root: &Cid, max_blocks: u64) -> Result<u64> 
                             source.block(&cid).map(|_| Vec::new())
                         }
                     }))
-                    .unwrap_or_else(|_| Err(Error::Source(format!("fetching {cid} failed"))));
+                    .unwrap_or_else(|_| Err(Error::WorkerPanicked(format!("fetching {cid}"))));
                     let mut w = work.lock().expect("work lock");
                     w.busy -= 1;
                     if let Err(e) = links.and_then(|links| w.frontier.push_links(depth, &links)) {

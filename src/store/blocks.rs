@@ -74,6 +74,7 @@ impl Store {
 
     /// Whether the block is on disk (not verified).
     pub fn has(&self, cid: &Cid) -> bool {
+        super::assert_blocking_context();
         self.block_path(cid).is_file()
     }
 
@@ -81,6 +82,7 @@ impl Store {
     /// tag, when it has a valid one; see `check`). A block that fails is
     /// moved to `corrupt/` and reported; its bytes are never returned.
     pub fn get(&self, cid: &Cid) -> Result<BlockBuf> {
+        super::assert_blocking_context();
         self.get_with(cid, read_bounded)
     }
 
@@ -124,6 +126,7 @@ impl Store {
     /// rely on a block it did not write itself claims it first: a
     /// collection that runs meanwhile keeps every claimed block.
     pub fn claim(&self, cid: &Cid) -> bool {
+        super::assert_blocking_context();
         let path = self.block_path(cid);
         let _sweep = self.inner.collector.sweep_lock();
         touch(&path)
@@ -189,6 +192,7 @@ impl Store {
 
     /// Blocks and bytes on disk.
     pub fn usage(&self) -> Result<Usage> {
+        super::assert_blocking_context();
         let mut usage = Usage::default();
         self.for_each_block(|_, _, len| {
             usage.blocks += 1;
@@ -200,6 +204,7 @@ impl Store {
     /// Calls `f(cid, path, len)` for every block file; files whose names are
     /// not CIDs are skipped.
     pub fn for_each_block(&self, mut f: impl FnMut(Cid, &Path, u64)) -> Result<()> {
+        super::assert_blocking_context();
         let blocks = &self.inner.dir.blocks;
         let read = |d: &Path| fs::read_dir(d).map_err(|e| Error::io("cannot list", d, e));
         for shard in read(blocks)? {

@@ -43,8 +43,11 @@ impl std::fmt::Debug for AsyncStore {
 }
 
 impl AsyncStore {
+    /// The face of `store`. Every face of one store shares its turns: the
+    /// bound holds however many services hold one.
     pub fn new(store: Store) -> Self {
-        AsyncStore { store, permits: Arc::new(Semaphore::new(STORE_CALLS)) }
+        let permits = Arc::clone(&store.inner.calls);
+        AsyncStore { store, permits }
     }
 
     /// The blocking store, for code that is already on a blocking thread
@@ -74,9 +77,34 @@ impl AsyncStore {
         .await
         {
             Ok(result) => result,
-            Err(e) if e.is_panic() => Err(Error::WorkerPanicked("a store call".into())),
-            Err(_) => Err(Error::Cancelled),
+            Err(e) => Err(joined(e, "a store call")),
         }
+    }
+}
+
+/// Runs long blocking work (`work` names it: "the get", "an import") on a
+/// thread of its own, through [`spawn_blocking`], and awaits its result. A
+/// panic there is [`Error::WorkerPanicked`] naming the work, not a stopped
+/// node: only a closed channel to the event loop means that.
+pub async fn run_blocking<T, F>(work: &str, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(joined(e, work)),
+    }
+}
+
+/// What a blocking job that did not return becomes: a panic names the
+/// work; a job cancelled (a runtime shutting down) is [`Error::Cancelled`].
+pub fn joined(e: tokio::task::JoinError, work: &str) -> Error {
+    if e.is_panic() {
+        tracing::error!("{work} panicked: {e}");
+        Error::WorkerPanicked(work.to_string())
+    } else {
+        Error::Cancelled
     }
 }
 

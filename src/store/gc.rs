@@ -188,6 +188,7 @@ impl Store {
     /// A guard for an operation that will write blocks or rely on blocks
     /// already stored (claiming each with [`claim`](Self::claim)).
     pub fn guard(&self) -> Guard {
+        super::assert_blocking_context();
         let collector = self.inner.collector.clone();
         let id = {
             let mut guards = collector.guards();
@@ -244,6 +245,7 @@ impl Store {
     /// operation wrote or claimed (see the module docs). Waits for a
     /// collection already running, never for a writer.
     pub fn gc(&self) -> Result<GcStats> {
+        super::assert_blocking_context();
         let collector = &self.inner.collector;
         let _run = collector.run.lock().unwrap_or_else(|e| e.into_inner());
         let Some(limit) = collector.start() else {

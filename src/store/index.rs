@@ -151,7 +151,10 @@ fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
 pub(super) type Roots = BTreeMap<Cid, RootInfo>;
 
 impl Store {
+    /// The index in memory. Every public method of the index takes it, so
+    /// each checks first that it runs where it may block (see `face`).
     fn roots_lock(&self) -> MutexGuard<'_, Roots> {
+        super::assert_blocking_context();
         self.inner.roots.lock().expect("root index lock")
     }
 
@@ -496,42 +499,36 @@ impl Store {
     }
 
     /// Rewrites the index: `cache.cbor` always, `pins.cbor` only when
-    /// `pinned_changed`. Each file is replaced atomically (tmp file,
-    /// rename); `pins.cbor` is synced first (file and directory), so a
-    /// pinned root survives a crash, while `cache.cbor` is not (see the
-    /// module docs). The index lock is held throughout, so concurrent
-    /// saves neither share a tmp file nor write an older snapshot over a
-    /// newer one.
+    /// `pinned_changed`. A snapshot is taken under the index lock; the
+    /// files are written after it is released, so no caller of the index
+    /// (a `Holds` answered, a root looked up) waits behind a sync. Each
+    /// file is replaced atomically (tmp file, rename); `pins.cbor` is
+    /// synced first (file and directory), so a pinned root survives a
+    /// crash, while `cache.cbor` is not (see the module docs). Writes are
+    /// serialized by their own lock, and a snapshot older than the one a
+    /// file already holds is not written: an older index never replaces a
+    /// newer one. Returns once the files hold this snapshot or a newer one.
     fn save_index(&self, pinned_changed: bool) -> Result<()> {
-        let roots = self.roots_lock();
-        let records = |kind: PinKind| -> Vec<PinRecord> {
-            roots
-                .values()
-                .filter(|r| r.kind == kind)
-                .map(|r| PinRecord {
-                    root: r.root.to_string(),
-                    kind: r.kind,
-                    owners: r.owners.iter().map(ToString::to_string).collect(),
-                    local: r.local,
-                    owner: None,
-                    size: r.size,
-                    last_access: r.last_access,
-                    file: r.file.clone(),
-                    replicas: r.replicas,
-                    leases: r
-                        .leases
-                        .iter()
-                        .map(|l| data_encoding::HEXLOWER.encode(&l.encode()))
-                        .collect(),
-                    repaired: r.repaired,
-                    partial: r.partial,
-                })
-                .collect()
+        let (seq, pinned, cached) = {
+            let roots = self.roots_lock();
+            let seq = self.inner.index_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let of = |kind: PinKind| -> Vec<RootInfo> {
+                roots.values().filter(|r| r.kind == kind).cloned().collect()
+            };
+            (seq, pinned_changed.then(|| of(PinKind::Pinned)), of(PinKind::Cached))
         };
-        if pinned_changed {
-            self.write_index(PINS_FILE, &records(PinKind::Pinned), true)?;
+        let mut written = self.inner.index_files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pinned) = pinned
+            && seq > written.pins
+        {
+            self.write_index(PINS_FILE, &records(&pinned), true)?;
+            written.pins = seq;
         }
-        self.write_index(CACHE_FILE, &records(PinKind::Cached), false)
+        if seq > written.cache {
+            self.write_index(CACHE_FILE, &records(&cached), false)?;
+            written.cache = seq;
+        }
+        Ok(())
     }
 
     fn write_index(&self, name: &str, records: &[PinRecord], synced: bool) -> Result<()> {
@@ -553,6 +550,35 @@ impl Store {
         };
         write().map_err(|e| Error::io("cannot write pin index", &path, e))
     }
+}
+
+/// The snapshots the index files hold (see `Store::save_index`): 0 for
+/// none written by this process.
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    pins: u64,
+    cache: u64,
+}
+
+/// Roots as the index files store them.
+fn records(roots: &[RootInfo]) -> Vec<PinRecord> {
+    roots
+        .iter()
+        .map(|r| PinRecord {
+            root: r.root.to_string(),
+            kind: r.kind,
+            owners: r.owners.iter().map(ToString::to_string).collect(),
+            local: r.local,
+            owner: None,
+            size: r.size,
+            last_access: r.last_access,
+            file: r.file.clone(),
+            replicas: r.replicas,
+            leases: r.leases.iter().map(|l| data_encoding::HEXLOWER.encode(&l.encode())).collect(),
+            repaired: r.repaired,
+            partial: r.partial,
+        })
+        .collect()
 }
 
 /// What [`Store::rebuild_index`] found.

@@ -14,14 +14,20 @@
 //! - [`walk`]: walking a DAG on disk;
 //! - [`gc`]: garbage collection, which never makes an operation wait for it.
 //!
-//! **Blocking and async.** The store is blocking code: every method may
-//! touch the disk, and its locks are plain mutexes held for short, bounded
-//! spans (never across IO that waits on the network, and never an async
-//! lock). Async code calls it only from `tokio::task::spawn_blocking`, and
-//! long work (an import, an export, a pull) runs wholly on blocking
-//! threads. The one bridge the other way is the network handle: blocking
-//! code that needs the swarm runs a task on the runtime and waits for its
-//! result, only ever from such a blocking thread (see `net::get`).
+//! **The seam between async and blocking.** The store is blocking code:
+//! its methods may touch the disk, and its locks are plain mutexes held
+//! for short spans of memory work (the root index is written and synced
+//! after its lock is released, from a snapshot: see `index`). Async code
+//! never calls it and never takes its locks: it reaches the store through
+//! one face, [`face`]'s [`AsyncStore::run`] for short calls (bounded to
+//! [`STORE_CALLS`] at once), or [`spawn_blocking`] / [`run_blocking`] for
+//! long work — an import, an export, a replica pull — which runs wholly on
+//! a blocking thread and calls the store directly there. The store's
+//! public entry points call [`assert_blocking_context`], which (in debug
+//! builds and with the `seam-check` feature) panics on a runtime worker.
+//! The one bridge the other way is the network handle: blocking code that
+//! needs the swarm runs a task on the runtime and waits for its result,
+//! only ever from such a blocking thread (see `net::get`).
 
 mod blocks;
 mod check;
@@ -45,7 +51,9 @@ use libp2p::{PeerId, identity::Keypair};
 
 pub use self::{
     blocks::Usage,
-    face::{AsyncStore, STORE_CALLS, assert_blocking_context, spawn_blocking},
+    face::{
+        AsyncStore, STORE_CALLS, assert_blocking_context, joined, run_blocking, spawn_blocking,
+    },
     gc::{CORRUPT_KEPT, CORRUPT_KEPT_FOR, GcStats, Guard, SWEEP_BATCH},
     index::{FileInfo, PinKind, Rebuilt, RootInfo},
     writer::{BlockWriter, Durability, Prepared},
@@ -75,8 +83,14 @@ pub struct Store {
 struct Inner {
     dir: dir::DataDir,
     options: StoreOptions,
-    /// The root index (`index`).
+    /// The root index (`index`): memory only, never held across IO.
     roots: Mutex<index::Roots>,
+    /// Writes of the index files, in order (`index`).
+    index_files: Mutex<index::Written>,
+    /// Numbers the snapshots of the index, taken under `roots`.
+    index_seq: AtomicU64,
+    /// The turns of async callers (`face`): shared by every face.
+    calls: Arc<tokio::sync::Semaphore>,
     /// Guards, claims and collections (`gc`).
     collector: Arc<gc::Collector>,
     /// Names of temporary files (`blocks`).
@@ -100,6 +114,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the data directory `dir`, taking its lock.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        assert_blocking_context();
         let store = Store::open_unindexed(dir, options)?;
         store.load_index()?;
         Ok(store)
@@ -111,6 +126,7 @@ impl Store {
         dir: impl AsRef<Path>,
         options: StoreOptions,
     ) -> Result<(Store, Rebuilt)> {
+        assert_blocking_context();
         let store = Store::open_unindexed(dir, options)?;
         let rebuilt = store.rebuild_index()?;
         Ok((store, rebuilt))
@@ -119,6 +135,7 @@ impl Store {
     /// Opens the data directory without reading its root index: enough for
     /// its identity, and for nothing that touches roots.
     pub fn open_unindexed(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        assert_blocking_context();
         let dir = dir::DataDir::open(PathBuf::from(dir.as_ref()))?;
         let checker = check::Checker::new(&dir.identity_bytes);
         let stamp = dir.dir.join(dir::CLOCK_FILE);
@@ -129,6 +146,9 @@ impl Store {
                 dir,
                 options,
                 roots: Mutex::default(),
+                index_files: Mutex::default(),
+                index_seq: AtomicU64::new(0),
+                calls: Arc::new(tokio::sync::Semaphore::new(STORE_CALLS)),
                 collector: Arc::new(collector),
                 tmp_seq: AtomicU64::new(0),
                 write_budget: AtomicU64::new(u64::MAX),

@@ -18,6 +18,7 @@ impl Store {
     /// leaves are only named). Stops at the first error, and at a DAG
     /// deeper than the format allows.
     pub fn walk(&self, root: &Cid, visit: &mut dyn FnMut(&Cid) -> Result<()>) -> Result<()> {
+        super::assert_blocking_context();
         let mut frontier = Frontier::new(*root, u64::MAX);
         while let Some((cid, depth)) = frontier.pop() {
             visit(&cid)?;
@@ -32,12 +33,14 @@ impl Store {
     /// Total bytes of the DAG under `root` (each distinct block once);
     /// fails if any block is missing.
     pub fn dag_size(&self, root: &Cid) -> Result<u64> {
+        super::assert_blocking_context();
         Ok(self.dag_stats(root)?.1)
     }
 
     /// Distinct blocks of the DAG under `root`, and their bytes; fails if
     /// any block is missing.
     pub fn dag_stats(&self, root: &Cid) -> Result<(u64, u64)> {
+        super::assert_blocking_context();
         let (mut blocks, mut bytes) = (0, 0);
         self.walk(root, &mut |cid| {
             let path = self.block_path(cid);
@@ -51,6 +54,7 @@ impl Store {
     /// Bytes of the blocks of the DAG under `root` that are on disk (the
     /// part a range read fetched); what is missing is skipped.
     pub fn present_size(&self, root: &Cid) -> u64 {
+        super::assert_blocking_context();
         let mut frontier = Frontier::new(*root, u64::MAX);
         let mut bytes = 0;
         while let Some((cid, depth)) = frontier.pop() {
@@ -69,6 +73,7 @@ impl Store {
     /// Whether every block of the DAG under `root` is on disk (structure
     /// nodes are read and verified; leaves are only checked to exist).
     pub fn is_complete(&self, root: &Cid) -> bool {
+        super::assert_blocking_context();
         self.dag_size(root).is_ok()
     }
 }

@@ -51,6 +51,7 @@ impl Store {
     /// Stores one block, verifying it first, and syncs it. For many blocks
     /// use a [`BlockWriter`].
     pub fn put(&self, cid: &cid::Cid, bytes: &[u8]) -> Result<()> {
+        super::assert_blocking_context();
         if !crate::block::verify(cid, bytes) {
             return Err(Error::Corrupt { cid: *cid });
         }
@@ -61,6 +62,7 @@ impl Store {
 
     /// A writer of blocks that must survive a crash (a put, a replica).
     pub fn writer(&self) -> BlockWriter {
+        super::assert_blocking_context();
         BlockWriter::new(self.clone(), Durability::Synced)
     }
 
@@ -69,6 +71,7 @@ impl Store {
     /// them; every read verifies, so a damaged one is moved aside and
     /// fetched again.
     pub fn cache_writer(&self) -> BlockWriter {
+        super::assert_blocking_context();
         BlockWriter::new(self.clone(), Durability::Cached)
     }
 }

@@ -196,7 +196,7 @@ impl Net {
         .await;
         let ids: Vec<PeerId> = live.iter().map(|&i| self.ids[i]).collect();
         let all: HashSet<PeerId> = self.ids.iter().copied().collect();
-        tokio::task::spawn_blocking(move || Survey::of(&ids, &tables, &all))
+        crate::store::spawn_blocking(move || Survey::of(&ids, &tables, &all))
             .await
             .expect("the survey does not panic")
     }
@@ -288,12 +288,20 @@ impl Net {
         }
     }
 
-    /// The live nodes holding `file` pinned.
+    /// The live nodes holding `file` pinned. The benchmark's own look into
+    /// the nodes' indexes (no disk: the index is in memory), made on a
+    /// thread of its own because store calls are refused on runtime threads.
     fn holders(&self, root: &cid::Cid) -> Vec<usize> {
-        self.live()
-            .into_iter()
-            .filter(|&i| self.node(i).store().root_info(root).is_some_and(|r| r.pinned()))
-            .collect()
+        let live = self.live();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                live.into_iter()
+                    .filter(|&i| self.node(i).store().root_info(root).is_some_and(|r| r.pinned()))
+                    .collect()
+            })
+            .join()
+            .expect("the survey of holders")
+        })
     }
 
     /// Live nodes ordered by XOR distance to `key`, closest first.

@@ -161,7 +161,7 @@ impl LinkProcess {
     /// Sends one command line and returns the line that answers it.
     async fn ask(&self, line: String) -> Result<String, NodeError> {
         let pipes = self.pipes.clone();
-        let exchange = tokio::task::spawn_blocking(move || -> io::Result<String> {
+        let exchange = crate::store::spawn_blocking(move || -> io::Result<String> {
             use std::io::{BufRead, Write};
             let mut pipes = pipes.lock().expect("link pipes");
             let (stdin, stdout) = &mut *pipes;

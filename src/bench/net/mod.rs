@@ -129,7 +129,7 @@ pub async fn bench_net(options: NetBenchOptions, dir: &Path) -> Result<NetBenchR
     // The file, where the serving nodes will find it.
     let placed = if providers == 1 {
         let server_dir = server_dirs[0].clone();
-        let (ticket, peer) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+        let (ticket, peer) = crate::store::spawn_blocking(move || -> Result<_, NodeError> {
             let store = Store::open(&server_dir, StoreOptions::default())?;
             let options = ImportOptions { name: Some("bench".into()), ..Default::default() };
             let imported = import::import(&store, Generator::new(size), &options, None)?;

@@ -145,7 +145,7 @@ pub(super) async fn wait_unlocked(dir: &Path) -> Result<(), NodeError> {
     let deadline = Instant::now() + SERVER_START;
     loop {
         let path = dir.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || {
+        let opened = crate::store::spawn_blocking(move || {
             Store::open_unindexed(path, StoreOptions::default()).map(drop)
         })
         .await
@@ -218,7 +218,7 @@ impl RawServer {
             .spawn()
             .map_err(|e| failed(e.to_string()))?;
         let stdout = child.stdout.take().ok_or_else(|| failed("no stdout".into()))?;
-        let read = tokio::task::spawn_blocking(move || {
+        let read = crate::store::spawn_blocking(move || {
             let mut line = String::new();
             std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
                 .map(|_| line)

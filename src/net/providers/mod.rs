@@ -147,15 +147,7 @@ impl ProviderSet {
     /// The error a fetch of `cid` gives up with when no provider is left
     /// and discovery gave up, `found` providers having been found in all.
     fn give_up(&self, cid: &Cid, found: usize) -> Error {
-        let reason = if found == 0 {
-            format!("no provider found for {}", self.root)
-        } else {
-            format!(
-                "block {cid} of {}: none of the {} providers found could send it",
-                self.root, found
-            )
-        };
-        Error::Source(reason)
+        Error::NoProviders { root: self.root, cid: Box::new(*cid), found }
     }
 
     /// A request to `peer` ended, with a block (`delivered`) or an answer
