@@ -6,9 +6,12 @@
 //! (`store::AsyncStore::run` for short calls, `store::run_blocking` for an
 //! import, an export or a collection, which call it directly on their
 //! blocking thread): never on the swarm task, never on a runtime worker.
+//!
+//! One file per concern: `put`, `get` (with finding a file and a root's
+//! health), `host` (delete, collection, repair rounds, what this node
+//! holds and who it talks to); here, the node's start and its accessors.
 
 use std::{
-    io::{Read, Write},
     path::PathBuf,
     sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
@@ -20,23 +23,21 @@ use libp2p::{Multiaddr, PeerId};
 use crate::{
     Ticket,
     error::Error,
-    export::{self, ExportOptions},
-    import::{self, ImportOptions},
-    lease::{DeleteRecord, Lease},
+    export, import,
     net::{
         behaviour,
         blocks::BlockService,
-        discover,
         event_loop::{EventLoop, NetHandle},
-        get::{self, GET_WINDOW, GET_WORKERS, NetSource},
         inbound::Responder,
-        providers::ProviderSet,
-        repair::{self, Health, RepairConfig, Repairer},
-        replicas::{self, Accept, Offer, ReplicaPolicy},
+        repair::{self, RepairConfig, Repairer},
+        replicas::{Accept, ReplicaPolicy},
     },
-    store::{self, AsyncStore, Durability, FileInfo, PinKind, RootInfo, Store, StoreOptions},
-    ticket::TicketOrCid,
+    store::{self, AsyncStore, Store, StoreOptions},
 };
+
+mod get;
+mod host;
+mod put;
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -375,14 +376,6 @@ impl Node {
         }
     }
 
-    /// A node that was given bootstrap addresses but is not connected yet
-    /// (a one-shot client just started) waits a little for its first peer.
-    async fn wait_for_first_peer(&self) {
-        if !self.inner.config.bootstrap.is_empty() && self.inner.net.connected_now() == 0 {
-            self.inner.net.wait_for_bootstrap(1, get::FIRST_PEER_WAIT).await;
-        }
-    }
-
     pub fn peer_id(&self) -> PeerId {
         self.inner.net.local_peer_id()
     }
@@ -417,334 +410,6 @@ impl Node {
         self.inner.net.wait_for_peers(n, timeout).await
     }
 
-    /// Imports from `reader` (on a blocking thread), provides the root, and
-    /// asks the closest peers for replicas.
-    pub async fn put(
-        &self,
-        reader: Box<dyn Read + Send>,
-        name: Option<String>,
-        total: Option<u64>,
-        progress: Option<ProgressFn>,
-    ) -> Result<PutReport, NodeError> {
-        self.put_with(reader, PutOptions { name, total, progress, ..Default::default() }).await
-    }
-
-    /// [`put`](Self::put) with all its options.
-    pub async fn put_with(
-        &self,
-        reader: Box<dyn Read + Send>,
-        put: PutOptions,
-    ) -> Result<PutReport, NodeError> {
-        let store = self.store().clone();
-        let wanted = u8::try_from(self.inner.config.replicas.clamp(1, MAX_REPLICAS))
-            .expect("at most MAX_REPLICAS");
-        let options = ImportOptions {
-            chunk_size: self.inner.config.chunk_size,
-            name: put.name,
-            total: put.total,
-            kind: PinKind::Pinned,
-            ..Default::default()
-        };
-        let progress = put.progress;
-        let reader: Box<dyn Read + Send> = match put.cancel.clone() {
-            Some(cancel) => Box::new(Cancellable { inner: reader, cancel }),
-            None => reader,
-        };
-        let (imported, bytes) = store::run_blocking("the import", move || {
-            let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
-            let imported = import::import(&store, reader, &options, progress)?;
-            let file = FileInfo { size: imported.size, name: options.name.clone() };
-            store.describe(&imported.ticket.root, file);
-            store.set_replicas(&imported.ticket.root, wanted)?;
-            let (_, bytes) = store.dag_stats(&imported.ticket.root)?;
-            Ok::<_, Error>((imported, bytes))
-        })
-        .await
-        .map_err(|e| match e {
-            Error::Io { source, .. } if source.get_ref().is_some_and(|e| e.is::<Cancelled>()) => {
-                Error::Cancelled
-            }
-            e => e,
-        })?;
-        let root = imported.ticket.root;
-        self.inner.net.provide(root).await;
-        // A node that does not listen (a one-shot client) serves nobody, so
-        // its own copy does not count: it asks for all `replicas` elsewhere.
-        let serving = !self.inner.config.listen.is_empty();
-        let elsewhere = usize::from(wanted) - usize::from(serving);
-        if let Some(on_stored) = &put.on_stored {
-            on_stored(imported.size, elsewhere);
-        }
-        if elsewhere > 0 {
-            self.wait_for_first_peer().await;
-        }
-        let lease = Lease::issue(self.store().identity(), root, wanted, self.inner.config.lease)
-            .map_err(|e| NodeError::Transport(format!("cannot sign a lease: {e}")))?;
-        let offer = Offer { root, blocks: imported.blocks, bytes, lease };
-        let on_copy = put.on_copy.clone();
-        let report = move |peer: &PeerId, result: &Result<u64, String>| {
-            if let Some(f) = &on_copy {
-                f(peer, result);
-            }
-        };
-        let placed = replicas::replicate(&self.inner.net, offer, elsewhere, &report).await;
-        Ok(PutReport {
-            ticket: imported.ticket,
-            size: imported.size,
-            copies: usize::from(serving) + placed.confirmed.len(),
-            wanted: usize::from(wanted),
-            counts_local: serving,
-            failed: placed.failed,
-        })
-    }
-
-    /// Streams the plaintext to `out` in order (on blocking threads): local
-    /// blocks first, the rest from providers, each verified and stored.
-    pub async fn get(
-        &self,
-        ticket: Ticket,
-        out: Box<dyn Write + Send>,
-        progress: Option<ProgressFn>,
-    ) -> Result<GetReport, NodeError> {
-        self.get_with(ticket, out, GetOptions { progress, ..Default::default() }).await
-    }
-
-    /// [`get`](Self::get) with all its options.
-    pub async fn get_with(
-        &self,
-        ticket: Ticket,
-        out: Box<dyn Write + Send>,
-        get: GetOptions,
-    ) -> Result<GetReport, NodeError> {
-        let GetOptions { progress, output_dir, cancel, range, read_ahead } = get;
-        let root = ticket.root;
-        let store = self.store().clone();
-        let complete = self.inner.store.run(move |store| Ok(store.is_complete(&root))).await?;
-        // A complete local copy needs the network only to repair a block
-        // that turns out corrupt: then discovery starts on demand.
-        let (providers, discovery) = self.discovery(root, complete).await;
-        let (net, rt) = (self.inner.net.clone(), tokio::runtime::Handle::current());
-        let set = providers.clone();
-        let result = store::run_blocking("the get", move || {
-            let mut out = out;
-            let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
-            let window = read_ahead.unwrap_or(GET_WINDOW).max(1);
-            let workers = GET_WORKERS.min(window);
-            let mut options = ExportOptions { range: None, workers, window };
-            // A complete copy is indexed: its blocks need no claim.
-            let source = NetSource::new(store.clone(), net, rt, set, Durability::Cached, !complete)
-                .with_limits(u64::MAX, cancel.unwrap_or_default());
-            let meta = match range {
-                Some(range) => {
-                    let (meta, resolved) =
-                        check_range_space(&source, &ticket, range, output_dir.as_deref())?;
-                    options.range = Some(resolved);
-                    meta
-                }
-                None => check_space(&source, &ticket, complete, output_dir.as_deref())?,
-            };
-            let exported = export::export(&source, &ticket, &mut out, &options, progress);
-            // Keep what arrived even if the export failed: a rerun resumes.
-            source.commit()?;
-            let size = exported?;
-            if range.is_some() && !(source.fetched() == 0 && complete) {
-                // Part of the file: cached as such (evicted like any cached
-                // root), so that a later get needs only the rest. The
-                // writer's guard still covers the blocks.
-                if !complete {
-                    store.cache_partial(&root, store.present_size(&root))?;
-                }
-                source.finish()?;
-                let evicted = store.enforce_cache_limit()?;
-                return Ok((size, source.fetched(), evicted));
-            }
-            if source.fetched() == 0 && complete {
-                source.finish()?;
-                store.touch(&root);
-                return Ok((size, 0, Vec::new()));
-            }
-            // The writer's guard still covers every block while we pin.
-            store.pin(&root, PinKind::Cached, None)?;
-            store.describe(&root, FileInfo { size: meta.size, name: meta.name });
-            source.finish()?;
-            let evicted = store.enforce_cache_limit()?;
-            Ok::<_, Error>((size, source.fetched(), evicted))
-        })
-        .await;
-        discovery.abort();
-        let (size, from_network, evicted) = match result {
-            Ok(done) => done,
-            Err(e) => {
-                // What arrived belongs to no root yet: a get that runs again
-                // before the next collection (at the latest, the next start)
-                // needs only the rest. A full disk wants its space now.
-                if matches!(e, Error::DiskFull { .. } | Error::NoSpace { .. }) {
-                    self.store().request_gc();
-                }
-                return Err(e.into());
-            }
-        };
-        if from_network > 0 && range.is_none() {
-            self.inner.net.provide(root).await;
-        }
-        for root in evicted {
-            self.inner.net.unprovide(root).await;
-        }
-        Ok(GetReport { size, from_network })
-    }
-
-    /// The file's size and name, from its root (fetched, verified and kept
-    /// if it is not here), within the time a get takes to give up.
-    pub async fn file_meta(&self, ticket: &Ticket) -> Result<crate::dag::FileMeta, NodeError> {
-        self.find_file(ticket).await.0
-    }
-
-    /// [`file_meta`](Self::file_meta), and the providers it found with what
-    /// finding them cost (DHT requests, `Have` probes; a DHT lookup may
-    /// still be ending, see [`Cost::running`](crate::net::event_loop::Cost)):
-    /// the first step of every get, and the lookup `bench dht` measures.
-    pub async fn find_file(
-        &self,
-        ticket: &Ticket,
-    ) -> (Result<crate::dag::FileMeta, NodeError>, Arc<ProviderSet>) {
-        let root = ticket.root;
-        let store = self.store().clone();
-        let here = match self.inner.store.run(move |store| Ok(store.has(&root))).await {
-            Ok(here) => here,
-            Err(e) => return (Err(e.into()), ProviderSet::new(root, false)),
-        };
-        let (providers, discovery) = self.discovery(root, here).await;
-        let (net, rt, set) =
-            (self.inner.net.clone(), tokio::runtime::Handle::current(), providers.clone());
-        let ticket = ticket.clone();
-        let opened = store::run_blocking("reading the root", move || {
-            let source = NetSource::new(store, net, rt, set, Durability::Cached, !here);
-            let opened = export::open_root(&source, &ticket);
-            source.commit()?;
-            source.finish()?;
-            opened.map(|(meta, _)| meta)
-        })
-        .await;
-        discovery.abort();
-        let meta = opened.map_err(NodeError::from);
-        (meta, providers)
-    }
-
-    /// The providers of `root` and the task that discovers them: at once
-    /// unless the root is `here` (then on demand, to repair a corrupt
-    /// block), after waiting a little for a first peer if it is not.
-    async fn discovery(
-        &self,
-        root: Cid,
-        here: bool,
-    ) -> (Arc<ProviderSet>, tokio::task::JoinHandle<()>) {
-        if !here {
-            self.wait_for_first_peer().await;
-        }
-        let providers = ProviderSet::new(root, !here);
-        let task =
-            tokio::spawn(discover::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
-        (providers, task)
-    }
-
-    /// Deletes the local copy, publishes this node's signed delete record
-    /// in the DHT (so that no repair brings a copy held for it back, even
-    /// from a holder offline now) and asks the holders (which obey only
-    /// the owner) to delete theirs.
-    pub async fn delete(&self, target: TicketOrCid) -> Result<DeleteReport, NodeError> {
-        let root = target.root();
-        let local = self.inner.store.run(move |store| store.remove_root(&root)).await?;
-        self.inner.net.unprovide(root).await;
-        let keep = self.inner.config.lease;
-        let record = match DeleteRecord::issue(self.store().identity(), root, keep) {
-            Ok(record) if self.inner.net.connected_now() > 0 => {
-                let key = DeleteRecord::dht_key(&root, &self.peer_id());
-                self.inner.net.put_record(key, record.encode(), keep).await
-            }
-            Ok(_) => Err("no peer connected".into()),
-            Err(e) => Err(e.to_string()),
-        };
-        let (remote_deleted, remote_refused) = replicas::delete_remote(&self.inner.net, root).await;
-        Ok(DeleteReport { local, record, remote_deleted, remote_refused })
-    }
-
-    /// How many copies of `root` the network holds now: the holders that
-    /// answer, the target, and the last repair.
-    pub async fn status(&self, target: TicketOrCid) -> Health {
-        let root = target.root();
-        let info = self.inner.store.run(move |store| Ok(store.root_info(&root))).await;
-        if !matches!(info, Ok(Some(_))) {
-            self.wait_for_first_peer().await;
-        }
-        self.inner.repairer.health(root).await
-    }
-
-    /// Runs one repair round now (for tests and tools; a node that listens
-    /// runs them on its own every repair interval).
-    pub async fn repair_round(&self) {
-        self.inner.repairer.round().await;
-    }
-
-    /// Collects garbage now (waiting for a collection already running);
-    /// returns what it removed.
-    pub async fn gc(&self) -> Result<crate::store::GcStats, NodeError> {
-        let store = self.store().clone();
-        Ok(store::run_blocking("a garbage collection", move || store.gc()).await?)
-    }
-
-    /// The roots this node keeps, pinned and cached.
-    pub async fn ls(&self) -> Result<Vec<RootInfo>, NodeError> {
-        Ok(self.inner.store.run(|store| Ok(store.roots())).await?)
-    }
-
-    /// The peers connected right now.
-    pub async fn peers(&self) -> Vec<PeerInfo> {
-        self.inner
-            .net
-            .peers()
-            .await
-            .into_iter()
-            .map(|p| PeerInfo { peer_id: p.peer_id, addrs: p.addrs })
-            .collect()
-    }
-
-    /// Peers that hold `root`: DHT providers and connected peers that have it.
-    pub async fn providers(&self, root: Cid) -> Result<Vec<PeerId>, NodeError> {
-        Ok(discover::find_holders(&self.inner.net, root).await)
-    }
-
-    /// Peers this node blocked (for sending wrong blocks).
-    pub async fn blocked_peers(&self) -> Vec<PeerId> {
-        self.inner.net.blocked_peers().await
-    }
-
-    pub async fn stat(&self) -> Result<Stat, NodeError> {
-        let (usage, roots, cache_used, held_for_others) = self
-            .inner
-            .store
-            .run(|store| {
-                let usage = store.usage()?;
-                Ok((usage, store.roots(), store.cache_usage(), store.held_for_others()))
-            })
-            .await?;
-        let pinned_roots = roots.iter().filter(|r| r.kind == PinKind::Pinned).count();
-        Ok(Stat {
-            peer_id: self.peer_id(),
-            listen_addrs: self.inner.net.listen_addrs_now(),
-            peers: self.inner.net.connected_now(),
-            blocks: usage.blocks,
-            bytes: usage.bytes,
-            pinned_roots,
-            cached_roots: roots.len() - pinned_roots,
-            cache_used,
-            cache_limit: self.store().options().cache_limit,
-            held_for_others,
-            replica_quota: self.inner.replica_quota,
-            blocks_served: self.inner.blocks.blocks_served(),
-            provider_records: self.inner.net.provider_records().await,
-        })
-    }
-
     /// Stops the swarm task (closing every connection). Withdraws nothing:
     /// provider records expire on their own. The store is synced already.
     pub async fn shutdown(self) {
@@ -776,90 +441,6 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Disk space a get keeps free beside what it writes.
 pub const SPACE_RESERVE: u64 = 64 * 1024 * 1024;
-
-/// Fails, before anything but the root is fetched, a get whose file would
-/// not fit: its blocks in the store (unless `complete` here already), and
-/// the file itself in `output_dir` (on the same disk, both), each leaving
-/// [`SPACE_RESERVE`] free.
-fn check_space(
-    source: &NetSource,
-    ticket: &Ticket,
-    complete: bool,
-    output_dir: Option<&std::path::Path>,
-) -> Result<crate::dag::FileMeta, Error> {
-    use std::os::unix::fs::MetadataExt;
-    let (meta, _) = export::open_root(source, ticket)?;
-    let store_dir = source.store().dir();
-    let device = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-    // The blocks: the file plus a little for tags and structure nodes.
-    let blocks = if complete { 0 } else { meta.size + meta.size / 64 };
-    let mut needs = vec![(store_dir.to_path_buf(), blocks)];
-    if let Some(dir) = output_dir {
-        if device(dir).is_some() && device(dir) == device(store_dir) {
-            needs[0].1 += meta.size;
-        } else {
-            needs.push((dir.to_path_buf(), meta.size));
-        }
-    }
-    for (dir, need) in needs {
-        if need == 0 {
-            continue;
-        }
-        if let Some(free) = free_space(&dir)
-            && free < need.saturating_add(SPACE_RESERVE)
-        {
-            return Err(Error::NoSpace { path: dir, need, free });
-        }
-    }
-    Ok(meta)
-}
-
-/// A range read needs room for its own bytes only.
-/// Resolves the range against the file's size.
-fn check_range_space(
-    source: &NetSource,
-    ticket: &Ticket,
-    range: export::ByteRange,
-    output_dir: Option<&std::path::Path>,
-) -> Result<(crate::dag::FileMeta, (u64, u64)), Error> {
-    let (meta, _) = export::open_root(source, ticket)?;
-    let (offset, len) = range.resolve(meta.size).ok_or(Error::Range {
-        offset: match range {
-            export::ByteRange::FromTo(a, _) | export::ByteRange::From(a) => a,
-            export::ByteRange::Last(_) => meta.size,
-        },
-        len: 0,
-        size: meta.size,
-    })?;
-    for dir in [Some(source.store().dir()), output_dir].into_iter().flatten() {
-        if let Some(free) = free_space(dir)
-            && free < len.saturating_add(SPACE_RESERVE)
-        {
-            return Err(Error::NoSpace { path: dir.to_path_buf(), need: len, free });
-        }
-    }
-    Ok((meta, (offset, len)))
-}
-
-/// What a cancelled read fails with.
-#[derive(Debug, thiserror::Error)]
-#[error("cancelled")]
-struct Cancelled;
-
-/// A reader that fails once `cancel` is set.
-struct Cancellable {
-    inner: Box<dyn Read + Send>,
-    cancel: Cancel,
-}
-
-impl Read for Cancellable {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(std::io::Error::other(Cancelled));
-        }
-        self.inner.read(buf)
-    }
-}
 
 /// The cache size a node uses unless told: 10 GiB, or a quarter of the
 /// space free on the file system of `dir` (or of its nearest existing

@@ -1,17 +1,8 @@
-//! Replicas and their deletion: both sides of `Replicate` and `Delete`.
-//!
-//! Outbound: after a put, [`replicate`] asks the peers closest (XOR) to the
-//! root CID to hold a replica ([`rpc_replicate`]) and counts the
-//! confirmations; [`delete_remote`] asks every holder of a root to drop the
-//! replica it holds for us ([`rpc_delete`]).
-//! Inbound: [`ReplicaService::handle_replicate`] pulls the whole DAG (from
-//! the requester and any other provider, [`pull_dag`]), verifies every
-//! block, pins the root with the requester — as authenticated by Noise — as
-//! owner, provides it, then answers; [`ReplicaService::handle_delete`]
-//! drops a replica only for its owner.
+//! The inbound side of `Replicate`: admission, the quota's reservations,
+//! requests joining a pull already running, and pulling the DAG.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -20,271 +11,27 @@ use std::{
 };
 
 use cid::Cid;
-use libp2p::{PeerId, kad::KBucketKey, request_response::ResponseChannel};
-use tokio::sync::Semaphore;
+use libp2p::{PeerId, request_response::ResponseChannel};
 
+use super::{
+    Accept, MAX_PENDING_REPLICATIONS, Offer, PULL_WORKERS, ReplicaService, find_delete,
+    told_to_peers,
+};
 use crate::{
     block::DAG_CBOR,
     dag::{Frontier, Node},
     error::{DagLimit, Error, Result},
     export::BlockSource,
-    lease::{self, DeleteRecord, Lease, RecordError},
+    lease::{self, Lease, RecordError},
     net::{
-        codec::{ErrorCode, Request, Response},
+        codec::{ErrorCode, Response},
         discover,
-        event_loop::{NetHandle, RequestError},
+        event_loop::NetHandle,
         get::NetSource,
         providers::ProviderSet,
     },
-    store::{self, AsyncStore, Durability, PinKind},
+    store::{self, Durability, PinKind},
 };
-
-/// How long a put keeps asking a peer to finish a replica. A `Replicate`
-/// whose stream times out (30 s) is sent again; the responder joins the
-/// replication already running (the request is idempotent).
-pub const REPLICATE_DEADLINE: Duration = Duration::from_secs(600);
-/// Deadline of one `Delete`.
-pub const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Replications running or waiting for a slot; beyond this a new
-/// `Replicate` is answered `Busy`.
-pub const MAX_PENDING_REPLICATIONS: usize = 64;
-/// Threads that pull a DAG during a replication.
-pub const PULL_WORKERS: usize = 16;
-/// Replications this node runs at once; more wait their turn.
-pub const MAX_CONCURRENT_REPLICATIONS: usize = 4;
-
-/// Candidates for `root`'s replicas, closest (XOR) first.
-pub async fn candidates(net: &NetHandle, root: &Cid) -> Vec<PeerId> {
-    let key = root.to_bytes();
-    let mut peers = net.closest_peers(key.clone()).await;
-    // Small networks: connected peers the DHT did not report.
-    peers.extend(net.peers().await.into_iter().map(|p| p.peer_id));
-    let blocked = net.blocked_peers().await;
-    let local = net.local_peer_id();
-    peers.retain(|p| *p != local && !blocked.contains(p));
-    let target = KBucketKey::new(key);
-    peers.sort_by_key(|p| target.distance(&KBucketKey::from(*p)));
-    peers.dedup();
-    peers
-}
-
-/// What a put or a repair asks other nodes to hold: a root, what it
-/// takes, and the owner's lease (who owns it, how many copies it wants on
-/// the network, until when).
-#[derive(Debug, Clone)]
-pub struct Offer {
-    pub root: Cid,
-    /// Distinct blocks of the DAG, the root included.
-    pub blocks: u64,
-    /// Bytes of those blocks.
-    pub bytes: u64,
-    pub lease: Lease,
-}
-
-/// How the replicas of a put went.
-#[derive(Debug, Clone, Default)]
-pub struct Placed {
-    /// Peers that confirmed a replica.
-    pub confirmed: Vec<PeerId>,
-    /// Peers that did not, and why.
-    pub failed: Vec<(PeerId, String)>,
-}
-
-/// Asks peers closest to the root to replicate it until `want` confirm or
-/// the candidates run out; a peer that refuses, is busy or fails is
-/// replaced by the next closest.
-pub async fn replicate(
-    net: &NetHandle,
-    offer: Offer,
-    want: usize,
-    on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
-) -> Placed {
-    replicate_avoiding(net, offer, want, &[], on_copy).await
-}
-
-/// [`replicate`], never asking the peers in `holders` (a repair: they hold
-/// a copy already).
-pub async fn replicate_avoiding(
-    net: &NetHandle,
-    offer: Offer,
-    want: usize,
-    holders: &[PeerId],
-    on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
-) -> Placed {
-    let mut placed = Placed::default();
-    if want == 0 {
-        return placed;
-    }
-    let root = offer.root;
-    let mut candidates = candidates(net, &root).await;
-    candidates.retain(|p| !holders.contains(p));
-    let mut candidates = candidates.into_iter();
-    let mut running = futures::stream::FuturesUnordered::new();
-    let ask = |peer: PeerId| {
-        let (net, offer) = (net.clone(), offer.clone());
-        async move { (peer, rpc_replicate(&net, peer, &offer).await) }
-    };
-    for peer in candidates.by_ref().take(want) {
-        running.push(ask(peer));
-    }
-    use futures::StreamExt;
-    while let Some((peer, result)) = running.next().await {
-        on_copy(&peer, &result);
-        match result {
-            Ok(blocks) => {
-                tracing::info!("{peer} holds a replica of {root} ({blocks} blocks)");
-                placed.confirmed.push(peer);
-            }
-            Err(reason) => {
-                tracing::warn!("{peer} did not replicate {root}: {reason}");
-                placed.failed.push((peer, reason));
-                if placed.confirmed.len() + running.len() < want
-                    && let Some(next) = candidates.next()
-                {
-                    running.push(ask(next));
-                }
-            }
-        }
-    }
-    placed
-}
-
-/// One peer's replica: `Replicate`, re-sent after each stream timeout until
-/// [`REPLICATE_DEADLINE`].
-pub async fn rpc_replicate(net: &NetHandle, peer: PeerId, offer: &Offer) -> Result<u64, String> {
-    let Offer { root, blocks, bytes, .. } = *offer;
-    let lease = offer.lease.encode();
-    let started = Instant::now();
-    loop {
-        let left = REPLICATE_DEADLINE.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Err("no confirmation before the deadline".into());
-        }
-        let request = Request::Replicate { root, blocks, bytes, lease: lease.clone() };
-        match net.request(peer, request, left).await {
-            Ok(Response::Replicated { blocks }) => return Ok(blocks),
-            Ok(Response::Error { code, message }) => return Err(format!("{code}: {message}")),
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
-            Err(RequestError::Timeout { .. }) => continue,
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
-/// What a peer says of a root it is asked `Holds` about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Holding {
-    pub pinned: bool,
-    pub replicas: u8,
-    pub repaired: u64,
-}
-
-/// Asks `peer` whether it holds `root` pinned; `None` if it does not answer
-/// within `timeout` (or answers something else).
-pub async fn rpc_holds(
-    net: &NetHandle,
-    peer: PeerId,
-    root: Cid,
-    timeout: Duration,
-) -> Option<Holding> {
-    match net.request(peer, Request::Holds { root }, timeout).await {
-        Ok(Response::Holding { pinned, replicas, repaired }) => {
-            Some(Holding { pinned, replicas, repaired })
-        }
-        _ => None,
-    }
-}
-
-/// How long a lookup of a delete record may take.
-pub const DELETE_LOOKUP: Duration = Duration::from_secs(10);
-
-/// `owner`'s delete record for `root`, if the DHT holds a valid one (any
-/// other answer is ignored). Nothing if none is found within
-/// [`DELETE_LOOKUP`].
-pub async fn find_delete(net: &NetHandle, root: Cid, owner: PeerId) -> Option<DeleteRecord> {
-    let key = DeleteRecord::dht_key(&root, &owner);
-    let mut found = net.get_record(key.clone()).await;
-    let lookup = async {
-        while let Some(value) = found.recv().await {
-            match DeleteRecord::from_dht(&key, &value, lease::unix_secs()) {
-                Ok(record) => return Some(record),
-                Err(e) => tracing::debug!("ignored a delete record for {root}: {e}"),
-            }
-        }
-        None
-    };
-    tokio::time::timeout(DELETE_LOOKUP, lookup).await.ok().flatten()
-}
-
-/// Asks every holder of `root` but us to drop the replica it holds for us.
-/// Returns the peers that did, and those that refused with their reasons.
-pub async fn delete_remote(net: &NetHandle, root: Cid) -> (Vec<PeerId>, Vec<(PeerId, String)>) {
-    let holders = discover::find_holders(net, root).await;
-    let requests = holders.into_iter().map(|peer| {
-        let net = net.clone();
-        async move { (peer, rpc_delete(&net, peer, root).await) }
-    });
-    let (mut deleted, mut refused) = (Vec::new(), Vec::new());
-    for (peer, result) in futures::future::join_all(requests).await {
-        match result {
-            Ok(()) => deleted.push(peer),
-            Err(reason) => refused.push((peer, reason)),
-        }
-    }
-    (deleted, refused)
-}
-
-/// Asks `peer` to drop the replica of `root` it holds for us.
-pub async fn rpc_delete(net: &NetHandle, peer: PeerId, root: Cid) -> Result<(), String> {
-    match net.request(peer, Request::Delete { root }, DELETE_TIMEOUT).await {
-        Ok(Response::Deleted) => Ok(()),
-        Ok(Response::Error { code, message }) => Err(format!("{code}: {message}")),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Who may ask this node to hold replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Accept {
-    /// Any peer.
-    Any,
-    /// No peer: this node holds nothing for others.
-    Nobody,
-    /// Only these peers.
-    Peers(HashSet<PeerId>),
-}
-
-impl std::str::FromStr for Accept {
-    type Err = String;
-
-    /// `any`, `none`, or a comma-separated list of peer ids.
-    fn from_str(s: &str) -> Result<Accept, String> {
-        match s.trim() {
-            "any" => Ok(Accept::Any),
-            "none" => Ok(Accept::Nobody),
-            list => list
-                .split(',')
-                .map(|p| p.trim().parse::<PeerId>().map_err(|e| format!("`{p}`: {e}")))
-                .collect::<Result<HashSet<_>, _>>()
-                .map(Accept::Peers)
-                .map_err(|e| format!("not `any`, `none` or a list of peer ids: {e}")),
-        }
-    }
-}
-
-/// What this node holds for others, and for whom.
-#[derive(Debug, Clone)]
-pub struct ReplicaPolicy {
-    /// Bytes of replicas held for others (and reserved for pulls under way)
-    /// at most.
-    pub quota: u64,
-    pub accept: Accept,
-    /// The longest this node holds a replica without its owner renewing
-    /// the lease (a lease asking for longer ends this long after it was
-    /// issued).
-    pub longest_lease: Duration,
-}
 
 /// Replications one peer may have running or waiting here at once.
 pub const MAX_REPLICATIONS_PER_PEER: usize = 2;
@@ -308,19 +55,9 @@ pub const ASKER_GONE: Duration = Duration::from_secs(20);
 /// How often a running pull checks its deadline and its asker.
 const PULL_WATCH: Duration = Duration::from_secs(1);
 
-/// The responder of the replica messages; cheap to clone.
-#[derive(Clone)]
-pub struct ReplicaService {
-    store: AsyncStore,
-    net: NetHandle,
-    policy: Arc<ReplicaPolicy>,
-    replications: Arc<Semaphore>,
-    state: Arc<tokio::sync::Mutex<Replications>>,
-}
-
 /// Replications running or waiting here.
 #[derive(Default)]
-struct Replications {
+pub(super) struct Replications {
     /// Per root: the request that started its pull, and those that joined.
     waiting: HashMap<Cid, Pull>,
     /// Per asker: its replications running or waiting.
@@ -395,16 +132,6 @@ impl Replications {
 }
 
 impl ReplicaService {
-    pub fn new(store: crate::store::Store, net: NetHandle, policy: ReplicaPolicy) -> Self {
-        ReplicaService {
-            store: AsyncStore::new(store),
-            net,
-            policy: Arc::new(policy),
-            replications: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLICATIONS)),
-            state: Arc::default(),
-        }
-    }
-
     /// Answers a `Replicate` from `peer` whose lease is still encoded.
     pub async fn handle_replicate_request(
         self,
@@ -685,67 +412,6 @@ impl ReplicaService {
             }
         }
     }
-
-    /// Answers a `Delete` from `peer`: drops `peer`'s pin on a replica, and
-    /// the replica with it once no other owner holds it. This node's own
-    /// content and its cache are never deleted.
-    pub async fn handle_delete(self, peer: PeerId, root: Cid, channel: ResponseChannel<Response>) {
-        let decided = self.store.run(move |store| {
-            let refused = |message: String| Err(Response::error(ErrorCode::Refused, message));
-            Ok(match store.root_info(&root) {
-                None => {
-                    Err(Response::error(ErrorCode::NotPinned, format!("{root} is not pinned here")))
-                }
-                Some(info) if info.kind == PinKind::Cached => Err(Response::error(
-                    ErrorCode::NotPinned,
-                    format!("{root} is only cached here, not pinned for anyone"),
-                )),
-                Some(info) if info.owners.is_empty() => {
-                    refused(format!("{root} is this node's own content"))
-                }
-                Some(info) => match store.release(&root, &peer) {
-                    Ok(Some(removed)) => Ok(removed),
-                    Ok(None) => refused(format!(
-                        "only its owners may delete {root} ({})",
-                        owners_list(&info.owners)
-                    )),
-                    Err(e) => Err(Response::error(ErrorCode::Internal, told_to_peers(&e))),
-                },
-            })
-        });
-        let response = match decided.await {
-            Ok(Ok(removed)) => {
-                if removed {
-                    self.net.unprovide(root).await;
-                    tracing::info!("deleted the replica of {root} at its owner's request");
-                } else {
-                    tracing::info!("dropped {peer}'s pin on {root}; others still hold it");
-                }
-                Response::Deleted
-            }
-            Ok(Err(refusal)) => {
-                tracing::info!("refused a delete of {root} from {peer}: {refusal:?}");
-                refusal
-            }
-            Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
-        };
-        self.net.respond(channel, response).await;
-    }
-}
-
-impl ReplicaService {
-    /// Answers a `Holds`: whether this node holds `root` pinned (a pinned
-    /// root is whole: nothing is pinned before all its blocks are here).
-    pub async fn handle_holds(self, root: Cid, channel: ResponseChannel<Response>) {
-        let response = match self.store.run(move |store| Ok(store.root_info(&root))).await {
-            Ok(Some(info)) if info.pinned() => {
-                Response::Holding { pinned: true, replicas: info.target(), repaired: info.repaired }
-            }
-            Ok(_) => Response::Holding { pinned: false, replicas: 0, repaired: 0 },
-            Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
-        };
-        self.net.respond(channel, response).await;
-    }
 }
 
 /// Fetches every block of the DAG under `root` that the store lacks
@@ -829,28 +495,5 @@ async fn watch_pull(net: NetHandle, asker: PeerId, bytes: u64, cancel: Arc<Atomi
             cancel.store(true, Ordering::Relaxed);
             return;
         }
-    }
-}
-
-/// Owners for an error message: the first few, and how many more.
-fn owners_list(owners: &[PeerId]) -> String {
-    const SHOWN: usize = 3;
-    let mut list: Vec<String> = owners.iter().take(SHOWN).map(ToString::to_string).collect();
-    if owners.len() > SHOWN {
-        list.push(format!("and {} more", owners.len() - SHOWN));
-    }
-    list.join(", ")
-}
-
-/// What a peer is told of a local failure: the cause, without this node's
-/// paths (which are nobody else's business).
-fn told_to_peers(e: &Error) -> String {
-    match e {
-        Error::DiskFull { .. } | Error::NoSpace { .. } => "this node's disk is full".into(),
-        Error::Io { .. } | Error::DamagedIndex { .. } | Error::InUse { .. } => {
-            "this node cannot write to its store".into()
-        }
-        Error::InsecureKey { .. } | Error::Config(_) => "this node is misconfigured".into(),
-        e => e.to_string(),
     }
 }

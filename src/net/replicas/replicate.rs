@@ -1,0 +1,134 @@
+//! The outbound side of `Replicate`: choosing the peers closest to a root,
+//! asking them for replicas and counting their confirmations.
+
+use std::time::Instant;
+
+use cid::Cid;
+use libp2p::{PeerId, kad::KBucketKey};
+
+use super::REPLICATE_DEADLINE;
+use crate::{
+    lease::Lease,
+    net::{
+        codec::{Request, Response},
+        event_loop::{NetHandle, RequestError},
+    },
+};
+
+/// Candidates for `root`'s replicas, closest (XOR) first.
+pub async fn candidates(net: &NetHandle, root: &Cid) -> Vec<PeerId> {
+    let key = root.to_bytes();
+    let mut peers = net.closest_peers(key.clone()).await;
+    // Small networks: connected peers the DHT did not report.
+    peers.extend(net.peers().await.into_iter().map(|p| p.peer_id));
+    let blocked = net.blocked_peers().await;
+    let local = net.local_peer_id();
+    peers.retain(|p| *p != local && !blocked.contains(p));
+    let target = KBucketKey::new(key);
+    peers.sort_by_key(|p| target.distance(&KBucketKey::from(*p)));
+    peers.dedup();
+    peers
+}
+
+/// What a put or a repair asks other nodes to hold: a root, what it
+/// takes, and the owner's lease (who owns it, how many copies it wants on
+/// the network, until when).
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub root: Cid,
+    /// Distinct blocks of the DAG, the root included.
+    pub blocks: u64,
+    /// Bytes of those blocks.
+    pub bytes: u64,
+    pub lease: Lease,
+}
+
+/// How the replicas of a put went.
+#[derive(Debug, Clone, Default)]
+pub struct Placed {
+    /// Peers that confirmed a replica.
+    pub confirmed: Vec<PeerId>,
+    /// Peers that did not, and why.
+    pub failed: Vec<(PeerId, String)>,
+}
+
+/// Asks peers closest to the root to replicate it until `want` confirm or
+/// the candidates run out; a peer that refuses, is busy or fails is
+/// replaced by the next closest.
+pub async fn replicate(
+    net: &NetHandle,
+    offer: Offer,
+    want: usize,
+    on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
+) -> Placed {
+    replicate_avoiding(net, offer, want, &[], on_copy).await
+}
+
+/// [`replicate`], never asking the peers in `holders` (a repair: they hold
+/// a copy already).
+pub async fn replicate_avoiding(
+    net: &NetHandle,
+    offer: Offer,
+    want: usize,
+    holders: &[PeerId],
+    on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
+) -> Placed {
+    let mut placed = Placed::default();
+    if want == 0 {
+        return placed;
+    }
+    let root = offer.root;
+    let mut candidates = candidates(net, &root).await;
+    candidates.retain(|p| !holders.contains(p));
+    let mut candidates = candidates.into_iter();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let ask = |peer: PeerId| {
+        let (net, offer) = (net.clone(), offer.clone());
+        async move { (peer, rpc_replicate(&net, peer, &offer).await) }
+    };
+    for peer in candidates.by_ref().take(want) {
+        running.push(ask(peer));
+    }
+    use futures::StreamExt;
+    while let Some((peer, result)) = running.next().await {
+        on_copy(&peer, &result);
+        match result {
+            Ok(blocks) => {
+                tracing::info!("{peer} holds a replica of {root} ({blocks} blocks)");
+                placed.confirmed.push(peer);
+            }
+            Err(reason) => {
+                tracing::warn!("{peer} did not replicate {root}: {reason}");
+                placed.failed.push((peer, reason));
+                if placed.confirmed.len() + running.len() < want
+                    && let Some(next) = candidates.next()
+                {
+                    running.push(ask(next));
+                }
+            }
+        }
+    }
+    placed
+}
+
+/// One peer's replica: `Replicate`, re-sent after each stream timeout until
+/// [`REPLICATE_DEADLINE`].
+pub async fn rpc_replicate(net: &NetHandle, peer: PeerId, offer: &Offer) -> Result<u64, String> {
+    let Offer { root, blocks, bytes, .. } = *offer;
+    let lease = offer.lease.encode();
+    let started = Instant::now();
+    loop {
+        let left = REPLICATE_DEADLINE.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err("no confirmation before the deadline".into());
+        }
+        let request = Request::Replicate { root, blocks, bytes, lease: lease.clone() };
+        match net.request(peer, request, left).await {
+            Ok(Response::Replicated { blocks }) => return Ok(blocks),
+            Ok(Response::Error { code, message }) => return Err(format!("{code}: {message}")),
+            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Err(RequestError::Timeout { .. }) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}

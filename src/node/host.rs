@@ -1,0 +1,102 @@
+//! What this node holds and who it talks to: delete, garbage collection,
+//! repair rounds, the roots it keeps, its peers and its figures.
+
+use cid::Cid;
+use libp2p::PeerId;
+
+use super::{DeleteReport, Node, NodeError, PeerInfo, Stat};
+use crate::{
+    lease::DeleteRecord,
+    net::{discover, replicas},
+    store::{self, PinKind, RootInfo},
+    ticket::TicketOrCid,
+};
+
+impl Node {
+    /// Deletes the local copy, publishes this node's signed delete record
+    /// in the DHT (so that no repair brings a copy held for it back, even
+    /// from a holder offline now) and asks the holders (which obey only
+    /// the owner) to delete theirs.
+    pub async fn delete(&self, target: TicketOrCid) -> Result<DeleteReport, NodeError> {
+        let root = target.root();
+        let local = self.inner.store.run(move |store| store.remove_root(&root)).await?;
+        self.inner.net.unprovide(root).await;
+        let keep = self.inner.config.lease;
+        let record = match DeleteRecord::issue(self.store().identity(), root, keep) {
+            Ok(record) if self.inner.net.connected_now() > 0 => {
+                let key = DeleteRecord::dht_key(&root, &self.peer_id());
+                self.inner.net.put_record(key, record.encode(), keep).await
+            }
+            Ok(_) => Err("no peer connected".into()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (remote_deleted, remote_refused) = replicas::delete_remote(&self.inner.net, root).await;
+        Ok(DeleteReport { local, record, remote_deleted, remote_refused })
+    }
+
+    /// Runs one repair round now (for tests and tools; a node that listens
+    /// runs them on its own every repair interval).
+    pub async fn repair_round(&self) {
+        self.inner.repairer.round().await;
+    }
+
+    /// Collects garbage now (waiting for a collection already running);
+    /// returns what it removed.
+    pub async fn gc(&self) -> Result<crate::store::GcStats, NodeError> {
+        let store = self.store().clone();
+        Ok(store::run_blocking("a garbage collection", move || store.gc()).await?)
+    }
+
+    /// The roots this node keeps, pinned and cached.
+    pub async fn ls(&self) -> Result<Vec<RootInfo>, NodeError> {
+        Ok(self.inner.store.run(|store| Ok(store.roots())).await?)
+    }
+
+    /// The peers connected right now.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        self.inner
+            .net
+            .peers()
+            .await
+            .into_iter()
+            .map(|p| PeerInfo { peer_id: p.peer_id, addrs: p.addrs })
+            .collect()
+    }
+
+    /// Peers that hold `root`: DHT providers and connected peers that have it.
+    pub async fn providers(&self, root: Cid) -> Result<Vec<PeerId>, NodeError> {
+        Ok(discover::find_holders(&self.inner.net, root).await)
+    }
+
+    /// Peers this node blocked (for sending wrong blocks).
+    pub async fn blocked_peers(&self) -> Vec<PeerId> {
+        self.inner.net.blocked_peers().await
+    }
+
+    pub async fn stat(&self) -> Result<Stat, NodeError> {
+        let (usage, roots, cache_used, held_for_others) = self
+            .inner
+            .store
+            .run(|store| {
+                let usage = store.usage()?;
+                Ok((usage, store.roots(), store.cache_usage(), store.held_for_others()))
+            })
+            .await?;
+        let pinned_roots = roots.iter().filter(|r| r.kind == PinKind::Pinned).count();
+        Ok(Stat {
+            peer_id: self.peer_id(),
+            listen_addrs: self.inner.net.listen_addrs_now(),
+            peers: self.inner.net.connected_now(),
+            blocks: usage.blocks,
+            bytes: usage.bytes,
+            pinned_roots,
+            cached_roots: roots.len() - pinned_roots,
+            cache_used,
+            cache_limit: self.store().options().cache_limit,
+            held_for_others,
+            replica_quota: self.inner.replica_quota,
+            blocks_served: self.inner.blocks.blocks_served(),
+            provider_records: self.inner.net.provider_records().await,
+        })
+    }
+}
