@@ -117,7 +117,7 @@ impl Behaviour {
             .set_periodic_bootstrap_interval(None)
             .set_provider_record_ttl(Some(provider_ttl))
             // The node publishes its records again itself, on a timer with
-            // jitter (node.rs), and only for roots it still holds whole.
+            // jitter (`node`), and only for roots it still holds whole.
             .set_provider_publication_interval(None)
             // Value records are owners' delete records only: each is
             // checked before it is stored (`records::put_from`), and kept
