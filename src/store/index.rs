@@ -164,6 +164,19 @@ impl Store {
     /// becomes pinned. A pin for a peer adds that peer to the root's
     /// owners; a pin without one makes the root this node's own.
     pub fn pin(&self, root: &Cid, kind: PinKind, owner: Option<PeerId>) -> Result<RootInfo> {
+        self.pin_with(root, kind, owner, |_| {})
+    }
+
+    /// [`pin`](Self::pin), then `also` on the entry, under one hold of the
+    /// index lock and with one save: no reader sees the pin without what
+    /// `also` adds (a lease).
+    fn pin_with(
+        &self,
+        root: &Cid,
+        kind: PinKind,
+        owner: Option<PeerId>,
+        also: impl FnOnce(&mut RootInfo),
+    ) -> Result<RootInfo> {
         let size = self.dag_size(root)?;
         let info = {
             let mut roots = self.roots_lock();
@@ -180,6 +193,7 @@ impl Store {
             entry.size = size;
             entry.partial = false;
             entry.last_access = now;
+            also(entry);
             entry.clone()
         };
         self.save_index(kind == PinKind::Pinned)?;
@@ -230,19 +244,14 @@ impl Store {
     /// [`pin`](Self::pin)) for the owner `lease` names, and keeps the
     /// lease: an owner's newer lease replaces its older one.
     pub fn pin_leased(&self, root: &Cid, lease: Lease) -> Result<RootInfo> {
-        self.pin(root, PinKind::Pinned, Some(lease.owner()))?;
-        let info = {
-            let mut roots = self.roots_lock();
-            let entry = roots.get_mut(root).expect("pinned just now");
-            match entry.leases.iter_mut().find(|l| l.owner() == lease.owner()) {
+        let owner = lease.owner();
+        self.pin_with(root, PinKind::Pinned, Some(owner), |entry| {
+            match entry.leases.iter_mut().find(|l| l.owner() == owner) {
                 Some(old) if old.expires >= lease.expires => {}
                 Some(old) => *old = lease,
                 None => entry.leases.push(lease),
             }
-            entry.clone()
-        };
-        self.save_index(true)?;
-        Ok(info)
+        })
     }
 
     /// Records `root` as cached in part (a range read), unless the index
