@@ -19,12 +19,14 @@
 //! capability: whoever sees the URL can read the file.
 
 use std::{
-    io::{self, Write},
+    io,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll},
 };
 
 use axum::{
@@ -37,11 +39,15 @@ use axum::{
 };
 use futures::StreamExt;
 use headers::{ETag, HeaderMapExt, IfNoneMatch};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::{
+    io::AsyncWrite,
+    sync::{Semaphore, mpsc},
+};
+use tokio_util::sync::PollSender;
 
 use crate::{
     Ticket,
-    export::ByteRange,
+    export::{ByteRange, Output},
     node::{GetOptions, Node, NodeError, PutOptions},
 };
 
@@ -51,9 +57,10 @@ pub const MAX_READERS: usize = 64;
 pub const MAX_UPLOADS: usize = 4;
 /// Pieces (each at most a chunk) waiting between a read and its client.
 const BODY_QUEUE: usize = 4;
-/// Leaves a read fetches ahead of its client: with the queue, about 12
-/// chunks (12 MiB at the default chunk size) in memory per client, and
-/// enough ahead that playback does not wait on the network.
+/// Leaves a read fetches ahead of its client: with the queue and the
+/// export's own two (`export::stream`), about 14 chunks (14 MiB at the
+/// default chunk size) in memory per client, and enough ahead that playback
+/// does not wait on the network.
 pub const READ_AHEAD: usize = 8;
 /// The longest stored name an upload may give.
 const MAX_NAME: usize = 255;
@@ -263,7 +270,7 @@ fn stream_file(
     };
     let root = ticket.root;
     tokio::spawn(async move {
-        let out = Box::new(ChannelWriter { tx });
+        let out = Output::Async(Box::new(ChannelWriter { tx: PollSender::new(tx) }));
         if let Err(e) = node.get_with(ticket, out, options).await {
             tracing::debug!("HTTP read of {root} ended: {e}");
             let _ = failed.send(Err(io::Error::other(e.to_string()))).await;
@@ -287,21 +294,30 @@ fn stream_file(
     Body::from_stream(stream)
 }
 
-/// Hands what a read writes to the body's channel (from a blocking thread).
+/// Hands what a read writes to the body's channel, on the runtime: a slow
+/// client holds its read's leaves, not a thread.
 struct ChannelWriter {
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    tx: PollSender<io::Result<Bytes>>,
 }
 
-impl Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the HTTP client went away"))?;
-        Ok(buf.len())
+impl AsyncWrite for ChannelWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let gone = |_| io::Error::new(io::ErrorKind::BrokenPipe, "the HTTP client went away");
+        std::task::ready!(self.tx.poll_reserve(cx)).map_err(gone)?;
+        self.tx.send_item(Ok(Bytes::copy_from_slice(buf))).map_err(gone)?;
+        Poll::Ready(Ok(buf.len()))
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -1,12 +1,16 @@
-//! Getting blocks from the network: [`NetSource`], the [`BlockSource`]
-//! that reads a block from the local store or else fetches it from the
-//! least busy provider of a [`ProviderSet`], checks it against its CID,
-//! writes it to the store and hands it on. The export pipeline
-//! (`crate::export`) and replication pulls run on top of it on blocking
-//! threads: each fetch runs as a task on the node's runtime and its
-//! blocking thread waits for the result (`NetSource::on_runtime`), the one
-//! bridge from blocking code to the swarm (see the store's module docs for
-//! the rule).
+//! Getting blocks from the network: [`NetSource`], which reads a block
+//! from the local store or else fetches it from the least busy provider of
+//! a [`ProviderSet`], checks it against its CID, writes it to the store and
+//! hands it on.
+//!
+//! It is async: the export's stream (`export::stream`, the `LeafSource`
+//! below) awaits it on the runtime, with no thread of its own per get. What
+//! blocks (reading and writing the store, SHA-256 of a block that came,
+//! decrypting it) runs on the store's seam (`store::AsyncStore::run`), one
+//! job per block that needs the store and one per block that arrived.
+//! Replication pulls, which walk a DAG on blocking threads of their own,
+//! use it as a blocking [`BlockSource`]: each block is one task on the
+//! node's runtime that their thread waits for (`NetSource::on_runtime`).
 
 use std::{
     sync::{
@@ -22,15 +26,18 @@ use tokio::runtime::Handle;
 
 use crate::{
     block::BlockBuf,
+    crypto::Key,
+    dag::Opened,
     error::{DagLimit, Error, Result},
-    export::BlockSource,
+    export::{self, BlockSource, Leaf, LeafSource},
     net::{
         blocks::{Fetched, ask_block, judge_block},
+        codec::Response,
         discover::closest_connected,
-        event_loop::NetHandle,
+        event_loop::{NetHandle, RequestError},
         providers::ProviderSet,
     },
-    store::{BlockWriter, Durability, Store},
+    store::{AsyncStore, BlockWriter, Durability, Store},
 };
 
 /// Deadline of one `GetBlock` (the spec's request timeout).
@@ -46,17 +53,19 @@ pub const FIRST_PEER_WAIT: Duration = Duration::from_secs(10);
 /// it before it asks the providers discovery found (see
 /// `NetSource::probe_root`): what a silent peer there can delay a get by.
 pub const ROOT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Export workers for a network get (each has one block in flight).
-pub const GET_WORKERS: usize = 32;
 /// Leaves in flight or waiting to be written during a network get.
 pub const GET_WINDOW: usize = 48;
 
-/// A [`BlockSource`] backed by the local store and the network: local
-/// blocks first; missing ones are fetched, verified, and written to the
-/// store (so a download that stops keeps what arrived, until a garbage
-/// collection removes what no root holds).
-pub struct NetSource {
-    store: Store,
+/// A [`LeafSource`] (and a blocking [`BlockSource`]) backed by the local
+/// store and the network: local blocks first; missing ones are fetched,
+/// verified, and written to the store (so a download that stops keeps what
+/// arrived, until a garbage collection removes what no root holds). Cheap
+/// to clone: clones share one download.
+#[derive(Clone)]
+pub struct NetSource(Arc<Shared>);
+
+struct Shared {
+    store: AsyncStore,
     net: NetHandle,
     rt: Handle,
     providers: Arc<ProviderSet>,
@@ -74,165 +83,220 @@ pub struct NetSource {
     cancel: Arc<AtomicBool>,
 }
 
+/// What became of one answer to a `GetBlock`, judged on the seam: the
+/// caller's work done on the block, or why there is no block, with the work
+/// handed back for the next provider.
+enum Verdict<T, F> {
+    Done(Result<T>),
+    Busy(F),
+    Lacks(String, F),
+    Wrong(String, F),
+    Failed(RequestError, F),
+}
+
 impl NetSource {
-    /// Call it on a blocking thread. `durability` says whether what it
+    /// Fetches with `writer`, whose durability says whether what it
     /// fetches must survive a crash (a replica) or not (a copy fetched to
-    /// be read); `claim_local` whether the local blocks it uses may belong
-    /// to no root yet (anything but a complete, indexed copy).
+    /// be read); `claim_local` says whether the local blocks it uses may
+    /// belong to no root yet (anything but a complete, indexed copy).
+    /// Fetches run on `rt`, the node's runtime.
     pub fn new(
-        store: Store,
+        store: AsyncStore,
         net: NetHandle,
         rt: Handle,
         providers: Arc<ProviderSet>,
-        durability: Durability,
+        writer: BlockWriter,
         claim_local: bool,
     ) -> Self {
-        let writer = match durability {
-            Durability::Synced => store.writer(),
-            Durability::Cached => store.cache_writer(),
-        };
-        NetSource {
+        NetSource(Arc::new(Shared {
             store,
             net,
             rt,
             providers,
+            durability: writer.durability(),
             writer: Mutex::new(Some(writer)),
-            durability,
             claim_local,
             fetched: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
             max_bytes: u64::MAX,
             cancel: Arc::default(),
-        }
+        }))
     }
 
     /// Fails a fetch that would bring the bytes fetched over `max_bytes`,
-    /// and every fetch once `cancel` is set.
+    /// and every fetch once `cancel` is set. Only before the source is
+    /// cloned.
     pub fn with_limits(mut self, max_bytes: u64, cancel: Arc<AtomicBool>) -> Self {
-        self.max_bytes = max_bytes;
-        self.cancel = cancel;
+        let shared = Arc::get_mut(&mut self.0).expect("limits are set before the source is shared");
+        shared.max_bytes = max_bytes;
+        shared.cancel = cancel;
         self
     }
 
     /// Blocks fetched from the network so far.
     pub fn fetched(&self) -> u64 {
-        self.fetched.load(Ordering::Relaxed)
+        self.0.fetched.load(Ordering::Relaxed)
     }
 
+    /// The store, for code on a blocking thread.
     pub fn store(&self) -> &Store {
-        &self.store
+        self.0.store.blocking()
     }
 
     /// Commits what was fetched, keeping the writer's guard (so the caller
-    /// can pin).
+    /// can pin). Blocking.
     pub fn commit(&self) -> Result<()> {
-        match self.writer()?.as_mut() {
-            Some(w) => w.finish(),
-            None => Ok(()),
-        }
+        self.0.commit()
     }
 
     /// Commits and releases the writer's guard; ends discovery. The guard
     /// goes even if a panic poisoned the writer (what it had not committed
-    /// is then left to garbage collection).
+    /// is then left to garbage collection). Blocking.
     pub fn finish(&self) -> Result<()> {
-        let result = self.commit();
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-        self.providers.close();
+        let result = self.0.commit();
+        self.0.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.0.providers.close();
         result
     }
 
-    /// The writer, unless a thread panicked while it held it: its batch may
-    /// then be half-updated, so this download fails, with the panic named,
-    /// instead of every later block panicking on the poisoned lock in turn.
-    fn writer(&self) -> Result<MutexGuard<'_, Option<BlockWriter>>> {
-        self.writer.lock().map_err(|_| Error::WorkerPanicked("writing a fetched block".into()))
-    }
-
     /// Whether the block is on disk, claimed for this download when it
-    /// must be (see `claim_local`).
+    /// must be (see `claim_local`). Blocking.
     pub fn has_local(&self, cid: &Cid) -> bool {
-        if self.claim_local { self.store.claim(cid) } else { self.store.has(cid) }
+        let store = self.store();
+        if self.0.claim_local { store.claim(cid) } else { store.has(cid) }
     }
 
-    /// Runs `future` on the node's runtime and waits for it on this
-    /// blocking thread; `None` if the runtime stops first (a node stopping,
-    /// a program ending), which drops the task and with it the sender of
-    /// its result. Not `Handle::block_on`: that polls the future here, and
-    /// a timer polled on a runtime that is shutting down panics. The panic
-    /// took down one thread, and the threads sharing the download
-    /// (`export`, `pull_dag`) waited for its block forever, and the
-    /// runtime's shutdown, which waits for its blocking threads, with them.
-    fn on_runtime<F>(&self, future: F) -> Option<F::Output>
+    /// The block `cid`, verified, with `then` applied to it on the seam:
+    /// from the store if it is there (and claimed, see `claim_local`), else
+    /// from the providers, stored first.
+    pub async fn block_then<T, F>(&self, cid: Cid, then: F) -> Result<T>
     where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
+        F: FnOnce(BlockBuf) -> Result<T> + Send + 'static,
+        T: Send + 'static,
     {
-        let (sender, result) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
-            let _ = sender.send(future.await);
-        });
-        result.recv().ok()
+        let shared = self.0.clone();
+        let local = self
+            .0
+            .store
+            .run(move |store| {
+                if shared.claim_local && !store.claim(&cid) {
+                    return Ok(Err(then));
+                }
+                match store.get(&cid) {
+                    Ok(bytes) => then(bytes).map(Ok),
+                    Err(Error::Missing { .. } | Error::Corrupt { .. }) => Ok(Err(then)),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        match local {
+            Ok(done) => Ok(done),
+            Err(then) => self.fetch_then(cid, then).await,
+        }
     }
 
-    /// Fetches one block from the providers, retrying others on failure.
-    fn fetch(&self, cid: &Cid) -> Result<BlockBuf> {
-        if *cid == self.providers.root()
-            && self.providers.peers().is_empty()
-            && let Some(bytes) = self.probe_root(cid)
-        {
-            return Ok(bytes);
+    /// Fetches `cid` from the providers, retrying others on failure, and
+    /// applies `then` to it once it is verified and stored.
+    async fn fetch_then<T, F>(&self, cid: Cid, then: F) -> Result<T>
+    where
+        F: FnOnce(BlockBuf) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let providers = &self.0.providers;
+        let mut then = then;
+        if cid == providers.root() && providers.peers().is_empty() {
+            then = match self.probe_root(then).await? {
+                Ok(done) => return Ok(done),
+                Err(then) => then,
+            };
         }
         let started = Instant::now();
         let mut busy = 0;
         loop {
-            if self.cancel.load(Ordering::Relaxed) {
+            if self.0.cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let peer = self.providers.acquire(cid)?;
-            let (net, asked) = (self.net.clone(), *cid);
-            let answer =
-                self.on_runtime(async move { ask_block(&net, peer, asked, BLOCK_TIMEOUT).await });
-            let Some(answer) = answer else {
-                self.providers.release(&peer, false);
-                return Err(Error::NodeStopped);
-            };
-            // The SHA-256 pass runs here, on this blocking thread.
-            match judge_block(cid, answer) {
-                Fetched::Block(bytes) => {
-                    self.providers.release(&peer, true);
-                    return Ok(bytes);
+            let peer = providers.acquire(&cid).await?;
+            let answer = ask_block(&self.0.net, peer, cid, BLOCK_TIMEOUT).await;
+            let verdict = match self.judge(cid, answer, then).await {
+                Ok(verdict) => verdict,
+                Err(e) => {
+                    providers.release(&peer, false);
+                    return Err(e);
                 }
-                Fetched::Busy if busy < MAX_BUSY_RETRIES => {
+            };
+            then = match verdict {
+                Verdict::Done(done) => {
+                    providers.release(&peer, true);
+                    return done;
+                }
+                Verdict::Busy(then) if busy < MAX_BUSY_RETRIES => {
                     // Overloaded, not lacking: try again shortly.
                     busy += 1;
-                    self.providers.release(&peer, false);
-                    std::thread::sleep(BUSY_BACKOFF);
+                    providers.release(&peer, false);
+                    tokio::time::sleep(BUSY_BACKOFF).await;
+                    then
                 }
-                Fetched::Busy => self.providers.lacks(&peer, cid),
-                Fetched::Lacks(reason) => {
+                Verdict::Busy(then) => {
+                    providers.lacks(&peer, &cid);
+                    then
+                }
+                Verdict::Lacks(reason, then) => {
                     tracing::debug!("peer {peer} cannot send {cid}: {reason}");
-                    self.providers.lacks(&peer, cid);
+                    providers.lacks(&peer, &cid);
+                    then
                 }
-                Fetched::Wrong(reason) => self.blame(peer, &reason),
-                Fetched::Failed(e) => {
-                    if self.providers.failed(&peer) {
+                Verdict::Wrong(reason, then) => {
+                    self.blame(peer, &reason).await;
+                    then
+                }
+                Verdict::Failed(e, then) => {
+                    if providers.failed(&peer) {
                         tracing::debug!("dropping provider {peer}: {e}");
                     } else {
                         tracing::debug!("provider {peer} rests: {e}");
                     }
+                    then
                 }
-            }
+            };
             tracing::trace!("retrying {cid} after {:?}", started.elapsed());
         }
     }
 
+    /// Judges an answer on the seam: checks the block against its CID
+    /// (SHA-256), stores it and applies `then`, in one job.
+    async fn judge<T, F>(
+        &self,
+        cid: Cid,
+        answer: std::result::Result<Response, RequestError>,
+        then: F,
+    ) -> Result<Verdict<T, F>>
+    where
+        F: FnOnce(BlockBuf) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = self.0.clone();
+        self.0
+            .store
+            .run(move |store| {
+                Ok(match judge_block(&cid, answer) {
+                    Fetched::Block(bytes) => {
+                        Verdict::Done(shared.keep(store, &cid, bytes).and_then(then))
+                    }
+                    Fetched::Busy => Verdict::Busy(then),
+                    Fetched::Lacks(reason) => Verdict::Lacks(reason, then),
+                    Fetched::Wrong(reason) => Verdict::Wrong(reason, then),
+                    Fetched::Failed(e) => Verdict::Failed(e, then),
+                })
+            })
+            .await
+    }
+
     /// Drops a peer that broke the protocol from the download, and blocks it.
-    fn blame(&self, peer: PeerId, reason: &str) {
+    async fn blame(&self, peer: PeerId, reason: &str) {
         tracing::warn!("peer {peer} {reason}; blocking it");
-        self.providers.drop_bad(&peer);
-        let net = self.net.clone();
-        let _ = self.on_runtime(async move { net.block_peer(peer).await });
+        self.0.providers.drop_bad(&peer);
+        self.0.net.block_peer(peer).await;
     }
 
     /// Asks the connected peer closest to the root for the root block
@@ -242,47 +306,79 @@ impl NetSource {
     /// would have said), a round trip sooner than asking it `Have` first.
     /// It is then a provider of the download. Any other answer, or none
     /// within [`ROOT_PROBE_TIMEOUT`], leaves the root to the providers
-    /// discovery finds meanwhile.
-    fn probe_root(&self, root: &Cid) -> Option<BlockBuf> {
-        if self.cancel.load(Ordering::Relaxed) {
-            return None;
+    /// discovery finds meanwhile (`then` comes back for them).
+    async fn probe_root<T, F>(&self, then: F) -> Result<std::result::Result<T, F>>
+    where
+        F: FnOnce(BlockBuf) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (net, root) = (&self.0.net, self.0.providers.root());
+        if self.0.cancel.load(Ordering::Relaxed) {
+            return Ok(Err(then));
         }
-        let (net, asked, cost) = (self.net.clone(), *root, self.providers.cost_counter().clone());
-        let (peer, answer) = self.on_runtime(async move {
-            let peer = *closest_connected(&net, asked).await.first()?;
-            cost.add_probes(1);
-            Some((peer, ask_block(&net, peer, asked, ROOT_PROBE_TIMEOUT).await))
-        })??;
-        match judge_block(root, answer) {
-            Fetched::Block(bytes) => {
-                self.providers.add(peer);
-                Some(bytes)
+        let Some(&peer) = closest_connected(net, root).await.first() else {
+            return Ok(Err(then));
+        };
+        self.0.providers.cost_counter().add_probes(1);
+        let answer = ask_block(net, peer, root, ROOT_PROBE_TIMEOUT).await;
+        Ok(match self.judge(root, answer, then).await? {
+            Verdict::Done(done) => {
+                self.0.providers.add(peer);
+                Ok(done?)
             }
-            Fetched::Wrong(reason) => {
-                self.blame(peer, &reason);
-                None
+            Verdict::Wrong(reason, then) => {
+                self.blame(peer, &reason).await;
+                Err(then)
             }
-            Fetched::Lacks(_) | Fetched::Busy | Fetched::Failed(_) => None,
-        }
+            Verdict::Lacks(_, then) | Verdict::Busy(then) | Verdict::Failed(_, then) => Err(then),
+        })
+    }
+
+    /// Runs `future` on the node's runtime and waits for it on this
+    /// blocking thread; `None` if the runtime stops first (a node stopping,
+    /// a program ending), which drops the task and with it the sender of
+    /// its result. Not `Handle::block_on`: that polls the future here, and
+    /// a timer polled on a runtime that is shutting down panics. The panic
+    /// took down one thread, and the threads sharing the download
+    /// (`pull_dag`) waited for its block forever, and the runtime's
+    /// shutdown, which waits for its blocking threads, with them.
+    fn on_runtime<F>(&self, future: F) -> Option<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (sender, result) = std::sync::mpsc::sync_channel(1);
+        self.0.rt.spawn(async move {
+            let _ = sender.send(future.await);
+        });
+        result.recv().ok()
     }
 }
 
-impl BlockSource for NetSource {
-    fn block(&self, cid: &Cid) -> Result<BlockBuf> {
-        if !self.claim_local || self.store.claim(cid) {
-            match self.store.get(cid) {
-                Ok(bytes) => return Ok(bytes),
-                Err(Error::Missing { .. } | Error::Corrupt { .. }) => {}
-                Err(e) => return Err(e),
-            }
+impl Shared {
+    /// The writer, unless a thread panicked while it held it: its batch may
+    /// then be half-updated, so this download fails, with the panic named,
+    /// instead of every later block panicking on the poisoned lock in turn.
+    fn writer(&self) -> Result<MutexGuard<'_, Option<BlockWriter>>> {
+        self.writer.lock().map_err(|_| Error::WorkerPanicked("writing a fetched block".into()))
+    }
+
+    fn commit(&self) -> Result<()> {
+        match self.writer()?.as_mut() {
+            Some(w) => w.finish(),
+            None => Ok(()),
         }
-        let bytes = self.fetch(cid)?;
+    }
+
+    /// Counts a verified block that arrived against the download's limit
+    /// and writes it to the store (on the seam).
+    fn keep(&self, store: &Store, cid: &Cid, bytes: BlockBuf) -> Result<BlockBuf> {
         let total = self.fetched_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if total + bytes.len() as u64 > self.max_bytes {
             let root = self.providers.root();
             return Err(Error::Limit { root, limit: DagLimit::Bytes(self.max_bytes) });
         }
-        let prepared = BlockWriter::prepare(&self.store, self.durability, cid, &bytes)?;
+        let prepared = BlockWriter::prepare(store, self.durability, cid, &bytes)?;
         if let Some(w) = self.writer()?.as_mut() {
             w.add_prepared(prepared)?;
         }
@@ -291,8 +387,38 @@ impl BlockSource for NetSource {
     }
 }
 
-impl Drop for NetSource {
+impl LeafSource for NetSource {
+    async fn open(&self, cid: Cid, key: Key) -> Result<Opened> {
+        self.block_then(cid, move |bytes| export::open_node(&cid, &bytes, &key)).await
+    }
+
+    async fn leaf(&self, leaf: Leaf) -> Result<BlockBuf> {
+        self.block_then(leaf.cid, move |bytes| export::open_leaf(bytes, &leaf)).await
+    }
+}
+
+/// For code on a blocking thread (replication pulls): each block is a task
+/// on the node's runtime that the thread waits for.
+impl BlockSource for NetSource {
+    fn block(&self, cid: &Cid) -> Result<BlockBuf> {
+        let (source, cid) = (self.clone(), *cid);
+        self.on_runtime(async move { source.block_then(cid, Ok).await })
+            .unwrap_or(Err(Error::NodeStopped))
+    }
+}
+
+impl Drop for Shared {
+    /// Ends discovery. A writer still held (a get dropped half-way) goes on
+    /// a blocking thread: dropping it removes what it had not committed.
     fn drop(&mut self) {
         self.providers.close();
+        let writer = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(writer) = writer {
+            if Handle::try_current().is_ok() {
+                drop(crate::store::spawn_blocking(move || drop(writer)));
+            } else {
+                drop(writer);
+            }
+        }
     }
 }

@@ -2,32 +2,35 @@
 //! from the store and the network after checking it fits on disk; and a
 //! root's health.
 
-use std::{io::Write, sync::Arc};
+use std::{path::Path, sync::Arc};
 
 use cid::Cid;
 
 use super::{GetOptions, GetReport, Node, NodeError, ProgressFn, SPACE_RESERVE, free_space};
 use crate::{
     Ticket,
+    dag::FileMeta,
     error::Error,
-    export::{self, ExportOptions},
+    export::{self, Output, StreamOptions},
     net::{
         discover,
-        get::{self, GET_WINDOW, GET_WORKERS, NetSource},
+        get::{self, GET_WINDOW, NetSource},
         providers::ProviderSet,
         repair::Health,
     },
-    store::{self, Durability, FileInfo, PinKind},
+    store::{FileInfo, PinKind},
     ticket::TicketOrCid,
 };
 
 impl Node {
-    /// Streams the plaintext to `out` in order (on blocking threads): local
-    /// blocks first, the rest from providers, each verified and stored.
+    /// Streams the plaintext to `out` in order: local blocks first, the
+    /// rest from providers, each verified and stored. `out` is a blocking
+    /// writer (`Box<impl Write>`, written on a blocking thread) or an
+    /// [`Output::Async`].
     pub async fn get(
         &self,
         ticket: Ticket,
-        out: Box<dyn Write + Send>,
+        out: impl Into<Output>,
         progress: Option<ProgressFn>,
     ) -> Result<GetReport, NodeError> {
         self.get_with(ticket, out, GetOptions { progress, ..Default::default() }).await
@@ -37,64 +40,18 @@ impl Node {
     pub async fn get_with(
         &self,
         ticket: Ticket,
-        out: Box<dyn Write + Send>,
+        out: impl Into<Output>,
         get: GetOptions,
     ) -> Result<GetReport, NodeError> {
-        let GetOptions { progress, output_dir, cancel, range, read_ahead } = get;
+        let out = out.into();
         let root = ticket.root;
-        let store = self.store().clone();
-        let complete = self.inner.store.run(move |store| Ok(store.is_complete(&root))).await?;
+        let store = self.inner.store.clone();
+        let complete = store.run(move |store| Ok(store.is_complete(&root))).await?;
         // A complete local copy needs the network only to repair a block
         // that turns out corrupt: then discovery starts on demand.
         let (providers, discovery) = self.discovery(root, complete).await;
-        let (net, rt) = (self.inner.net.clone(), tokio::runtime::Handle::current());
-        let set = providers.clone();
-        let result = store::run_blocking("the get", move || {
-            let mut out = out;
-            let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
-            let window = read_ahead.unwrap_or(GET_WINDOW).max(1);
-            let workers = GET_WORKERS.min(window);
-            let mut options = ExportOptions { range: None, workers, window };
-            // A complete copy is indexed: its blocks need no claim.
-            let source = NetSource::new(store.clone(), net, rt, set, Durability::Cached, !complete)
-                .with_limits(u64::MAX, cancel.unwrap_or_default());
-            let meta = match range {
-                Some(range) => {
-                    let (meta, resolved) =
-                        check_range_space(&source, &ticket, range, output_dir.as_deref())?;
-                    options.range = Some(resolved);
-                    meta
-                }
-                None => check_space(&source, &ticket, complete, output_dir.as_deref())?,
-            };
-            let exported = export::export(&source, &ticket, &mut out, &options, progress);
-            // Keep what arrived even if the export failed: a rerun resumes.
-            source.commit()?;
-            let size = exported?;
-            if range.is_some() && !(source.fetched() == 0 && complete) {
-                // Part of the file: cached as such (evicted like any cached
-                // root), so that a later get needs only the rest. The
-                // writer's guard still covers the blocks.
-                if !complete {
-                    store.cache_partial(&root, store.present_size(&root))?;
-                }
-                source.finish()?;
-                let evicted = store.enforce_cache_limit()?;
-                return Ok((size, source.fetched(), evicted));
-            }
-            if source.fetched() == 0 && complete {
-                source.finish()?;
-                store.touch(&root);
-                return Ok((size, 0, Vec::new()));
-            }
-            // The writer's guard still covers every block while we pin.
-            store.pin(&root, PinKind::Cached, None)?;
-            store.describe(&root, FileInfo { size: meta.size, name: meta.name });
-            source.finish()?;
-            let evicted = store.enforce_cache_limit()?;
-            Ok::<_, Error>((size, source.fetched(), evicted))
-        })
-        .await;
+        let range = get.range;
+        let result = self.stream(ticket, out, get, providers, complete).await;
         discovery.abort();
         let (size, from_network, evicted) = match result {
             Ok(done) => done,
@@ -117,6 +74,79 @@ impl Node {
         Ok(GetReport { size, from_network })
     }
 
+    /// The get itself, once its providers are being found: the root, the
+    /// space it needs, the stream of its leaves, and what the store keeps
+    /// of it. Returns the bytes written, the blocks fetched, and the roots
+    /// evicted from the cache to make room.
+    async fn stream(
+        &self,
+        ticket: Ticket,
+        out: Output,
+        get: GetOptions,
+        providers: Arc<ProviderSet>,
+        complete: bool,
+    ) -> Result<(u64, u64, Vec<Cid>), Error> {
+        let GetOptions { progress, output_dir, cancel, range, read_ahead } = get;
+        let (root, store) = (ticket.root, self.inner.store.clone());
+        let writer = store.run(|store| Ok(store.cache_writer())).await?;
+        let rt = tokio::runtime::Handle::current();
+        // A complete copy is indexed: its blocks need no claim.
+        let source =
+            NetSource::new(store.clone(), self.inner.net.clone(), rt, providers, writer, !complete)
+                .with_limits(u64::MAX, cancel.unwrap_or_default());
+        let exported = async {
+            let (meta, opened) = export::open_root_async(&source, &root, &ticket.key).await?;
+            let checked = meta.clone();
+            let resolved = store
+                .run(move |store| match range {
+                    Some(range) => {
+                        check_range_space(store.dir(), &checked, range, output_dir.as_deref())
+                            .map(Some)
+                    }
+                    None => check_space(store.dir(), &checked, complete, output_dir.as_deref())
+                        .map(|()| None),
+                })
+                .await?;
+            let options =
+                StreamOptions { range: resolved, window: read_ahead.unwrap_or(GET_WINDOW) };
+            let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
+            let size =
+                export::stream(&source, (&root, &meta, &opened), out, &options, progress).await?;
+            Ok::<_, Error>((size, meta))
+        }
+        .await;
+        store
+            .run(move |store| {
+                // Keep what arrived even if the export failed: a rerun resumes.
+                source.commit()?;
+                let (size, meta) = exported?;
+                let fetched = source.fetched();
+                if range.is_some() && !(fetched == 0 && complete) {
+                    // Part of the file: cached as such (evicted like any
+                    // cached root), so that a later get needs only the rest.
+                    // The writer's guard still covers the blocks.
+                    if !complete {
+                        store.cache_partial(&root, store.present_size(&root))?;
+                    }
+                    source.finish()?;
+                    let evicted = store.enforce_cache_limit()?;
+                    return Ok((size, fetched, evicted));
+                }
+                if fetched == 0 && complete {
+                    source.finish()?;
+                    store.touch(&root);
+                    return Ok((size, 0, Vec::new()));
+                }
+                // The writer's guard still covers every block while we pin.
+                store.pin(&root, PinKind::Cached, None)?;
+                store.describe(&root, FileInfo { size: meta.size, name: meta.name });
+                source.finish()?;
+                let evicted = store.enforce_cache_limit()?;
+                Ok((size, fetched, evicted))
+            })
+            .await
+    }
+
     /// The file's size and name, from its root (fetched, verified and kept
     /// if it is not here), within the time a get takes to give up.
     pub async fn file_meta(&self, ticket: &Ticket) -> Result<crate::dag::FileMeta, NodeError> {
@@ -131,23 +161,26 @@ impl Node {
         &self,
         ticket: &Ticket,
     ) -> (Result<crate::dag::FileMeta, NodeError>, Arc<ProviderSet>) {
-        let root = ticket.root;
-        let store = self.store().clone();
-        let here = match self.inner.store.run(move |store| Ok(store.has(&root))).await {
+        let (root, key, store) = (ticket.root, ticket.key, self.inner.store.clone());
+        let here = match store.run(move |store| Ok(store.has(&root))).await {
             Ok(here) => here,
             Err(e) => return (Err(e.into()), ProviderSet::new(root, false)),
         };
         let (providers, discovery) = self.discovery(root, here).await;
-        let (net, rt, set) =
-            (self.inner.net.clone(), tokio::runtime::Handle::current(), providers.clone());
-        let ticket = ticket.clone();
-        let opened = store::run_blocking("reading the root", move || {
-            let source = NetSource::new(store, net, rt, set, Durability::Cached, !here);
-            let opened = export::open_root(&source, &ticket);
-            source.commit()?;
-            source.finish()?;
+        let (net, set) = (self.inner.net.clone(), providers.clone());
+        let opened = async {
+            let writer = store.run(|store| Ok(store.cache_writer())).await?;
+            let rt = tokio::runtime::Handle::current();
+            let source = NetSource::new(store.clone(), net, rt, set, writer, !here);
+            let opened = export::open_root_async(&source, &root, &key).await;
+            store
+                .run(move |_| {
+                    source.commit()?;
+                    source.finish()
+                })
+                .await?;
             opened.map(|(meta, _)| meta)
-        })
+        }
         .await;
         discovery.abort();
         let meta = opened.map_err(NodeError::from);
@@ -192,19 +225,17 @@ impl Node {
 }
 
 /// Fails, before anything but the root is fetched, a get whose file would
-/// not fit: its blocks in the store (unless `complete` here already), and
-/// the file itself in `output_dir` (on the same disk, both), each leaving
-/// [`SPACE_RESERVE`] free.
+/// not fit: its blocks in the store at `store_dir` (unless `complete` here
+/// already), and the file itself in `output_dir` (on the same disk, both),
+/// each leaving [`SPACE_RESERVE`] free.
 fn check_space(
-    source: &NetSource,
-    ticket: &Ticket,
+    store_dir: &Path,
+    meta: &FileMeta,
     complete: bool,
-    output_dir: Option<&std::path::Path>,
-) -> Result<crate::dag::FileMeta, Error> {
+    output_dir: Option<&Path>,
+) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
-    let (meta, _) = export::open_root(source, ticket)?;
-    let store_dir = source.store().dir();
-    let device = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
     // The blocks: the file plus a little for tags and structure nodes.
     let blocks = if complete { 0 } else { meta.size + meta.size / 64 };
     let mut needs = vec![(store_dir.to_path_buf(), blocks)];
@@ -225,18 +256,17 @@ fn check_space(
             return Err(Error::NoSpace { path: dir, need, free });
         }
     }
-    Ok(meta)
+    Ok(())
 }
 
-/// A range read needs room for its own bytes only.
-/// Resolves the range against the file's size.
+/// A range read needs room for its own bytes only. Resolves the range
+/// against the file's size.
 fn check_range_space(
-    source: &NetSource,
-    ticket: &Ticket,
+    store_dir: &Path,
+    meta: &FileMeta,
     range: export::ByteRange,
-    output_dir: Option<&std::path::Path>,
-) -> Result<(crate::dag::FileMeta, (u64, u64)), Error> {
-    let (meta, _) = export::open_root(source, ticket)?;
+    output_dir: Option<&Path>,
+) -> Result<(u64, u64), Error> {
     let (offset, len) = range.resolve(meta.size).ok_or(Error::Range {
         offset: match range {
             export::ByteRange::FromTo(a, _) | export::ByteRange::From(a) => a,
@@ -245,12 +275,12 @@ fn check_range_space(
         len: 0,
         size: meta.size,
     })?;
-    for dir in [Some(source.store().dir()), output_dir].into_iter().flatten() {
+    for dir in [Some(store_dir), output_dir].into_iter().flatten() {
         if let Some(free) = free_space(dir)
             && free < len.saturating_add(SPACE_RESERVE)
         {
             return Err(Error::NoSpace { path: dir.to_path_buf(), need: len, free });
         }
     }
-    Ok((meta, (offset, len)))
+    Ok((offset, len))
 }

@@ -10,8 +10,9 @@
 //! one bounded entry point gives the same guarantee that an async worker
 //! never waits on a disk.
 //!
-//! Long work (an import, an export, a replica pull) runs wholly on blocking
-//! threads of its own and calls the store directly from there.
+//! A get is async: each of its blocks is one call here (see `net::get`).
+//! Long work (an import, a replica pull) runs wholly on blocking threads of
+//! its own and calls the store directly from there.
 //!
 //! [`assert_blocking_context`] is the seam's check: the store's entry
 //! points call it, and in debug builds (and with the `seam-check` feature,

@@ -113,6 +113,7 @@ impl NetBenchOptions {
 /// Runs the benchmark as `options` say, using `dir` for data.
 pub async fn bench_net(options: NetBenchOptions, dir: &Path) -> Result<NetBenchReport, NodeError> {
     let NetBenchOptions { size, providers, link } = options;
+    let checks_cpu_per_gb = super::checks_cpu_per_gb();
     if providers == 0 || (providers > 1 && link.is_none()) {
         return Err(NodeError::Transport(
             "the benchmark needs one serving node, or links in front of more".into(),
@@ -347,6 +348,7 @@ pub async fn bench_net(options: NetBenchOptions, dir: &Path) -> Result<NetBenchR
         server_cpu_per_gb,
         getter_cpu_per_gb,
         raw_cpu_per_gb,
+        checks_cpu_per_gb,
         link_cpu_per_gb,
         link_bytes,
         raw_link_bytes,
@@ -477,6 +479,7 @@ mod tests {
             server_cpu_per_gb: None,
             getter_cpu_per_gb: None,
             raw_cpu_per_gb: None,
+            checks_cpu_per_gb: (0.8, 0.25),
             link_cpu_per_gb: None,
             link_bytes: vec![1200, 600],
             raw_link_bytes: vec![1100, 1100],

@@ -1,17 +1,17 @@
 //! The providers of one download: who may hold its blocks, how busy each
-//! is, and who was dropped. Shared by the download's blocking worker
-//! threads (which wait on it with a condition variable) and its discovery
-//! task (which adds what it finds, see `discover`).
+//! is, and who was dropped. Shared by the download's fetches (which wait on
+//! it for a provider with room) and its discovery task (which adds what it
+//! finds, see `discover`).
 //!
 //! Whom to ask, how much at once, and what a failure costs a provider is
 //! decided by [`policy`], which has no lock, clock or IO; [`ProviderSet`]
-//! holds it under a lock, reads the clock, and wakes the threads and the
+//! holds it under a lock, reads the clock, and wakes the fetches and the
 //! discovery task it concerns.
 
 pub mod policy;
 
 use std::{
-    sync::{Arc, Condvar, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -29,18 +29,18 @@ use crate::{
     net::event_loop::{Cost, LookupCost},
 };
 
-/// Longest a worker waiting for a provider sleeps before it looks again
+/// Longest a fetch waiting for a provider sleeps before it looks again
 /// (a change wakes it sooner).
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
-/// The providers of one download, shared by its worker threads and its
-/// discovery task.
+/// The providers of one download, shared by its fetches and its discovery
+/// task.
 pub struct ProviderSet {
     root: Cid,
     /// What discovery cost so far.
     cost: Arc<LookupCost>,
     state: Mutex<ProviderPolicy>,
-    changed: Condvar,
+    changed: Notify,
     wake_discovery: Notify,
 }
 
@@ -52,7 +52,7 @@ impl ProviderSet {
             root,
             cost: Arc::default(),
             state: Mutex::new(ProviderPolicy::new(eager)),
-            changed: Condvar::new(),
+            changed: Notify::new(),
             wake_discovery: Notify::new(),
         })
     }
@@ -100,7 +100,7 @@ impl ProviderSet {
     pub fn add(&self, peer: PeerId) {
         if self.lock().add(peer) {
             tracing::debug!("provider {peer} for {}", self.root);
-            self.changed.notify_all();
+            self.changed.notify_waiters();
         }
     }
 
@@ -116,27 +116,32 @@ impl ProviderSet {
 
     pub(super) fn round_done(&self) {
         self.lock().round_done();
-        self.changed.notify_all();
+        self.changed.notify_waiters();
     }
 
     pub(super) fn close(&self) {
         self.lock().close();
-        self.changed.notify_all();
+        self.changed.notify_waiters();
         self.wake_discovery.notify_one();
     }
 
-    /// Blocks until a provider that may hold `cid` has room, or fails when
+    /// Waits until a provider that may hold `cid` has room, or fails when
     /// none is left and discovery gave up.
-    pub(super) fn acquire(&self, cid: &Cid) -> Result<PeerId> {
-        let mut s = self.lock();
+    pub(super) async fn acquire(&self, cid: &Cid) -> Result<PeerId> {
         loop {
+            // Registered before the state is read, so that a change made
+            // between the read and the wait still wakes this fetch.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let now = Instant::now();
-            match s.choose(cid, now) {
+            let choice = self.lock().choose(cid, now);
+            match choice {
                 Choice::Ask(peer) => return Ok(peer),
                 Choice::Wait { until } => {
                     let timeout = until
                         .map_or(WAIT_POLL, |t| t.saturating_duration_since(now).min(WAIT_POLL));
-                    s = self.changed.wait_timeout(s, timeout).expect("provider set lock").0;
+                    let _ = tokio::time::timeout(timeout, changed).await;
                 }
                 Choice::Rediscover => self.wake_discovery.notify_one(),
                 Choice::GiveUp { found } => return Err(self.give_up(cid, found)),
@@ -154,12 +159,12 @@ impl ProviderSet {
     /// without one (`Busy`).
     pub(super) fn release(&self, peer: &PeerId, delivered: bool) {
         self.lock().release(peer, delivered, Instant::now());
-        self.changed.notify_all();
+        self.changed.notify_waiters();
     }
 
     pub(super) fn lacks(&self, peer: &PeerId, cid: &Cid) {
         self.lock().lacks(peer, cid, Instant::now());
-        self.changed.notify_all();
+        self.changed.notify_waiters();
     }
 
     /// A request to `peer` failed (timeout, closed connection): it rests,
@@ -167,13 +172,13 @@ impl ProviderSet {
     /// whether it left.
     pub(super) fn failed(&self, peer: &PeerId) -> bool {
         let left = self.lock().failed(peer, Instant::now());
-        self.changed.notify_all();
+        self.changed.notify_waiters();
         left
     }
 
     /// Drops a peer that sent a wrong block from the download, for good.
     pub(super) fn drop_bad(&self, peer: &PeerId) {
         self.lock().drop_bad(peer);
-        self.changed.notify_all();
+        self.changed.notify_waiters();
     }
 }

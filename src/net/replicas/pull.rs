@@ -30,7 +30,7 @@ use crate::{
         get::NetSource,
         providers::ProviderSet,
     },
-    store::{self, Durability, PinKind},
+    store::{self, PinKind},
 };
 
 /// Replications one peer may have running or waiting here at once.
@@ -356,12 +356,12 @@ impl ReplicaService {
             tokio::spawn(discover::discover(self.net.clone(), providers.clone(), vec![peer]));
         let cancel = Arc::new(AtomicBool::new(false));
         let watch = tokio::spawn(watch_pull(self.net.clone(), peer, max_bytes, cancel.clone()));
-        let (store, net, rt) =
-            (self.store.blocking().clone(), self.net.clone(), tokio::runtime::Handle::current());
+        let (faced, net, rt) =
+            (self.store.clone(), self.net.clone(), tokio::runtime::Handle::current());
         let pulled = store::run_blocking("a replica pull", move || -> Result<u64> {
-            let source =
-                NetSource::new(store.clone(), net, rt, providers, Durability::Synced, true)
-                    .with_limits(max_bytes, cancel);
+            let store = faced.blocking().clone();
+            let source = NetSource::new(faced, net, rt, providers, store.writer(), true)
+                .with_limits(max_bytes, cancel);
             let blocks = pull_dag(&source, &root, max_blocks);
             source.commit()?;
             let blocks = blocks?;

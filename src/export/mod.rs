@@ -1,23 +1,37 @@
 //! Export: a ticket in, the file's plaintext (or a byte range of it) out, in
-//! order and in bounded memory. Owns the walk of the tree and the export
-//! pipeline: a walker thread descends only into the parts of the tree that
-//! overlap the range, worker threads fetch, verify and decrypt leaves, and
-//! the calling thread writes them out in order. At most `window` leaves are
-//! in flight or waiting to be written at any time.
+//! order and in bounded memory. One walk of the tree ([`Walker`], which
+//! descends only into the parts that overlap the range) and two drivers:
 //!
-//! Blocks come from a [`BlockSource`]: the local store, or the network
-//! (which verifies and stores what it fetches).
+//! - [`export`], for a blocking [`BlockSource`] (the local store: `bench
+//!   store`, the store's tests): a walker thread, worker threads that fetch,
+//!   verify and decrypt leaves, and the calling thread writing them out in
+//!   order;
+//! - [`stream`], async, for a [`LeafSource`] (the network get and the HTTP
+//!   gateway): an ordered window of leaf futures on the runtime, in one
+//!   task, whatever the window; the source runs the blocking work (reading,
+//!   verifying, decrypting, storing a block) on the store's seam, so a get
+//!   takes no thread of its own.
+//!
+//! Either way at most `window` leaves are in flight or waiting to be
+//! written at any time (and [`stream`] two more, being written).
 
 use std::io::Write;
 
 use cid::Cid;
 use crossbeam_channel::bounded;
 
+mod stream;
+mod walk;
+
+pub use self::{
+    stream::{LeafSource, Output, StreamOptions, open_root_async, stream},
+    walk::{Leaf, Step, Walker, open_leaf, open_node},
+};
 use crate::{
-    block::{BlockBuf, DAG_CBOR, RAW},
-    crypto::{self, Domain, Key},
-    dag::{ChildRef, FileMeta, MAX_DEPTH, Node, Opened},
-    error::{DagLimit, Error, Result},
+    block::BlockBuf,
+    crypto::Key,
+    dag::{FileMeta, Opened},
+    error::{Error, Result},
     progress::Progress,
     store::Store,
     ticket::Ticket,
@@ -108,8 +122,12 @@ impl std::str::FromStr for ByteRange {
 
 /// Fetches and opens the root: the file's metadata and top-level children.
 pub fn open_root(source: &impl BlockSource, ticket: &Ticket) -> Result<(FileMeta, Opened)> {
-    let opened = open_node(source, &ticket.root, &ticket.key)?;
-    let bad = |reason: &str| Error::Malformed { cid: ticket.root, reason: reason.into() };
+    check_root(&ticket.root, open_source_node(source, &ticket.root, &ticket.key)?)
+}
+
+/// The file's metadata from its opened root, checked against its children.
+fn check_root(root: &Cid, opened: Opened) -> Result<(FileMeta, Opened)> {
+    let bad = |reason: &str| Error::Malformed { cid: *root, reason: reason.into() };
     let meta = opened.meta.clone().ok_or_else(|| bad("the root has no file metadata"))?;
     if opened.size() != Some(meta.size) {
         return Err(bad("the root's size does not match its children"));
@@ -117,21 +135,8 @@ pub fn open_root(source: &impl BlockSource, ticket: &Ticket) -> Result<(FileMeta
     Ok((meta, opened))
 }
 
-fn open_node(source: &impl BlockSource, cid: &Cid, key: &Key) -> Result<Opened> {
-    if cid.codec() != DAG_CBOR {
-        return Err(Error::Malformed { cid: *cid, reason: "expected a structure block".into() });
-    }
-    Node::decode(cid, &source.block(cid)?)?.open(cid, key)
-}
-
-/// One leaf to fetch, and which of its plaintext bytes to keep.
-struct Task {
-    seq: u64,
-    cid: Cid,
-    key: Key,
-    size: u64,
-    skip: usize,
-    take: usize,
+fn open_source_node(source: &impl BlockSource, cid: &Cid, key: &Key) -> Result<Opened> {
+    open_node(cid, &source.block(cid)?, key)
 }
 
 /// Writes the file (or `options.range` of it) to `out`; returns the bytes
@@ -160,7 +165,7 @@ pub fn export(
     for _ in 0..window {
         credit_tx.send(()).expect("room for every credit");
     }
-    let (task_tx, task_rx) = bounded::<Task>(window);
+    let (task_tx, task_rx) = bounded::<Leaf>(window);
     let (done_tx, done_rx) = bounded::<(u64, Result<BlockBuf>)>(window + 1);
 
     std::thread::scope(|scope| {
@@ -172,9 +177,9 @@ pub fn export(
         for _ in 0..options.workers.max(1) {
             let (task_rx, done_tx) = (task_rx.clone(), done_tx.clone());
             scope.spawn(move || {
-                for task in task_rx {
-                    let result = fetch_leaf(source, &task);
-                    if done_tx.send((task.seq, result)).is_err() {
+                for leaf in task_rx {
+                    let result = source.block(&leaf.cid).and_then(|bytes| open_leaf(bytes, &leaf));
+                    if done_tx.send((leaf.seq, result)).is_err() {
                         break;
                     }
                 }
@@ -183,17 +188,9 @@ pub fn export(
         drop(task_rx);
         let walker_done = done_tx.clone();
         scope.spawn(move || {
-            let mut walk = Walk {
-                source,
-                root: ticket.root,
-                offset,
-                end,
-                seq: 0,
-                credits: &credit_rx,
-                tasks: &task_tx,
-            };
-            if let Err(e) = walk.run(&root) {
-                let _ = walker_done.send((walk.seq, Err(e)));
+            let mut walker = Walker::new(ticket.root, &root, offset, end);
+            if let Err(e) = walk(source, &mut walker, &credit_rx, &task_tx) {
+                let _ = walker_done.send((walker.leaves(), Err(e)));
             }
         });
         drop(done_tx);
@@ -231,106 +228,23 @@ pub fn export(
     })
 }
 
-fn fetch_leaf(source: &impl BlockSource, task: &Task) -> Result<BlockBuf> {
-    let mut bytes = source.block(&task.cid)?;
-    let Some(len) = crypto::open_in_place(&task.key, Domain::Leaf, &mut bytes) else {
-        return Err(Error::Decrypt { cid: task.cid });
-    };
-    bytes.truncate(len);
-    if bytes.len() as u64 != task.size {
-        return Err(Error::Malformed {
-            cid: task.cid,
-            reason: "leaf size differs from its parent's record".into(),
-        });
-    }
-    if task.skip > 0 || task.take < bytes.len() {
-        bytes.keep(task.skip, task.take);
-    }
-    Ok(bytes)
-}
-
-/// The walker: descends the tree in order, only into children that overlap
-/// `offset..end`, and hands out one task per overlapping leaf. It keeps an
-/// explicit stack of the opened nodes on the current path (never
-/// recursion), at most [`MAX_DEPTH`] of them. A node linked several times
-/// is opened each time: the file's bytes repeat with it.
-struct Walk<'a, S> {
-    source: &'a S,
-    root: Cid,
-    offset: u64,
-    end: u64,
-    seq: u64,
-    credits: &'a crossbeam_channel::Receiver<()>,
-    tasks: &'a crossbeam_channel::Sender<Task>,
-}
-
-/// An opened node on the walker's path: its children, the next one to
-/// look at, and the file offset where that child starts.
-struct Frame {
-    children: Vec<ChildRef>,
-    next: usize,
-    start: u64,
-}
-
-impl<S: BlockSource> Walk<'_, S> {
-    fn run(&mut self, root: &Opened) -> Result<()> {
-        let mut path = vec![Frame { children: root.children.clone(), next: 0, start: 0 }];
-        while let Some(frame) = path.last_mut() {
-            let Some(child) = frame.children.get(frame.next) else {
-                path.pop();
-                continue;
-            };
-            let start = frame.start;
-            if start >= self.end {
-                // Past the range: so is everything after it here.
-                path.pop();
-                continue;
-            }
-            let child_end = start.saturating_add(child.size);
-            frame.next += 1;
-            frame.start = child_end;
-            if child_end <= self.offset {
-                continue;
-            }
-            let child = child.clone();
-            match child.cid.codec() {
-                RAW => {
-                    let skip = self.offset.saturating_sub(start) as usize;
-                    let take = (self.end.min(child_end) - start.max(self.offset)) as usize;
-                    if self.credits.recv().is_err() {
-                        return Err(Error::Cancelled);
-                    }
-                    let task = Task {
-                        seq: self.seq,
-                        cid: child.cid,
-                        key: child.key,
-                        size: child.size,
-                        skip,
-                        take,
-                    };
-                    self.seq += 1;
-                    if self.tasks.send(task).is_err() {
-                        return Err(Error::Cancelled);
-                    }
-                }
-                _ => {
-                    if path.len() >= MAX_DEPTH {
-                        return Err(Error::Limit {
-                            root: self.root,
-                            limit: DagLimit::Depth(MAX_DEPTH),
-                        });
-                    }
-                    let opened = open_node(self.source, &child.cid, &child.key)?;
-                    if opened.meta.is_some() || opened.size() != Some(child.size) {
-                        return Err(Error::Malformed {
-                            cid: child.cid,
-                            reason: "inner node's size differs from its parent's record".into(),
-                        });
-                    }
-                    path.push(Frame { children: opened.children, next: 0, start });
+/// The walker's thread: hands out the leaves in order, each once a credit
+/// says there is room in the window, opening structure nodes on the way.
+fn walk(
+    source: &impl BlockSource,
+    walker: &mut Walker,
+    credits: &crossbeam_channel::Receiver<()>,
+    tasks: &crossbeam_channel::Sender<Leaf>,
+) -> Result<()> {
+    loop {
+        match walker.next_step()? {
+            Step::Leaf(leaf) => {
+                if credits.recv().is_err() || tasks.send(leaf).is_err() {
+                    return Err(Error::Cancelled);
                 }
             }
+            Step::Open(cid, key) => walker.enter(open_source_node(source, &cid, &key)?)?,
+            Step::Done => return Ok(()),
         }
-        Ok(())
     }
 }
