@@ -181,13 +181,32 @@ type Ask = (Request, oneshot::Sender<Result<Response, String>>);
 struct Hostile {
     asks: mpsc::Sender<Ask>,
     served: Arc<AtomicU64>,
+    /// Requests for the block held back, kept unanswered so far.
+    held: Arc<AtomicU64>,
+    /// Answers the requests held back, and every later one at once.
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl Hostile {
     fn start(rt: &Runtime, victim: &Multiaddr, blocks: HashMap<Cid, Vec<u8>>) -> Hostile {
+        Hostile::holding_back(rt, victim, blocks, None)
+    }
+
+    /// A hostile peer that leaves every request for the block `held_back`
+    /// unanswered until [`release`](Self::release)d.
+    fn holding_back(
+        rt: &Runtime,
+        victim: &Multiaddr,
+        blocks: HashMap<Cid, Vec<u8>>,
+        held_back: Option<Cid>,
+    ) -> Hostile {
         let (asks, mut rx) = mpsc::channel::<Ask>(4096);
         let served = Arc::new(AtomicU64::new(0));
         let counter = served.clone();
+        let (held, release) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Notify::new()));
+        let (held_count, released) = (held.clone(), release.clone());
+        let mut holding = held_back;
+        let mut unanswered = Vec::new();
         let victim = victim.clone();
         rt.spawn(async move {
             let behaviour = request_response::Behaviour::<FileCodec>::new(
@@ -209,10 +228,22 @@ impl Hostile {
                         }
                         None => return,
                     },
+                    _ = released.notified(), if holding.is_some() => {
+                        holding = None;
+                        for (cid, channel) in unanswered.drain(..) {
+                            let data = BlockBuf::copy_from(&blocks[&cid]);
+                            let _ = swarm.behaviour_mut().send_response(channel, Response::Block { data });
+                        }
+                    },
                     event = swarm.select_next_some() => match event {
                         SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => match message {
                             request_response::Message::Request { request, channel, .. } => {
                                 let response = match request {
+                                    RequestFrame::Valid(Request::GetBlock { cid }) if holding == Some(cid) => {
+                                        held_count.fetch_add(1, Ordering::Relaxed);
+                                        unanswered.push((cid, channel));
+                                        continue;
+                                    }
                                     RequestFrame::Valid(Request::GetBlock { cid }) => match blocks.get(&cid) {
                                         Some(bytes) => {
                                             counter.fetch_add(1, Ordering::Relaxed);
@@ -243,7 +274,11 @@ impl Hostile {
                 }
             }
         });
-        Hostile { asks, served }
+        Hostile { asks, served, held, release }
+    }
+
+    fn release(&self) {
+        self.release.notify_one();
     }
 
     async fn ask(&self, request: Request) -> Result<Response, String> {
@@ -449,6 +484,83 @@ fn replicas_beyond_the_quota_or_the_declaration_or_from_strangers_are_refused() 
     let answer = rt.block_on(hostile.ask(honest_offer(root, &blocks)));
     expect_error(answer, ErrorCode::Refused, "no replicas for others");
     assert_healthy(&mut closed);
+}
+
+/// Waits (polling, within 30 s) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The first of `asks` to be answered, within 15 s, and the others.
+async fn first_answer(
+    asks: Vec<tokio::task::JoinHandle<Result<Response, String>>>,
+) -> (Result<Response, String>, Vec<tokio::task::JoinHandle<Result<Response, String>>>) {
+    let first = tokio::time::timeout(Duration::from_secs(15), futures::future::select_all(asks));
+    let (answer, _, rest) = first.await.expect("no request was answered within 15 s");
+    (answer.expect("the request task"), rest)
+}
+
+#[test]
+fn requests_that_join_a_running_pull_are_capped_per_pull_and_per_peer() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut victim, addr, _) = victim(dir.path(), &[]);
+
+    // Four leaves under one node; the asker holds one back, so the pull it
+    // starts runs until the test releases it.
+    let mut blocks = HashMap::new();
+    let leaves: Vec<Cid> = (0..4)
+        .map(|i| {
+            let (cid, bytes) = leaf(64 * 1024, 2000 + i);
+            blocks.insert(cid, bytes);
+            cid
+        })
+        .collect();
+    let (root, bytes) = node(leaves.clone(), 9);
+    blocks.insert(root, bytes);
+    let asker = Hostile::holding_back(&rt, &addr, blocks.clone(), Some(leaves[3]));
+    let ask = |peer: &Hostile| {
+        let (peer, offer) = (peer.clone(), honest_offer(root, &blocks));
+        rt.spawn(async move { peer.ask(offer).await })
+    };
+    let first = ask(&asker);
+    wait_until("the pull asks for the block held back", || asker.held.load(Ordering::Relaxed) > 0);
+
+    // The same peer joins the pull three times more, each with a lease of
+    // another owner: two wait, the third is refused at once.
+    let (answer, mine) = rt.block_on(first_answer((0..3).map(|_| ask(&asker)).collect()));
+    expect_error(answer, ErrorCode::Busy, "too many of your requests wait");
+    // Seven more from three other peers: eight wait in all, the ninth is
+    // refused at once, whoever sent it.
+    let others: Vec<Hostile> = (0..4).map(|_| Hostile::start(&rt, &addr, HashMap::new())).collect();
+    let asks = others.iter().take(3).flat_map(|p| [ask(p), ask(p)]).chain([ask(&others[3])]);
+    let (answer, theirs) = rt.block_on(first_answer(asks.collect()));
+    expect_error(answer, ErrorCode::Busy, "too many requests wait for the replication");
+    // The attack landed: the pull still runs and every joined request
+    // waits for it.
+    assert!(!first.is_finished());
+    assert!(mine.iter().chain(&theirs).all(|ask| !ask.is_finished()));
+    assert_eq!(mine.len() + theirs.len(), 8);
+
+    // Once the block comes, the first request and the eight that joined
+    // are answered: each joined owner's lease is pinned with the copy.
+    asker.release();
+    for ask in std::iter::once(first).chain(mine).chain(theirs) {
+        let answer =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), ask).await });
+        let answer = answer.expect("answered within 30 s").expect("the request task");
+        assert!(matches!(answer, Ok(Response::Replicated { blocks: 5 })), "{answer:?}");
+    }
+    // Nine owners, each with a lease of its own, hold the one copy.
+    victim.send("ls");
+    let line = victim.expect_out(|l| l.starts_with(&root.to_string()));
+    assert_eq!(line.matches("12D3KooW").count(), 9, "{line}");
+    assert_healthy(&mut victim);
 }
 
 fn dir_size(dir: &Path) -> u64 {
