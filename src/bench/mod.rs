@@ -87,40 +87,6 @@ pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
     Some(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
 }
 
-/// CPU seconds per GB, on one thread, of the two checks a getting node
-/// cannot skip: SHA-256 of every block (its CID) and AES-GCM of every leaf.
-/// With what the receiving end of a raw stream spends, they are the floor
-/// of a get's CPU.
-pub fn checks_cpu_per_gb() -> (f64, f64) {
-    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-    use sha2::{Digest, Sha256};
-    const BLOCK: usize = 1 << 20;
-    const BLOCKS: usize = 256;
-    let thread_cpu = || {
-        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes the time into `t`, which outlives the call.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
-    };
-    let gb = (BLOCK * BLOCKS) as f64 / 1e9;
-    let mut buf = vec![0x5a_u8; BLOCK];
-    let start = thread_cpu();
-    for _ in 0..BLOCKS {
-        std::hint::black_box(Sha256::digest(&buf));
-    }
-    let sha = (thread_cpu() - start) / gb;
-    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7; 32]).expect("a 32-byte key"));
-    let start = thread_cpu();
-    for _ in 0..BLOCKS {
-        // Sealing costs what opening does: one AES-CTR pass and one GHASH.
-        let nonce = Nonce::assume_unique_for_key([0; 12]);
-        let tag = key.seal_in_place_separate_tag(nonce, Aad::empty(), &mut buf);
-        let _ = std::hint::black_box(tag.expect("sealing a 1 MiB buffer"));
-    }
-    let aes = (thread_cpu() - start) / gb;
-    (sha, aes)
-}
-
 /// Resets this process's `VmHWM` (Linux 4.0+; ignored where refused).
 pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");

@@ -4,6 +4,12 @@
 //! other side without storing them. No hashing, no disk, no crypto beyond
 //! Noise: what the transport gives. Its serving end runs in this process
 //! or in a child (`dfs-p2p bench raw-serve`).
+//!
+//! A *checked* raw stream's reader also does, to every MiB it reads, the
+//! two checks a getting node cannot skip: SHA-256 (a block's CID) and
+//! AES-256-GCM (a leaf's decryption). What its reader spends per GB is the
+//! floor of a get's CPU, measured on data fresh from the socket, as a
+//! get's is.
 
 use std::{
     io,
@@ -24,9 +30,22 @@ const RAW_PROTOCOL: StreamProtocol = StreamProtocol::new("/dfs-p2p/bench-raw/1.0
 const RAW_BUF: usize = 1024 * 1024;
 
 /// Asks for N bytes (8-byte request); the answer is N bytes on the stream,
-/// counted and dropped by the reader.
+/// counted (and checked, when `checked`) and dropped by the reader.
 #[derive(Clone, Default)]
-struct RawCodec;
+struct RawCodec {
+    checked: bool,
+}
+
+/// SHA-256 of `block`, and AES-256-GCM over it (sealing costs what opening
+/// does: one AES-CTR pass and one GHASH).
+fn check(block: &mut [u8]) {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    use sha2::{Digest, Sha256};
+    std::hint::black_box(Sha256::digest(&*block));
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7; 32]).expect("a 32-byte key"));
+    let nonce = Nonce::assume_unique_for_key([0; 12]);
+    let _ = std::hint::black_box(key.seal_in_place_separate_tag(nonce, Aad::empty(), block));
+}
 
 impl request_response::Codec for RawCodec {
     type Protocol = StreamProtocol;
@@ -49,11 +68,17 @@ impl request_response::Codec for RawCodec {
         io: &mut T,
     ) -> io::Result<u64> {
         let mut buf = vec![0u8; RAW_BUF];
-        let mut total = 0u64;
+        let (mut total, mut filled) = (0u64, 0usize);
         loop {
-            match io.read(&mut buf).await? {
-                0 => return Ok(total),
-                n => total += n as u64,
+            let n = io.read(&mut buf[filled..]).await?;
+            total += n as u64;
+            filled = if self.checked { filled + n } else { 0 };
+            if filled == RAW_BUF || (n == 0 && filled > 0) {
+                check(&mut buf[..filled]);
+                filled = 0;
+            }
+            if n == 0 {
+                return Ok(total);
             }
         }
     }
@@ -86,8 +111,9 @@ impl request_response::Codec for RawCodec {
 
 type RawSwarm = Swarm<request_response::Behaviour<RawCodec>>;
 
-fn raw_swarm() -> Result<RawSwarm, NodeError> {
-    let behaviour = request_response::Behaviour::<RawCodec>::new(
+fn raw_swarm(checked: bool) -> Result<RawSwarm, NodeError> {
+    let behaviour = request_response::Behaviour::with_codec(
+        RawCodec { checked },
         [(RAW_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(600)),
     );
@@ -103,7 +129,7 @@ fn raw_swarm() -> Result<RawSwarm, NodeError> {
 
 /// A raw-stream server listening on loopback, and its full address.
 async fn raw_listener() -> Result<(RawSwarm, Multiaddr), NodeError> {
-    let mut server = raw_swarm()?;
+    let mut server = raw_swarm(false)?;
     server
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid address"))
         .map_err(|e| NodeError::Transport(e.to_string()))?;
@@ -161,11 +187,15 @@ pub async fn raw_server_task() -> Result<(Multiaddr, tokio::task::JoinHandle<()>
     Ok((addr, task))
 }
 
-/// One transfer of `size` bytes over one raw stream; returns bytes/s. The
-/// serving end is `remote` (a `raw-serve` process) or, without one, a swarm
-/// in this process.
-pub async fn raw_stream(size: u64, remote: Option<&Multiaddr>) -> Result<f64, NodeError> {
-    let mut client = raw_swarm()?;
+/// One transfer of `size` bytes over one raw stream, `checked` or not;
+/// returns bytes/s. The serving end is `remote` (a `raw-serve` process) or,
+/// without one, a swarm in this process.
+pub async fn raw_stream(
+    size: u64,
+    remote: Option<&Multiaddr>,
+    checked: bool,
+) -> Result<f64, NodeError> {
+    let mut client = raw_swarm(checked)?;
     let (addr, server_task) = match remote {
         Some(addr) => (addr.clone(), None),
         None => {
