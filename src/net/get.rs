@@ -13,6 +13,7 @@
 //! node's runtime that their thread waits for (`NetSource::on_runtime`).
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -81,7 +82,15 @@ struct Shared {
     max_bytes: u64,
     /// Set to stop every fetch (a deadline passed, the asker went away).
     cancel: Arc<AtomicBool>,
+    /// Whether each leaf under the nodes opened so far was on disk (and
+    /// then claimed) when its parent was opened: a leaf known to be missing
+    /// goes to the network without a store call of its own. At most
+    /// [`MAX_NOTED`]; a leaf not noted is looked for in the store first.
+    noted: Mutex<HashMap<Cid, bool>>,
 }
+
+/// Leaves whose presence [`Shared::noted`] remembers at most.
+const MAX_NOTED: usize = 4096;
 
 /// What became of one answer to a `GetBlock`, judged on the seam: the
 /// caller's work done on the block, or why there is no block, with the work
@@ -120,6 +129,7 @@ impl NetSource {
             fetched_bytes: AtomicU64::new(0),
             max_bytes: u64::MAX,
             cancel: Arc::default(),
+            noted: Mutex::default(),
         }))
     }
 
@@ -174,6 +184,10 @@ impl NetSource {
         F: FnOnce(BlockBuf) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
+        let noted = self.0.noted.lock().unwrap_or_else(PoisonError::into_inner).remove(&cid);
+        if noted == Some(false) {
+            return self.fetch_then(cid, then).await;
+        }
         let shared = self.0.clone();
         let local = self
             .0
@@ -370,6 +384,24 @@ impl Shared {
         }
     }
 
+    /// Notes whether each leaf of `opened` is on disk, claiming those that
+    /// are, while there is room. Only for a download that claims what it
+    /// uses: a complete copy has every block.
+    fn note_leaves(&self, opened: &Opened) {
+        if !self.claim_local {
+            return;
+        }
+        let store = self.store.blocking();
+        let mut noted = self.noted.lock().unwrap_or_else(PoisonError::into_inner);
+        let leaves = opened.children.iter().filter(|c| c.cid.codec() == crate::block::RAW);
+        for child in leaves {
+            if noted.len() >= MAX_NOTED {
+                return;
+            }
+            noted.insert(child.cid, store.claim(&child.cid));
+        }
+    }
+
     /// Counts a verified block that arrived against the download's limit
     /// and writes it to the store (on the seam).
     fn keep(&self, store: &Store, cid: &Cid, bytes: BlockBuf) -> Result<BlockBuf> {
@@ -388,8 +420,16 @@ impl Shared {
 }
 
 impl LeafSource for NetSource {
+    /// Opens a structure node and, on the same blocking thread, notes which
+    /// of its leaves are on disk (see [`Shared::noted`]).
     async fn open(&self, cid: Cid, key: Key) -> Result<Opened> {
-        self.block_then(cid, move |bytes| export::open_node(&cid, &bytes, &key)).await
+        let shared = self.0.clone();
+        self.block_then(cid, move |bytes| {
+            let opened = export::open_node(&cid, &bytes, &key)?;
+            shared.note_leaves(&opened);
+            Ok(opened)
+        })
+        .await
     }
 
     async fn leaf(&self, leaf: Leaf) -> Result<BlockBuf> {
