@@ -27,36 +27,9 @@ command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
 ((mib >= 4)) || { echo "SIZE_MIB must be at least 4" >&2; exit 1; }
 timeout_s=120 hz=$(getconf CLK_TCK) reads=64 len=$((4 << 20)) size=$((mib << 20))
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
+source "$(dirname "$0")/nodes.sh"
 now() { date +%s.%N; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }'; }
-wait_for() { # file pattern: poll until the pattern appears, or fail
-  local deadline=$((SECONDS + timeout_s))
-  until grep -q -- "$2" "$1" 2>/dev/null; do
-    ((SECONDS < deadline)) || { echo "timed out waiting for '$2' in $1" >&2; exit 1; }
-    sleep 0.05
-  done
-}
-# A node reading commands from a FIFO (held open), stdout and stderr in files.
-start() { # name args...
-  local name=$1
-  shift
-  mkfifo "$tmp/$name.in"
-  sleep 1000000 >"$tmp/$name.in" &
-  pids+=($!)
-  "$bin" --data-dir "$tmp/$name" --listen /ip4/127.0.0.1/tcp/0 --no-progress "$@" \
-    <"$tmp/$name.in" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  pids+=($!)
-  node_pid=$!
-}
 # Writes "peak_threads first_ticks last_ticks" to OUT once PID exits or
 # $tmp/stop.PID exists. Built-ins only, so sampling forks nothing but sleep.
 sample() { # pid out

@@ -15,34 +15,7 @@ bin=target/release/dfs-p2p
 [[ -x $bin ]] || cargo build --release --locked
 command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-# A node reading commands from a FIFO (kept open), its stderr in a file.
-start() {
-  local name=$1
-  shift
-  mkfifo "$tmp/$name.in"
-  sleep 1000000 >"$tmp/$name.in" &
-  pids+=($!)
-  "$bin" --data-dir "$tmp/$name" --listen /ip4/127.0.0.1/tcp/0 --no-progress "$@" \
-    <"$tmp/$name.in" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  pids+=($!)
-}
-wait_for() { # file pattern
-  for _ in $(seq 600); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "timed out waiting for '$2' in $1" >&2
-  exit 1
-}
+source scripts/nodes.sh
 
 start holder --replicas 1
 wait_for "$tmp/holder.err" "listening on"

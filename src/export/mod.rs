@@ -125,6 +125,18 @@ pub fn open_root(source: &impl BlockSource, ticket: &Ticket) -> Result<(FileMeta
     check_root(&ticket.root, open_source_node(source, &ticket.root, &ticket.key)?)
 }
 
+/// `(offset, len, end)` of the bytes `range` wants of a file of `size`
+/// bytes (all of them for `None`), or why not.
+fn span(range: Option<(u64, u64)>, size: u64) -> Result<(u64, u64, u64)> {
+    let (offset, len) = range.unwrap_or((0, size));
+    let end = offset.checked_add(len).filter(|&end| end <= size).ok_or(Error::Range {
+        offset,
+        len,
+        size,
+    })?;
+    Ok((offset, len, end))
+}
+
 /// The file's metadata from its opened root, checked against its children.
 fn check_root(root: &Cid, opened: Opened) -> Result<(FileMeta, Opened)> {
     let bad = |reason: &str| Error::Malformed { cid: *root, reason: reason.into() };
@@ -151,12 +163,7 @@ pub fn export(
     progress: Option<Progress<'_>>,
 ) -> Result<u64> {
     let (meta, root) = open_root(source, ticket)?;
-    let (offset, len) = options.range.unwrap_or((0, meta.size));
-    let end = offset.checked_add(len).filter(|&end| end <= meta.size).ok_or(Error::Range {
-        offset,
-        len,
-        size: meta.size,
-    })?;
+    let (offset, len, end) = span(options.range, meta.size)?;
     if len == 0 {
         return Ok(0);
     }

@@ -84,12 +84,7 @@ pub async fn stream(
     progress: Option<Progress<'_>>,
 ) -> Result<u64> {
     let (root_cid, meta, opened) = root;
-    let (offset, len) = options.range.unwrap_or((0, meta.size));
-    let end = offset.checked_add(len).filter(|&end| end <= meta.size).ok_or(Error::Range {
-        offset,
-        len,
-        size: meta.size,
-    })?;
+    let (offset, len, end) = super::span(options.range, meta.size)?;
     if len == 0 {
         return Ok(0);
     }
