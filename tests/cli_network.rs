@@ -300,3 +300,39 @@ fn killed_holders_are_replaced_and_status_shows_the_count() {
     assert!(out.status.success(), "get: {}", text(&out.stderr));
     assert!(out.stdout == bytes, "wrong bytes");
 }
+
+/// One-shot puts from one data directory, back to back: each is a new
+/// process with the peer id of the one before, and the holders that pull
+/// from it must use its new connection at once, not the block streams of
+/// the process before it (which failed their requests, and the holders
+/// rested the peer 1 s, 2 s, 4 s before asking again).
+#[test]
+fn back_to_back_one_shot_puts_from_one_data_dir_confirm_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Node::start("A", &tmp.path().join("a"), &[]);
+    let a_addr = a.addrs[0].clone();
+    let mut b = Node::start("B", &tmp.path().join("b"), &["--bootstrap", &a_addr]);
+    b.wait_for_peers(1);
+    let client = tmp.path().join("client");
+    let mut took = Vec::new();
+    for i in 0..8 {
+        let file = tmp.path().join(format!("file-{i}"));
+        fs::write(&file, data((3 << 20) + 777, 500 + i)).unwrap();
+        let started = std::time::Instant::now();
+        let out =
+            run(&["put", arg(&file), "--bootstrap", &a_addr, "--data-dir", arg(&client)], b"");
+        took.push(started.elapsed());
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "put {i}: {stderr}");
+        let copies = stderr.lines().find(|l| l.starts_with("stored ")).map(parse_copies);
+        assert_eq!(copies, Some(2), "put {i}: {stderr}");
+    }
+    // Each put is a process start, an import and two pulls over loopback:
+    // about 0.2 s here. A holder that rested the peer waited 1 s, then 2 s
+    // more, before its third try (and a copy could fail outright).
+    eprintln!("put times: {took:?}");
+    let slowest = took.iter().max().unwrap();
+    assert!(slowest.as_secs_f64() < 3.0, "put times: {took:?}");
+    a.stop();
+    b.stop();
+}

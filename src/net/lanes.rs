@@ -214,15 +214,20 @@ impl Lanes {
         let deadline = tokio::time::Instant::now() + timeout;
         let asked = async {
             // A lane may close between being handed out and being used
-            // (it idled out, or ended before its first answer): the
-            // request was not answered, so ask on another.
+            // (it idled out, or ended before its first answer), or fail
+            // under the request (its connection closed: the peer restarted
+            // with the same identity, and a new connection is up or comes
+            // with the next dial): the request was not answered, and
+            // asking again is harmless, so ask on a new lane at once
+            // rather than let the download rest the peer.
             let mut pause = LANE_RETRY_PAUSE;
             for attempt in 1..=LANE_ATTEMPTS {
                 let lane = self.lane(peer).await?;
                 let (reply, answer) = oneshot::channel();
                 if lane.send((cid, reply)).await.is_ok() {
                     match answer.await {
-                        Ok(Err(LaneError::Dropped)) | Err(_) if attempt < LANE_ATTEMPTS => {}
+                        Ok(Err(LaneError::Dropped | LaneError::Failed(_))) | Err(_)
+                            if attempt < LANE_ATTEMPTS => {}
                         Ok(answer) => return answer,
                         Err(_) => return Err(LaneError::Failed("lane closed".into())),
                     }
