@@ -5,7 +5,7 @@
 
 mod cli_support;
 
-use std::{fs, path::Path};
+use std::{fs, path::Path, process::Stdio};
 
 use cli_support::*;
 
@@ -335,4 +335,53 @@ fn back_to_back_one_shot_puts_from_one_data_dir_confirm_at_once() {
     assert!(slowest.as_secs_f64() < 3.0, "put times: {took:?}");
     a.stop();
     b.stop();
+}
+
+/// The blocks under a data directory's `blocks/`.
+fn blocks_in(data_dir: &Path) -> usize {
+    let Ok(shards) = fs::read_dir(data_dir.join("blocks")) else { return 0 };
+    shards.flatten().filter_map(|s| fs::read_dir(s.path()).ok()).map(|d| d.count()).sum()
+}
+
+/// A one-shot get killed (SIGKILL) halfway leaves what it stored as part of
+/// the file, and a rerun from the same data directory fetches only the
+/// rest: the collection at the rerun's start spares the blocks.
+#[test]
+fn a_killed_one_shot_get_resumes_from_what_it_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Node::start("A", &tmp.path().join("a"), &["--replicas", "1"]);
+    let a_addr = a.addrs[0].clone();
+    let file = tmp.path().join("big.bin");
+    let bytes = data(256 << 20, 77);
+    fs::write(&file, &bytes).unwrap();
+    let ticket = a.put(&file);
+    let client = tmp.path().join("client");
+    let out = tmp.path().join("out.bin");
+    let get = ["get", &ticket, "-o", arg(&out), "--bootstrap", &a_addr, "--data-dir", arg(&client)];
+
+    // Killed once a quarter of its 256 leaves are stored.
+    let mut first = dfs(&get).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + STEP;
+    while blocks_in(&client) < 64 {
+        assert!(first.try_wait().unwrap().is_none(), "the get ended before it was killed");
+        assert!(std::time::Instant::now() < deadline, "the get stored nothing");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    first.kill().unwrap();
+    assert!(first.wait().unwrap().code().is_none(), "the get was not killed");
+    let kept = blocks_in(&client);
+    let _ = fs::remove_file(&out);
+
+    let rerun = run(&get, b"");
+    let stderr = text(&rerun.stderr);
+    assert!(rerun.status.success(), "rerun: {stderr}");
+    assert!(fs::read(&out).unwrap() == bytes, "rerun: wrong bytes");
+    let line =
+        stderr.lines().find(|l| l.starts_with("wrote ")).unwrap_or_else(|| panic!("{stderr}"));
+    let fetched: usize =
+        line.rsplit_once(", ").unwrap().1.split(' ').next().unwrap().parse().unwrap();
+    // 256 leaves and 2 structure nodes in all; what was kept is not fetched
+    // again.
+    assert!(fetched + kept <= 258, "{kept} blocks kept, then {fetched} fetched: {line}");
+    a.stop();
 }

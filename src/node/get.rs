@@ -56,10 +56,20 @@ impl Node {
         let (size, from_network, evicted) = match result {
             Ok(done) => done,
             Err(e) => {
-                // What arrived belongs to no root yet: a get that runs again
-                // before the next collection (at the latest, the next start)
-                // needs only the rest. A full disk wants its space now.
+                // What arrived is kept as part of the file (a cached root
+                // like any other, see `stream`): a get that runs again needs
+                // only the rest. A full disk wants its space now.
                 if matches!(e, Error::DiskFull { .. } | Error::NoSpace { .. }) {
+                    let _ = self
+                        .inner
+                        .store
+                        .run(move |store| {
+                            if store.root_info(&root).is_some_and(|r| r.partial) {
+                                store.remove_root(&root)?;
+                            }
+                            Ok(())
+                        })
+                        .await;
                     self.store().request_gc();
                 }
                 return Err(e.into());
@@ -103,8 +113,18 @@ impl Node {
                         check_range_space(store.dir(), &checked, range, output_dir.as_deref())
                             .map(Some)
                     }
-                    None => check_space(store.dir(), &checked, complete, output_dir.as_deref())
-                        .map(|()| None),
+                    None => {
+                        check_space(store.dir(), &checked, complete, output_dir.as_deref())?;
+                        // Recorded as part of a file before its first leaf
+                        // is written: if this get stops (a crash, a kill),
+                        // what it stored belongs to a root, so the next
+                        // start's collection spares it and a rerun fetches
+                        // only the rest.
+                        if !complete {
+                            store.cache_partial(&root, store.present_size(&root))?;
+                        }
+                        Ok(None)
+                    }
                 })
                 .await?;
             let options =

@@ -73,7 +73,8 @@ pub struct RootInfo {
     /// Unix seconds of the last repair this node made of the root; 0 if
     /// none.
     pub repaired: u64,
-    /// A cached root of which only some blocks are here (a range read):
+    /// A cached root of which only some blocks are here (a range read, or
+    /// a get that has not finished):
     /// `size` counts those. Never provided; a get fetches the rest.
     pub partial: bool,
 }
