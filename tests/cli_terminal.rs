@@ -152,6 +152,12 @@ fn wait_for(term: &mut dyn Terminal, what: &str, pred: impl Fn(&str) -> bool) ->
     }
 }
 
+/// The first ticket on the screen.
+fn screen_ticket(screen: &str) -> String {
+    let word = screen.split_whitespace().find(|w| is_ticket(w));
+    word.unwrap_or_else(|| panic!("no ticket on the screen:\n{screen}")).to_string()
+}
+
 fn has_ticket(screen: &str) -> bool {
     screen.split_whitespace().any(is_ticket)
 }
@@ -205,6 +211,7 @@ fn the_prompt_in_a_real_terminal() {
 
     term.type_line(&format!("put {}", Path::new(&big).display()));
     let screen = wait_for(term, "the ticket", has_ticket);
+    let ticket = screen_ticket(&screen);
     assert!(screen.contains("put "), "{screen}");
     assert!(screen.contains("[=====") && screen.contains("MiB/"), "no progress bar:\n{screen}");
     assert!(screen.contains("stored ") && screen.contains("copies confirmed"), "{screen}");
@@ -218,6 +225,9 @@ fn the_prompt_in_a_real_terminal() {
     wait_for(term, "peers", |s| s.contains(" connected"));
     term.type_line("ls");
     wait_for(term, "ls", |s| s.contains("ROOT") && s.contains("pinned"));
+    // A file's bytes are not printed on the terminal unless asked for.
+    term.type_line(&format!("get {ticket}"));
+    wait_for(term, "get to the terminal", |s| s.contains("not printing a file on the terminal"));
 
     // Ctrl-C cancels the running command, not the node: a put that would
     // never end (its input has no end) stops, and the prompt answers.

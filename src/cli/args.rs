@@ -118,10 +118,12 @@ pub enum Command {
         /// The ticket `put` printed.
         #[arg(value_name = "TICKET")]
         ticket: Ticket,
-        /// Where to write the file (written whole or not at all); stdout if absent.
+        /// Where to write the file (written whole or not at all); stdout if
+        /// absent or `-` (if absent, not on a terminal without --force).
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
-        /// Replace OUT if it is an existing file.
+        /// Replace OUT if it is an existing file; without OUT, print the
+        /// file even on a terminal.
         #[arg(long)]
         force: bool,
         /// Only these bytes: START-END (both included), START- (to the end)

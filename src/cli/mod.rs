@@ -523,7 +523,8 @@ async fn get(
 ) -> Result<(), Failure> {
     let out = match out {
         Some(path) if path != std::path::Path::new("-") => Output::file(path, force)?,
-        _ => Output::Stdout,
+        Some(_) => Output::Stdout,
+        None => Output::stdout(force)?,
     };
     let node = oneshot_node(args, true).await?;
     let result = transfer::get(&node, ticket, &out, range, ctx.progress, None).await;

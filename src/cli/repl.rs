@@ -44,7 +44,8 @@ pub const HELP: &str = "\
 commands:
   put <path>                  store a file; prints its ticket
   get <ticket> [<out>] [--force] [--range A-B]
-                              fetch a file into <out> (--force: replace an existing file), or print it;
+                              fetch a file into <out> (--force: replace an existing file), or print
+                              it (`-`, or --force on a terminal);
                               --range: only bytes A to B (A-B, A- or -N, the last N)
   delete <ticket-or-cid>      delete a file here, and the copies this node asked peers to keep
   ls                          files stored here (pinned and cached) with their sizes
@@ -186,9 +187,10 @@ async fn execute(
             output::status(&transfer::put_summary(&label, &report));
             output::result(&format!("{}\n", report.ticket));
         }
-        ("get", [ticket] | [ticket, "-"]) => {
+        ("get", [ticket] | [ticket, "-"] | [ticket, "--force"]) => {
+            let force = args.len() == 2;
             let ticket = parse_ticket(ticket)?;
-            let out = transfer::Output::Stdout;
+            let out = transfer::Output::stdout(force)?;
             transfer::get(node, ticket, &out, range, ctx.progress, cancel).await?;
         }
         ("get", [ticket, out] | [ticket, out, "--force"] | [ticket, "--force", out]) => {

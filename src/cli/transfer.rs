@@ -142,6 +142,20 @@ pub enum Output {
 }
 
 impl Output {
+    /// Standard output, unless it is a terminal and the file was not asked
+    /// for there (`force`, or `-o -`): a file's bytes would garble it, as
+    /// curl refuses too.
+    pub fn stdout(force: bool) -> Result<Output, Failure> {
+        if !force && io::stdout().is_terminal() {
+            return Err(Failure::Error(
+                "not printing a file on the terminal: give -o FILE (at the prompt: get TICKET \
+                 FILE), pipe it, or add --force"
+                    .into(),
+            ));
+        }
+        Ok(Output::Stdout)
+    }
+
     /// Checks that `path` can be written before anything is fetched: an
     /// existing file is replaced only if `force`.
     pub fn file(path: PathBuf, force: bool) -> Result<Output, Failure> {
