@@ -125,7 +125,8 @@ fn one_shot_put_and_get_against_a_running_network() {
 }
 
 /// With no peer reachable, a one-shot put stores the file locally, says so,
-/// and succeeds.
+/// and succeeds, unless `--min-copies` asks for copies; a get and a status
+/// with no peer say that no peer was asked.
 #[test]
 fn a_one_shot_put_with_no_reachable_peer_stores_locally() {
     let tmp = tempfile::tempdir().unwrap();
@@ -146,6 +147,24 @@ fn a_one_shot_put_with_no_reachable_peer_stores_locally() {
     let out = run(&["get", &ticket, "--data-dir", arg(&d)], b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, b"lonely bytes");
+
+    // A script that needs copies says how many: the ticket still comes,
+    // and the exit code says the copies did not.
+    let args = ["put", "-", "--bootstrap", &closed, "--data-dir", arg(&d), "--min-copies", "1"];
+    let out = run(&args, b"more lonely bytes");
+    assert!(is_ticket(&last_line(&out)), "{}", text(&out.stdout));
+    let error = assert_one_line_error(&out, 3, "put --min-copies 1");
+    assert!(error.contains("0 of the 1 copies"), "{error}");
+
+    // Without any peer, a get of what is not here and a status say that
+    // nobody was asked.
+    let other = tmp.path().join("other");
+    let out = run(&["get", &ticket, "--data-dir", arg(&other)], b"");
+    let error = assert_one_line_error(&out, 1, "get with no peer");
+    assert!(error.contains("no peer to ask"), "{error}");
+    let out = run(&["status", &ticket, "--data-dir", arg(&other)], b"");
+    let error = assert_one_line_error(&out, 1, "status with no peer");
+    assert!(error.contains("no peer to ask"), "{error}");
 }
 
 /// Runs `dfs-p2p bench net ARGS` (a build with `--features bench`) with

@@ -112,6 +112,10 @@ pub enum Command {
         /// The file to store, or - to read standard input.
         #[arg(value_name = "FILE|-")]
         file: PathBuf,
+        /// Fail (exit code 3, after printing the ticket) when fewer than N
+        /// copies are confirmed.
+        #[arg(long, value_name = "N")]
+        min_copies: Option<usize>,
     },
     /// Fetch a file by its ticket and write it to OUT or to stdout.
     Get {

@@ -41,6 +41,8 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Failure {
     Error(String),
+    /// A put that placed fewer copies than `--min-copies` asked for.
+    TooFewCopies(String),
     Interrupted,
     /// The reader of our output went away (`get T | head`): like any
     /// filter in a pipeline, stop quietly with the status SIGPIPE gives.
@@ -64,7 +66,7 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Error(message) => f.write_str(message),
+            Failure::Error(message) | Failure::TooFewCopies(message) => f.write_str(message),
             Failure::Interrupted => f.write_str("interrupted"),
             Failure::OutputClosed => f.write_str("the output was closed"),
         }
@@ -134,6 +136,10 @@ pub fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(Failure::OutputClosed) => ExitCode::from(141),
+        Err(e @ Failure::TooFewCopies(_)) => {
+            output::print_error(&e.to_string());
+            ExitCode::from(3)
+        }
         Err(e) => {
             output::print_error(&e.to_string());
             ExitCode::FAILURE
@@ -276,7 +282,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let args = &cli.node;
     let work = async {
         match command {
-            Command::Put { file } => put(args, ctx, &file).await,
+            Command::Put { file, min_copies } => put(args, ctx, &file, min_copies).await,
             Command::Get { ticket, output, force, range } => {
                 get(args, ctx, ticket, output, force, range).await
             }
@@ -486,8 +492,11 @@ async fn end_query(node: Node, temporary: Option<PathBuf>) {
 async fn status(args: &NodeArgs, target: crate::ticket::TicketOrCid) -> Result<(), Failure> {
     let (node, temporary) = query_node(args).await?;
     let health = node.status(target).await;
-    let local = node.peer_id();
+    let (local, peers) = (node.peer_id(), node.net().connected_now());
     end_query(node, temporary).await;
+    if peers == 0 && health.holders.is_empty() {
+        return Err(Failure::Error(format!("cannot count the copies of {}{NO_PEER}", health.root)));
+    }
     output::result(&output::health_report(&health, local));
     Ok(())
 }
@@ -501,7 +510,12 @@ async fn providers(args: &NodeArgs, target: crate::ticket::TicketOrCid) -> Resul
     Ok(())
 }
 
-async fn put(args: &NodeArgs, ctx: Ctx, file: &std::path::Path) -> Result<(), Failure> {
+async fn put(
+    args: &NodeArgs,
+    ctx: Ctx,
+    file: &std::path::Path,
+    min_copies: Option<usize>,
+) -> Result<(), Failure> {
     let input = transfer::open_input(file)?;
     let label = input.label.clone();
     let node = oneshot_node(args, false).await?;
@@ -510,8 +524,19 @@ async fn put(args: &NodeArgs, ctx: Ctx, file: &std::path::Path) -> Result<(), Fa
     let report = result?;
     output::status(&transfer::put_summary(&label, &report));
     output::result(&format!("{}\n", report.ticket));
-    Ok(())
+    match min_copies {
+        Some(min) if report.copies < min => Err(Failure::TooFewCopies(format!(
+            "{} of the {min} copies --min-copies asks for were confirmed{}",
+            report.copies,
+            if args.bootstrap.is_empty() { NO_PEER } else { "" }
+        ))),
+        _ => Ok(()),
+    }
 }
+
+/// Said when a command that needs peers had none to ask.
+const NO_PEER: &str = ": no peer to ask (give --bootstrap ADDRESS, e.g. --bootstrap \
+                       /ip4/192.0.2.7/tcp/4000, or type the command at a running node's prompt)";
 
 async fn get(
     args: &NodeArgs,
@@ -528,8 +553,14 @@ async fn get(
     };
     let node = oneshot_node(args, true).await?;
     let result = transfer::get(&node, ticket, &out, range, ctx.progress, None).await;
+    let peers = node.net().connected_now();
     node.shutdown().await;
-    let report = result?;
+    let report = match result {
+        Err(Failure::Error(message)) if peers == 0 && message.starts_with("no provider") => {
+            return Err(Failure::Error(format!("{message}{NO_PEER}")));
+        }
+        result => result?,
+    };
     if let Output::File(path) = &out {
         output::status(&transfer::get_summary(path, &report));
     }
