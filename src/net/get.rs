@@ -87,6 +87,23 @@ struct Shared {
     /// goes to the network without a store call of its own. At most
     /// [`MAX_NOTED`]; a leaf not noted is looked for in the store first.
     noted: Mutex<HashMap<Cid, bool>>,
+    /// Jobs of this download on the seam, started and not ended; they run
+    /// on after their future is dropped (a get that failed), so
+    /// [`NetSource::settle`] waits for them.
+    jobs: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One job of a download on the seam, counted until dropped (see
+/// [`Shared::jobs`]): it moves into the job's closure.
+struct Job(Arc<Shared>);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if self.0.jobs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// Leaves whose presence [`Shared::noted`] remembers at most.
@@ -130,6 +147,8 @@ impl NetSource {
             max_bytes: u64::MAX,
             cancel: Arc::default(),
             noted: Mutex::default(),
+            jobs: Default::default(),
+            idle: tokio::sync::Notify::new(),
         }))
     }
 
@@ -176,6 +195,27 @@ impl NetSource {
         if self.0.claim_local { store.claim(cid) } else { store.has(cid) }
     }
 
+    /// Counts a job on the seam until the returned guard drops.
+    fn job(&self) -> Job {
+        self.0.jobs.fetch_add(1, Ordering::AcqRel);
+        Job(self.0.clone())
+    }
+
+    /// Waits until every job this download started on the seam has ended:
+    /// after a get failed or was dropped half-way, the blocks that had
+    /// arrived are then written, and a commit covers them.
+    pub async fn settle(&self) {
+        loop {
+            let idle = self.0.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.0.jobs.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
     /// The block `cid`, verified, with `then` applied to it on the seam:
     /// from the store if it is there (and claimed, see `claim_local`), else
     /// from the providers, stored first.
@@ -188,11 +228,12 @@ impl NetSource {
         if noted == Some(false) {
             return self.fetch_then(cid, then).await;
         }
-        let shared = self.0.clone();
+        let (shared, job) = (self.0.clone(), self.job());
         let local = self
             .0
             .store
             .run(move |store| {
+                let _job = job;
                 if shared.claim_local && !store.claim(&cid) {
                     return Ok(Err(then));
                 }
@@ -289,10 +330,11 @@ impl NetSource {
         F: FnOnce(BlockBuf) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let shared = self.0.clone();
+        let (shared, job) = (self.0.clone(), self.job());
         self.0
             .store
             .run(move |store| {
+                let _job = job;
                 Ok(match judge_block(&cid, answer) {
                     Fetched::Block(bytes) => {
                         Verdict::Done(shared.keep(store, &cid, bytes).and_then(then))

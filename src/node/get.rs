@@ -135,6 +135,9 @@ impl Node {
             Ok::<_, Error>((size, meta))
         }
         .await;
+        // Blocks that arrived while the stream failed are written now, and
+        // kept by the commit below.
+        source.settle().await;
         store
             .run(move |store| {
                 // Keep what arrived even if the export failed: a rerun resumes.
@@ -193,6 +196,7 @@ impl Node {
             let rt = tokio::runtime::Handle::current();
             let source = NetSource::new(store.clone(), net, rt, set, writer, !here);
             let opened = export::open_root_async(&source, &root, &key).await;
+            source.settle().await;
             store
                 .run(move |_| {
                     source.commit()?;
