@@ -24,6 +24,16 @@ pub const TICKET_VERSION: u8 = 1;
 /// version-1 ticket is 110.
 pub const MAX_TICKET_BODY: usize = 256;
 
+/// Characters after the prefix in a version-1 ticket: base32 of 1 + 32 +
+/// 36 bytes (a CIDv1 with a SHA-256 multihash).
+const V1_BODY: usize = 111;
+
+/// What follows the ticket prefix, matched in any case.
+fn strip_prefix(s: &str) -> Option<&str> {
+    let (prefix, body) = s.split_at_checked(TICKET_PREFIX.len())?;
+    prefix.eq_ignore_ascii_case(TICKET_PREFIX).then_some(body)
+}
+
 /// A root CID and the key of its sealed part.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Ticket {
@@ -57,19 +67,37 @@ impl fmt::Debug for Ticket {
 impl FromStr for Ticket {
     type Err = ParseError;
 
+    /// Case does not matter: the prefix and base32 read the same either
+    /// way (a ticket read aloud or typed in capitals still works).
     fn from_str(s: &str) -> Result<Self, ParseError> {
-        let body =
-            s.trim().strip_prefix(TICKET_PREFIX).ok_or(ParseError::TicketPrefix(TICKET_PREFIX))?;
+        let body = strip_prefix(s.trim()).ok_or(ParseError::TicketPrefix(TICKET_PREFIX))?;
         if body.len() > MAX_TICKET_BODY {
             return Err(ParseError::TicketEncoding("too long".into()));
         }
-        let bytes = BASE32_NOPAD
-            .decode(body.to_ascii_uppercase().as_bytes())
-            .map_err(|e| ParseError::TicketEncoding(format!("bad base32: {e}")))?;
+        // A version-1 ticket of another length was cut or mistyped: say so,
+        // rather than what its bytes then fail at.
+        let length = || {
+            let (n, want) = (body.len(), V1_BODY);
+            (n != want).then(|| {
+                let (off, way) = if n > want { (n - want, "more") } else { (want - n, "fewer") };
+                format!(
+                    "{off} character{} {way} than a ticket has ({} with `{TICKET_PREFIX}`): was it \
+                     cut or mistyped?",
+                    if off == 1 { "" } else { "s" },
+                    want + TICKET_PREFIX.len()
+                )
+            })
+        };
+        let bytes = BASE32_NOPAD.decode(body.to_ascii_uppercase().as_bytes()).map_err(|e| {
+            ParseError::TicketEncoding(length().unwrap_or_else(|| format!("bad base32: {e}")))
+        })?;
         let (&version, rest) =
             bytes.split_first().ok_or_else(|| ParseError::TicketEncoding("empty".into()))?;
         if version != TICKET_VERSION {
             return Err(ParseError::TicketVersion(version));
+        }
+        if let Some(wrong) = length() {
+            return Err(ParseError::TicketEncoding(wrong));
         }
         let (key, cid) = rest
             .split_at_checked(KEY_LEN)
@@ -107,7 +135,7 @@ impl FromStr for TicketOrCid {
 
     fn from_str(s: &str) -> Result<Self, ParseError> {
         let s = s.trim();
-        if s.starts_with(TICKET_PREFIX) {
+        if strip_prefix(s).is_some() {
             s.parse().map(TicketOrCid::Ticket)
         } else {
             block::parse_cid(s).map(TicketOrCid::Cid)
@@ -164,5 +192,19 @@ mod tests {
         assert!(matches!(raw.parse::<Ticket>(), Err(ParseError::UnsupportedCid { .. })));
         let msg = "dfs!!!".parse::<Ticket>().unwrap_err().to_string();
         assert!(msg.starts_with("malformed ticket"), "{msg}");
+        // One character too many, or too few: said as such.
+        let msg = format!("{good}a").parse::<Ticket>().unwrap_err().to_string();
+        assert!(msg.contains("1 character more than a ticket has (114"), "{msg}");
+        let msg = good[..good.len() - 2].parse::<Ticket>().unwrap_err().to_string();
+        assert!(msg.contains("2 characters fewer"), "{msg}");
+    }
+
+    #[test]
+    fn tickets_are_read_in_any_case() {
+        let good = Ticket::new(root(b"x"), [1; 32]).to_string();
+        assert_eq!(good.len(), V1_BODY + TICKET_PREFIX.len());
+        assert_eq!(good.to_ascii_uppercase().parse::<Ticket>(), good.parse::<Ticket>());
+        let either = good.to_ascii_uppercase().parse::<TicketOrCid>().unwrap();
+        assert_eq!(either, TicketOrCid::Ticket(good.parse().unwrap()));
     }
 }

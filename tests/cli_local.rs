@@ -59,6 +59,20 @@ fn one_shot_put_and_get_round_trip() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// `put - --name` records the name standard input lacks, as `ls` shows.
+#[test]
+fn put_from_stdin_takes_a_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let out = run(&["put", "-", "--name", "notes.txt", "--data-dir", dir.to_str().unwrap()], b"hi");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut node = Node::start("N", &dir, &[]);
+    node.send("ls");
+    let line = node.expect_out(|l| l.starts_with("bafy"));
+    assert!(line.contains("notes.txt"), "{line}");
+    node.stop();
+}
+
 #[test]
 fn get_writes_into_a_device_and_through_a_link_without_replacing_them() {
     use std::os::unix::fs::{FileTypeExt, symlink};
@@ -159,6 +173,9 @@ fn one_shot_bad_input_fails_with_one_clear_line() {
     let foreign = put_file(&other, &file);
 
     let t = tmp.path().to_str().unwrap();
+    let fresh = tmp.path().join("fresh");
+    let fresh = fresh.to_str().unwrap();
+    let long_ticket = format!("{foreign}a");
     let mut cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["frobnicate"], 2, "frobnicate"),
         (vec!["put"], 2, "<FILE|->"),
@@ -175,6 +192,10 @@ fn one_shot_bad_input_fails_with_one_clear_line() {
         (vec!["--bootstrap", "/ip4/1.2.3", "put", "-", "--data-dir", d], 2, "--bootstrap"),
         (vec!["--replicas", "zero", "--data-dir", d], 2, "--replicas"),
         (vec!["--cache-size", "big", "--data-dir", d], 2, "--cache-size"),
+        (vec!["gc", "--data-dir", fresh], 1, "holds no dfs-p2p node"),
+        (vec!["--bootstrap", "127.0.0.1:7001", "put", "-"], 2, "/ip4/127.0.0.1/tcp/7001"),
+        // One character too many: said as such.
+        (vec!["get", &long_ticket, "--data-dir", d], 2, "1 character more than a ticket has"),
     ];
     if cfg!(feature = "bench") {
         cases.push((vec!["bench"], 2, "store, net"));
@@ -189,6 +210,12 @@ fn one_shot_bad_input_fails_with_one_clear_line() {
         assert!(line.contains(needle), "{args:?}: {line}");
         assert!(!line.contains("Os {") && !line.contains("kind:"), "Debug form: {line}");
     }
+    // `gc` made no node where there was none.
+    assert!(!std::path::Path::new(fresh).exists());
+    // A ticket typed in capitals reads the same.
+    let out = run(&["get", &foreign.to_uppercase(), "--data-dir", other.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"hello");
 
     if unsafe { libc::geteuid() } != 0 {
         let locked = tmp.path().join("locked.txt");

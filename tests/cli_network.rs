@@ -63,6 +63,11 @@ fn three_node_demo() {
     }
     d.send("stat");
     d.expect_out(|l| l.starts_with("peers") && !l.ends_with(" 0"));
+    // D only fetched the file: its delete removes its own copy, says at once
+    // that it is not the owner, and asks nobody else.
+    d.send(&format!("delete {}", files[5].0));
+    let said = d.expect_err(|l| l.starts_with("deleted "));
+    assert!(said.contains("is not its owner"), "{said}");
 
     for node in [&mut a, &mut b, &mut d] {
         node.stop();
@@ -142,6 +147,9 @@ fn a_one_shot_put_with_no_reachable_peer_stores_locally() {
     let copies = stderr.lines().find(|l| l.starts_with("stored ")).map(parse_copies);
     // The client serves nobody, and no node took a replica.
     assert_eq!(copies, Some(0), "{stderr}");
+    // A one-shot run's log lines carry no timestamp (without -v).
+    let stamped = |l: &str| l.len() > 20 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T';
+    assert!(!stderr.lines().any(stamped), "{stderr}");
     assert!(stderr.contains("only this data directory holds it"), "{stderr}");
 
     let out = run(&["get", &ticket, "--data-dir", arg(&d)], b"");
@@ -403,4 +411,45 @@ fn a_killed_one_shot_get_resumes_from_what_it_stored() {
     // again.
     assert!(fetched + kept <= 258, "{kept} blocks kept, then {fetched} fetched: {line}");
     a.stop();
+}
+
+/// A bootstrap address that is another kind of server (here, one that
+/// answers HTTP) is named as such, not as "invalid data".
+#[test]
+fn a_bootstrap_address_that_is_not_a_node_is_named_as_such() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in http.incoming().flatten() {
+            // Answers a request it cannot parse as a web server does: a
+            // status line, headers and an HTML page; then closes.
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut request = [0u8; 512];
+                let _ = stream.read(&mut request);
+                let page = "<html><head><title>Error response</title></head><body><h1>Error \
+                            response</h1><p>Error code: 400</p><p>Message: Bad request \
+                            syntax.</p></body></html>\n";
+                let answer = format!(
+                    "HTTP/1.0 400 Bad request\r\nServer: SimpleHTTP/0.6\r\nContent-Type: \
+                     text/html\r\nContent-Length: {}\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(answer.as_bytes());
+            });
+        }
+    });
+    let ticket = put_file(&tmp.path().join("owner"), &{
+        let file = tmp.path().join("f");
+        fs::write(&file, b"some bytes").unwrap();
+        file
+    });
+    let bootstrap = format!("/ip4/127.0.0.1/tcp/{port}");
+    let client = tmp.path().join("c");
+    let args = ["get", &ticket, "--bootstrap", &bootstrap, "--data-dir", arg(&client)];
+    let out = run(&args, b"");
+    let error = assert_one_line_error(&out, 1, "get through an HTTP server");
+    assert!(error.contains("does not speak dfs-p2p"), "{error}");
 }

@@ -218,7 +218,7 @@ fn the_prompt_in_a_real_terminal() {
 
     term.type_line("stat");
     let screen = wait_for(term, "stat", |s| s.contains("cache ") && s.contains(" used"));
-    for label in ["peer id ", "addresses ", "peers ", "blocks ", "stored "] {
+    for label in ["peer id ", "data dir ", "addresses ", "peers ", "blocks ", "stored "] {
         assert!(screen.contains(label), "stat lacks {label}:\n{screen}");
     }
     term.type_line("peers");

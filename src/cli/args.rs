@@ -116,6 +116,10 @@ pub enum Command {
         /// copies are confirmed.
         #[arg(long, value_name = "N")]
         min_copies: Option<usize>,
+        /// The file name recorded with it (shown by `ls`, given by the HTTP
+        /// gateway); by default the file's own, none for standard input.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
     },
     /// Fetch a file by its ticket and write it to OUT or to stdout.
     Get {
@@ -224,7 +228,18 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 /// `/dns6`), a TCP port other than 0, and optionally `/p2p/<peer id>`.
 pub fn parse_bootstrap(s: &str) -> Result<Multiaddr, String> {
     use libp2p::multiaddr::Protocol;
-    let addr: Multiaddr = s.trim().parse().map_err(|e| format!("`{s}` is not a multiaddr: {e}"))?;
+    let addr: Multiaddr = s.trim().parse().map_err(|e| match s.trim().parse() {
+        Ok(std::net::SocketAddr::V4(a)) => {
+            format!("`{s}` is not a multiaddr: write it as /ip4/{}/tcp/{}", a.ip(), a.port())
+        }
+        Ok(std::net::SocketAddr::V6(a)) => {
+            format!("`{s}` is not a multiaddr: write it as /ip6/{}/tcp/{}", a.ip(), a.port())
+        }
+        Err(_) => format!(
+            "`{s}` is not a multiaddr ({e}): give one such as /ip4/127.0.0.1/tcp/3000 or \
+             /dns4/node1/tcp/3000"
+        ),
+    })?;
     let mut parts = addr.iter();
     let host = matches!(
         parts.next(),
@@ -339,5 +354,15 @@ mod tests {
             let e = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn a_host_and_port_is_answered_with_its_multiaddr() {
+        let e = parse_bootstrap("127.0.0.1:7001").unwrap_err();
+        assert!(e.ends_with("write it as /ip4/127.0.0.1/tcp/7001"), "{e}");
+        let e = parse_bootstrap("[::1]:7001").unwrap_err();
+        assert!(e.ends_with("write it as /ip6/::1/tcp/7001"), "{e}");
+        let e = parse_bootstrap("node1").unwrap_err();
+        assert!(e.contains("such as /ip4/127.0.0.1/tcp/3000"), "{e}");
     }
 }

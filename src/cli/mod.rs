@@ -117,7 +117,7 @@ pub fn main() -> ExitCode {
     let many_nodes = matches!(&cli.command, Some(Command::Bench(bench)) if bench.runs_many_nodes());
     #[cfg(not(feature = "bench"))]
     let many_nodes = false;
-    init_logging(cli.verbose, many_nodes);
+    init_logging(cli.verbose, many_nodes, cli.command.is_some());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -215,9 +215,11 @@ fn missing_subcommand(help: &str) -> String {
     format!("`{command}` needs one of: {} (see {command} --help)", subcommands.join(", "))
 }
 
-/// Logs go to stderr. On a terminal they are short (no timestamp, colour);
-/// elsewhere (files, docker, journald) they carry a timestamp.
-fn init_logging(verbose: u8, many_nodes: bool) {
+/// Logs go to stderr. A running node's carry a timestamp unless stderr is
+/// a terminal (files, docker, journald want one); a one-shot command's
+/// only with `-v` (its lines belong to one short run). Colour on a
+/// terminal.
+fn init_logging(verbose: u8, many_nodes: bool, one_shot: bool) {
     let default = match verbose {
         // Nodes stopped at once close many connections whose other end is
         // gone already: libp2p warns of each.
@@ -234,7 +236,8 @@ fn init_logging(verbose: u8, many_nodes: bool) {
         .with_writer(output::LogWriter)
         .with_ansi(terminal)
         .with_target(verbose > 0);
-    let _ = if terminal { builder.without_time().try_init() } else { builder.try_init() };
+    let timestamps = if one_shot { verbose > 0 } else { !terminal };
+    let _ = if timestamps { builder.try_init() } else { builder.without_time().try_init() };
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, registered before anything else starts so
@@ -282,7 +285,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let args = &cli.node;
     let work = async {
         match command {
-            Command::Put { file, min_copies } => put(args, ctx, &file, min_copies).await,
+            Command::Put { file, min_copies, name } => {
+                put(args, ctx, &file, min_copies, name).await
+            }
             Command::Get { ticket, output, force, range } => {
                 get(args, ctx, ticket, output, force, range).await
             }
@@ -515,8 +520,9 @@ async fn put(
     ctx: Ctx,
     file: &std::path::Path,
     min_copies: Option<usize>,
+    name: Option<String>,
 ) -> Result<(), Failure> {
-    let input = transfer::open_input(file)?;
+    let input = transfer::open_input(file)?.named(name);
     let label = input.label.clone();
     let node = oneshot_node(args, false).await?;
     let result = transfer::put(&node, input, ctx.progress, None).await;
@@ -578,8 +584,22 @@ async fn id(args: &NodeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn gc(args: &NodeArgs) -> Result<(), Failure> {
+/// The data directory of a command that only reads or tidies one (`gc`,
+/// `rebuild-index`): it must hold a node's identity already, or the
+/// command would make a new node there.
+fn existing_data_dir(args: &NodeArgs) -> Result<PathBuf, Failure> {
     let dir = data_dir(args)?;
+    if !dir.join("identity.key").is_file() {
+        return Err(Failure::Error(format!(
+            "{} holds no dfs-p2p node (no identity.key): give the --data-dir of one",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+async fn gc(args: &NodeArgs) -> Result<(), Failure> {
+    let dir = existing_data_dir(args)?;
     let stats = crate::store::run_blocking("the garbage collection", move || {
         let store = crate::store::Store::open(dir, crate::store::StoreOptions::default())?;
         store.gc()
@@ -590,7 +610,7 @@ async fn gc(args: &NodeArgs) -> Result<(), Failure> {
 }
 
 async fn rebuild_index(args: &NodeArgs) -> Result<(), Failure> {
-    let dir = data_dir(args)?;
+    let dir = existing_data_dir(args)?;
     let (store, rebuilt) = crate::store::run_blocking("rebuilding the index", move || {
         crate::store::Store::open_rebuilding(dir, crate::store::StoreOptions::default())
     })

@@ -175,7 +175,10 @@ pub fn plural(n: u64, thing: &str) -> String {
 }
 
 pub fn stat_table(stat: &Stat) -> String {
-    let mut rows = vec![vec!["peer id".into(), stat.peer_id.to_string()]];
+    let mut rows = vec![
+        vec!["peer id".into(), stat.peer_id.to_string()],
+        vec!["data dir".into(), stat.data_dir.display().to_string()],
+    ];
     if stat.listen_addrs.is_empty() {
         rows.push(vec!["addresses".into(), "none (not listening)".into()]);
     }

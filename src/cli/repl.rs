@@ -226,6 +226,13 @@ async fn delete(node: &Node, target: &str) -> Result<(), Failure> {
     let target = parse_target(target)?;
     let root = target.root();
     let report = node.delete(target).await?;
+    if report.not_owner {
+        output::status(&format!(
+            "deleted {root} here; this node is not its owner (it did not put it), so the copies \
+             elsewhere stay: only the owner can delete them"
+        ));
+        return Ok(());
+    }
     if !report.local && report.remote_deleted.is_empty() && report.remote_refused.is_empty() {
         return Err(Failure::Error(format!(
             "nothing to delete: {root} is not stored here and no peer held a copy for this node"

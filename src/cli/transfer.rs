@@ -54,6 +54,17 @@ pub fn open_input(path: &Path) -> Result<Input, Failure> {
     })
 }
 
+impl Input {
+    /// Records `name` in the root instead of the file's own (standard
+    /// input has none).
+    pub fn named(mut self, name: Option<String>) -> Input {
+        if name.is_some() {
+            self.name = name;
+        }
+        self
+    }
+}
+
 /// Stores `input` through the node, with a progress bar when enabled,
 /// then reports each copy as it is confirmed or refused (the second phase,
 /// which waits on other nodes). `cancel` stops it.

@@ -19,8 +19,28 @@ impl Node {
     /// the owner) to delete theirs.
     pub async fn delete(&self, target: TicketOrCid) -> Result<DeleteReport, NodeError> {
         let root = target.root();
-        let local = self.inner.store.run(move |store| store.remove_root(&root)).await?;
+        let (local, owner) = self
+            .inner
+            .store
+            .run(move |store| {
+                // Stored here but not put here: the owner is another node.
+                let owner = store.root_info(&root).is_none_or(|info| info.local);
+                Ok((store.remove_root(&root)?, owner))
+            })
+            .await?;
         self.inner.net.unprovide(root).await;
+        if !owner {
+            // Only the owner's delete record and requests count: this one
+            // would publish a record nobody reads and be refused by every
+            // holder.
+            return Ok(DeleteReport {
+                local,
+                not_owner: true,
+                record: Err("this node is not the owner".into()),
+                remote_deleted: Vec::new(),
+                remote_refused: Vec::new(),
+            });
+        }
         let keep = self.inner.config.lease;
         let record = match DeleteRecord::issue(self.store().identity(), root, keep) {
             Ok(record) if self.inner.net.connected_now() > 0 => {
@@ -31,7 +51,7 @@ impl Node {
             Err(e) => Err(e.to_string()),
         };
         let (remote_deleted, remote_refused) = replicas::delete_remote(&self.inner.net, root).await;
-        Ok(DeleteReport { local, record, remote_deleted, remote_refused })
+        Ok(DeleteReport { local, not_owner: false, record, remote_deleted, remote_refused })
     }
 
     /// Runs one repair round now (for tests and tools; a node that listens
@@ -59,7 +79,13 @@ impl Node {
             .peers()
             .await
             .into_iter()
-            .map(|p| PeerInfo { peer_id: p.peer_id, addrs: p.addrs })
+            .map(|p| {
+                // An address learned twice (dialled, then identified) once.
+                let mut addrs = p.addrs;
+                let mut seen = std::collections::HashSet::new();
+                addrs.retain(|a| seen.insert(a.clone()));
+                PeerInfo { peer_id: p.peer_id, addrs }
+            })
             .collect()
     }
 
@@ -85,6 +111,7 @@ impl Node {
         let pinned_roots = roots.iter().filter(|r| r.kind == PinKind::Pinned).count();
         Ok(Stat {
             peer_id: self.peer_id(),
+            data_dir: self.store().dir().to_path_buf(),
             listen_addrs: self.inner.net.listen_addrs_now(),
             peers: self.inner.net.connected_now(),
             blocks: usage.blocks,

@@ -177,6 +177,9 @@ pub struct GetReport {
 pub struct DeleteReport {
     /// Whether a local copy was removed.
     pub local: bool,
+    /// The file was stored here but put by another node: only the local
+    /// copy went, and nothing else was asked.
+    pub not_owner: bool,
     /// On how many other peers the delete record was stored, or why on none.
     pub record: Result<usize, String>,
     pub remote_deleted: Vec<PeerId>,
@@ -194,6 +197,8 @@ pub struct PeerInfo {
 #[derive(Debug, Clone)]
 pub struct Stat {
     pub peer_id: PeerId,
+    /// The data directory: identity, keys, blocks.
+    pub data_dir: std::path::PathBuf,
     pub listen_addrs: Vec<Multiaddr>,
     pub peers: usize,
     pub blocks: u64,

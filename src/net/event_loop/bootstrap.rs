@@ -177,8 +177,18 @@ pub(super) fn dial_error_reason(error: &DialError, expected: Option<PeerId>) -> 
                         cause = inner;
                     }
                     let text = cause.to_string();
-                    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
-                    if text.is_empty() { e.to_string() } else { text.to_lowercase() }
+                    let text = text.split(" (os error").next().unwrap_or(&text).to_lowercase();
+                    if text.is_empty() {
+                        e.to_string()
+                    } else if text.starts_with("no records found") {
+                        "its host name does not resolve (no DNS record)".into()
+                    } else if text == "invalid data" || text.contains("handshake") {
+                        "it does not speak dfs-p2p (the encrypted handshake failed: is it \
+                         another kind of server, or another port?)"
+                            .into()
+                    } else {
+                        text
+                    }
                 })
                 .collect();
             if reasons.iter().any(|r| r.contains("timeout") || r.contains("timed out")) {

@@ -94,7 +94,7 @@ pub async fn replicate_avoiding(
         on_copy(&peer, &result);
         match result {
             Ok(blocks) => {
-                tracing::info!("{peer} holds a replica of {root} ({blocks} blocks)");
+                tracing::debug!("{peer} holds a replica of {root} ({blocks} blocks)");
                 placed.confirmed.push(peer);
             }
             Err(reason) => {
