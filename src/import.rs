@@ -86,6 +86,9 @@ pub struct Imported {
     pub blocks: u64,
     /// Blocks that were not already stored.
     pub new_blocks: u64,
+    /// Whether the root was in the index (pinned or cached) before this
+    /// import pinned it: a cancelled put then leaves it as it was.
+    pub existed: bool,
 }
 
 /// Leaf sizes of one chunk: a chunk above the leaf limit is cut into the
@@ -197,9 +200,10 @@ pub fn import(
             })?;
             writer.finish()?;
             // Pin while the writer still holds garbage collection off.
+            let existed = store.root_info(&root).is_some();
             store.pin(&root, options.kind, None)?;
             let ticket = Ticket::new(root, key);
-            Ok(Imported { ticket, size: bytes, blocks, new_blocks: writer.written() })
+            Ok(Imported { ticket, size: bytes, blocks, new_blocks: writer.written(), existed })
         });
 
         let mut seq = 0u64;

@@ -453,3 +453,46 @@ fn a_bootstrap_address_that_is_not_a_node_is_named_as_such() {
     let error = assert_one_line_error(&out, 1, "get through an HTTP server");
     assert!(error.contains("does not speak dfs-p2p"), "{error}");
 }
+
+/// A one-shot put interrupted (SIGINT) while its copies are being made
+/// leaves nothing: not pinned in its data directory, no block left there,
+/// and no copy on the peers it had asked.
+#[test]
+fn an_interrupted_put_leaves_nothing_pinned_here_or_on_its_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Node::start("A", &tmp.path().join("a"), &[]);
+    let a_addr = a.addrs[0].clone();
+    let mut b = Node::start("B", &tmp.path().join("b"), &["--bootstrap", &a_addr]);
+    b.wait_for_peers(1);
+    let file = tmp.path().join("big.bin");
+    fs::write(&file, data(256 << 20, 78)).unwrap();
+    let client = tmp.path().join("client");
+    let args = ["--no-progress", "--data-dir", arg(&client), "--bootstrap", &a_addr];
+    let mut put = Node::spawn_command("put", &client, &[&args[..], &["put", arg(&file)]].concat());
+    put.expect_err(|l| l.starts_with("asking peers for "));
+    // The copies are under way: a holder has some of the file's blocks.
+    let deadline = std::time::Instant::now() + STEP;
+    while blocks_in(&a.data_dir) + blocks_in(&b.data_dir) < 16 {
+        assert!(put.try_wait().is_none(), "the put ended before it was interrupted");
+        assert!(std::time::Instant::now() < deadline, "no holder pulled anything");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    put.signal(libc::SIGINT);
+    let status = put.wait_exit();
+    assert_eq!(status.code(), Some(130), "{:#?}", put.seen);
+    assert!(!put.seen.iter().any(|l| matches!(l, Line::Out(t) if is_ticket(t))), "a ticket");
+
+    // Nothing pinned and no block left in the client's data directory...
+    let store = dfs_p2p::store::Store::open(client.clone(), Default::default()).unwrap();
+    assert!(store.roots().is_empty(), "pinned: {:?}", store.roots());
+    drop(store);
+    assert_eq!(blocks_in(&client), 0, "blocks left in the client's data directory");
+    // ...and no copy held for it on either peer.
+    for node in [&mut a, &mut b] {
+        node.send("ls");
+        let line = node.expect_out(|l| l.contains("no files stored") || l.contains("root"));
+        assert_eq!(line, "no files stored", "{}: {:#?}", node.name, node.seen);
+    }
+    a.stop();
+    b.stop();
+}

@@ -837,3 +837,21 @@ fn gc_keeps_the_stored_blocks_a_running_put_reuses() {
     store.gc().unwrap();
     assert_eq!(get(&store, &ticket, None).unwrap(), bytes);
 }
+
+/// Writes a stopped process left in `tmp/` are removed when the directory
+/// is opened, and the next collection reports them with the rest.
+#[test]
+fn unfinished_writes_in_tmp_are_reported_by_the_next_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    for i in 0..3 {
+        fs::write(dir.path().join("tmp").join(format!("{i}.left")), vec![7u8; 1000]).unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    let stats = store.gc().unwrap();
+    assert_eq!((stats.removed_tmp_files, stats.removed_tmp_bytes), (3, 3000));
+    // Reported once.
+    let stats = store.gc().unwrap();
+    assert_eq!((stats.removed_tmp_files, stats.removed_tmp_bytes), (0, 0));
+}

@@ -283,13 +283,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let Some(command) = cli.command else { return run_node(&cli.node, ctx).await };
     let mut signals = Signals::new();
     let args = &cli.node;
+    let cancel = crate::node::Cancel::default();
     let work = async {
         match command {
             Command::Put { file, min_copies, name } => {
-                put(args, ctx, &file, min_copies, name).await
+                put(args, ctx, &file, min_copies, name, cancel.clone()).await
             }
             Command::Get { ticket, output, force, range } => {
-                get(args, ctx, ticket, output, force, range).await
+                get(args, ctx, ticket, output, force, range, cancel.clone()).await
             }
             Command::Status { target } => status(args, target).await,
             Command::Providers { target } => providers(args, target).await,
@@ -300,11 +301,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Command::Bench(bench) => bench::run(bench).await,
         }
     };
+    tokio::pin!(work);
     tokio::select! {
-        result = work => result,
-        _ = signals.recv() => Err(Failure::Interrupted),
+        result = &mut work => return result,
+        _ = signals.recv() => {}
     }
+    // A put or get stops at once and tidies up (a put unpins and withdraws
+    // what it placed); a second signal does not wait for that.
+    cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::select! {
+        _ = tokio::time::timeout(CANCEL_WAIT, &mut work) => {}
+        _ = signals.recv() => {}
+    }
+    Err(Failure::Interrupted)
 }
+
+/// How long a cancelled command may take to tidy up.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
 fn data_dir(args: &NodeArgs) -> Result<PathBuf, Failure> {
     if let Some(dir) = &args.data_dir {
@@ -521,11 +534,12 @@ async fn put(
     file: &std::path::Path,
     min_copies: Option<usize>,
     name: Option<String>,
+    cancel: crate::node::Cancel,
 ) -> Result<(), Failure> {
     let input = transfer::open_input(file)?.named(name);
     let label = input.label.clone();
     let node = oneshot_node(args, false).await?;
-    let result = transfer::put(&node, input, ctx.progress, None).await;
+    let result = transfer::put(&node, input, ctx.progress, Some(cancel)).await;
     node.shutdown().await;
     let report = result?;
     output::status(&transfer::put_summary(&label, &report));
@@ -551,6 +565,7 @@ async fn get(
     out: Option<PathBuf>,
     force: bool,
     range: Option<crate::export::ByteRange>,
+    cancel: crate::node::Cancel,
 ) -> Result<(), Failure> {
     let out = match out {
         Some(path) if path != std::path::Path::new("-") => Output::file(path, force)?,
@@ -558,7 +573,7 @@ async fn get(
         None => Output::stdout(force)?,
     };
     let node = oneshot_node(args, true).await?;
-    let result = transfer::get(&node, ticket, &out, range, ctx.progress, None).await;
+    let result = transfer::get(&node, ticket, &out, range, ctx.progress, Some(cancel)).await;
     let peers = node.net().connected_now();
     node.shutdown().await;
     let report = match result {

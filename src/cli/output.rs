@@ -146,7 +146,6 @@ pub fn peers_table(peers: &[PeerInfo]) -> String {
     out
 }
 
-/// The `stat` table.
 /// What a garbage collection did, in one line.
 pub fn gc_summary(stats: &crate::store::GcStats) -> String {
     let mut line = format!(
@@ -158,6 +157,13 @@ pub fn gc_summary(stats: &crate::store::GcStats) -> String {
         line.push_str(&format!(
             ", and {} set aside after failing verification",
             plural(stats.removed_corrupt, "block")
+        ));
+    }
+    if stats.removed_tmp_files > 0 {
+        line.push_str(&format!(
+            ", and {} ({}) of unfinished writes from tmp/",
+            plural(stats.removed_tmp_files, "file"),
+            size(stats.removed_tmp_bytes)
         ));
     }
     if stats.kept_recent > 0 {

@@ -108,9 +108,16 @@ pub async fn run(node: Node, ctx: Ctx, interactive: bool, interrupts: Interrupts
             }
         };
         let cancel = interrupts.start();
+        let command = execute(&node, ctx, &line, &cancel);
+        tokio::pin!(command);
         let result = tokio::select! {
-            result = execute(&node, ctx, &line, &cancel) => result,
-            _ = interrupts.notify.notified() => Err(Failure::Interrupted),
+            result = &mut command => result,
+            _ = interrupts.notify.notified() => {
+                // A put or get sees `cancel` and tidies up (a put unpins
+                // and withdraws its copies): wait for that, a while.
+                let _ = tokio::time::timeout(super::CANCEL_WAIT, &mut command).await;
+                Err(Failure::Interrupted)
+            }
         };
         interrupts.end();
         match result {

@@ -44,11 +44,12 @@ impl Node {
             ..Default::default()
         };
         let progress = put.progress;
+        let cancel = put.cancel.clone().unwrap_or_default();
         let reader: Box<dyn Read + Send> = match put.cancel.clone() {
             Some(cancel) => Box::new(Cancellable { inner: reader, cancel }),
             None => reader,
         };
-        let (imported, bytes) = store::run_blocking("the import", move || {
+        let imported = store::run_blocking("the import", move || {
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let imported = import::import(&store, reader, &options, progress)?;
             let file = FileInfo { size: imported.size, name: options.name.clone() };
@@ -63,8 +64,32 @@ impl Node {
                 Error::Cancelled
             }
             e => e,
-        })?;
+        });
+        let (imported, bytes) = match imported {
+            Ok(imported) => imported,
+            Err(Error::Cancelled) => {
+                // What the import wrote is garbage now: reclaimed before
+                // the put returns.
+                self.reclaim(String::new(), 0).await;
+                return Err(Error::Cancelled.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let root = imported.ticket.root;
+        // Cancelled from here on: the pin is undone and every peer asked
+        // for a copy is asked to drop it (see `withdraw`).
+        let asked = std::sync::Mutex::new(Vec::new());
+        let existed = imported.existed;
+        let withdrawn = async |asked: &std::sync::Mutex<Vec<PeerId>>| {
+            let asked = std::mem::take(&mut *asked.lock().unwrap_or_else(|e| e.into_inner()));
+            if !existed {
+                self.withdraw(root, asked).await;
+            }
+            Err(Error::Cancelled.into())
+        };
+        if is_set(&cancel) {
+            return withdrawn(&asked).await;
+        }
         self.inner.net.provide(root).await;
         // A node that does not listen (a one-shot client) serves nobody, so
         // its own copy does not count: it asks for all `replicas` elsewhere.
@@ -74,7 +99,10 @@ impl Node {
             on_stored(imported.size, elsewhere);
         }
         if elsewhere > 0 {
-            self.wait_for_first_peer().await;
+            tokio::select! {
+                () = self.wait_for_first_peer() => {}
+                () = cancelled(&cancel) => return withdrawn(&asked).await,
+            }
         }
         let lease = Lease::issue(self.store().identity(), root, wanted, self.inner.config.lease)
             .map_err(|e| NodeError::Transport(format!("cannot sign a lease: {e}")))?;
@@ -85,7 +113,15 @@ impl Node {
                 f(peer, result);
             }
         };
-        let placed = replicas::replicate(&self.inner.net, offer, elsewhere, &report).await;
+        let replicate =
+            replicas::replicate_tracked(&self.inner.net, offer, elsewhere, &[], &report, &asked);
+        let placed = tokio::select! {
+            placed = replicate => placed,
+            () = cancelled(&cancel) => return withdrawn(&asked).await,
+        };
+        if is_set(&cancel) {
+            return withdrawn(&asked).await;
+        }
         Ok(PutReport {
             ticket: imported.ticket,
             size: imported.size,
@@ -94,6 +130,61 @@ impl Node {
             counts_local: serving,
             failed: placed.failed,
         })
+    }
+}
+
+impl Node {
+    /// Undoes a cancelled put of `root`: unpins it, stops providing it,
+    /// reclaims its blocks, and asks each peer in `asked` to drop the copy
+    /// it holds (or is pulling) for us. The blocks go first, so a peer
+    /// still pulling them fails rather than pins after our request.
+    async fn withdraw(&self, root: cid::Cid, asked: Vec<PeerId>) {
+        let removed = self.inner.store.run(move |store| store.remove_root(&root)).await;
+        if let Err(e) = removed {
+            tracing::warn!("cancelled put: cannot unpin {root}: {e}");
+        }
+        self.inner.net.unprovide(root).await;
+        self.reclaim(format!(" of {root}"), asked.len()).await;
+        let net = &self.inner.net;
+        let requests = asked.iter().map(|peer| replicas::rpc_delete(net, *peer, root));
+        let answers = futures::future::join_all(requests).await;
+        for (peer, answer) in asked.iter().zip(answers) {
+            match answer {
+                Ok(()) => tracing::info!("cancelled put: {peer} dropped its copy"),
+                Err(why) => tracing::debug!("cancelled put: {peer} held no copy: {why}"),
+            }
+        }
+    }
+
+    /// Collects what a cancelled put wrote, and says so.
+    async fn reclaim(&self, what: String, asked: usize) {
+        match self.gc().await {
+            Ok(stats) => tracing::info!(
+                "put cancelled: nothing pinned; reclaimed {}{what}{}",
+                crate::units::human_size(stats.removed_bytes),
+                if asked > 0 {
+                    format!("; asking {asked} peers to drop their copies")
+                } else {
+                    String::new()
+                }
+            ),
+            Err(e) => tracing::warn!(
+                "put cancelled: nothing pinned; the blocks it wrote are reclaimed by the next \
+                 collection ({e})"
+            ),
+        }
+    }
+}
+
+fn is_set(cancel: &Cancel) -> bool {
+    cancel.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Resolves once `cancel` is set (looked at every 20 ms).
+async fn cancelled(cancel: &Cancel) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    while !is_set(cancel) {
+        tick.tick().await;
     }
 }
 

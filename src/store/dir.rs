@@ -49,6 +49,10 @@ pub(super) struct DataDir {
     /// The identity key as stored: the check tags' key is derived from it.
     pub identity_bytes: Vec<u8>,
     pub secret: ConvergenceSecret,
+    /// The files (and their bytes) found in `tmp/` when it was opened:
+    /// writes a stopped process left. Removed then; the next collection
+    /// reports them ([`GcStats::removed_tmp_files`](super::GcStats)).
+    pub leftover_tmp: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl DataDir {
@@ -74,7 +78,7 @@ impl DataDir {
             create_private_dir(d)?;
         }
         // We hold the lock: anything in tmp/ is left over from a crash.
-        clear_dir(&tmp)?;
+        let (files, bytes) = clear_dir(&tmp)?;
 
         let identity_bytes = load_or_create_secret_file(&dir.join(IDENTITY_FILE), || {
             Keypair::generate_ed25519().to_protobuf_encoding().expect("ed25519 encodes")
@@ -103,6 +107,7 @@ impl DataDir {
             identity,
             identity_bytes,
             secret: ConvergenceSecret::from_bytes(secret),
+            leftover_tmp: [files.into(), bytes.into()],
         })
     }
 }
@@ -126,12 +131,18 @@ pub(super) fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("cannot create directory", dir, e))
 }
 
-pub(super) fn clear_dir(dir: &Path) -> Result<()> {
+/// Removes the files in `dir`; returns how many and their bytes.
+pub(super) fn clear_dir(dir: &Path) -> Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
     for entry in fs::read_dir(dir).map_err(|e| Error::io("cannot list", dir, e))? {
-        let path = entry.map_err(|e| Error::io("cannot list", dir, e))?.path();
+        let entry = entry.map_err(|e| Error::io("cannot list", dir, e))?;
+        let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        let path = entry.path();
         fs::remove_file(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
+        files += 1;
+        bytes += len;
     }
-    Ok(())
+    Ok((files, bytes))
 }
 
 /// Reads a secret file, refusing one other users can read; creates it

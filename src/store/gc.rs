@@ -65,6 +65,10 @@ pub struct GcStats {
     /// Blocks that failed verification, set aside in `corrupt/` longer than
     /// [`CORRUPT_KEPT_FOR`] or beyond the newest [`CORRUPT_KEPT`], removed.
     pub removed_corrupt: u64,
+    /// Files of writes a stopped process left in `tmp/`, removed when the
+    /// directory was opened and reported by the first collection after.
+    pub removed_tmp_files: u64,
+    pub removed_tmp_bytes: u64,
 }
 
 /// Blocks that failed verification are kept in `corrupt/` for inspection,
@@ -283,6 +287,9 @@ impl Store {
             }
         }
         self.prune_corrupt(&mut stats);
+        let [files, bytes] = &self.inner.dir.leftover_tmp;
+        stats.removed_tmp_files = files.swap(0, std::sync::atomic::Ordering::Relaxed);
+        stats.removed_tmp_bytes = bytes.swap(0, std::sync::atomic::Ordering::Relaxed);
         Ok(stats)
     }
 

@@ -144,7 +144,13 @@ impl Node {
             args.extend(["--listen", "/ip4/127.0.0.1/tcp/0"]);
         }
         args.extend(extra);
-        let mut child = dfs(&args)
+        Node::spawn_command(name, data_dir, &args)
+    }
+
+    /// Spawns `dfs-p2p ARGS` (a one-shot command too), its output read as
+    /// a node's.
+    pub fn spawn_command(name: &str, data_dir: &Path, args: &[&str]) -> Node {
+        let mut child = dfs(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -31,7 +31,9 @@ pub use pull::{
     ASKER_GONE, MAX_JOINED_PER_PEER, MAX_JOINED_PER_PULL, MAX_REPLICATIONS_PER_PEER, PULL_GRACE,
     PULL_MIN_RATE, pull_dag,
 };
-pub use replicate::{Offer, Placed, candidates, replicate, replicate_avoiding, rpc_replicate};
+pub use replicate::{
+    Offer, Placed, candidates, replicate, replicate_avoiding, replicate_tracked, rpc_replicate,
+};
 
 /// How long a put keeps asking a peer to finish a replica. A `Replicate`
 /// whose stream times out (30 s) is sent again; the responder joins the

@@ -1,7 +1,7 @@
 //! The outbound side of `Replicate`: choosing the peers closest to a root,
 //! asking them for replicas and counting their confirmations.
 
-use std::time::Instant;
+use std::{sync::Mutex, time::Instant};
 
 use cid::Cid;
 use libp2p::{PeerId, kad::KBucketKey};
@@ -73,6 +73,19 @@ pub async fn replicate_avoiding(
     holders: &[PeerId],
     on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
 ) -> Placed {
+    replicate_tracked(net, offer, want, holders, on_copy, &Mutex::default()).await
+}
+
+/// [`replicate_avoiding`], adding each peer to `asked` as it is asked (a
+/// put that is cancelled asks them all to drop what they took).
+pub async fn replicate_tracked(
+    net: &NetHandle,
+    offer: Offer,
+    want: usize,
+    holders: &[PeerId],
+    on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
+    asked: &Mutex<Vec<PeerId>>,
+) -> Placed {
     let mut placed = Placed::default();
     if want == 0 {
         return placed;
@@ -83,6 +96,7 @@ pub async fn replicate_avoiding(
     let mut candidates = candidates.into_iter();
     let mut running = futures::stream::FuturesUnordered::new();
     let ask = |peer: PeerId| {
+        asked.lock().unwrap_or_else(|e| e.into_inner()).push(peer);
         let (net, offer) = (net.clone(), offer.clone());
         async move { (peer, rpc_replicate(&net, peer, &offer).await) }
     };
