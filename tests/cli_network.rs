@@ -496,3 +496,101 @@ fn an_interrupted_put_leaves_nothing_pinned_here_or_on_its_peers() {
     a.stop();
     b.stop();
 }
+
+/// One-shot commands on a running node's data directory run through that
+/// node (its control socket), with the output and exit codes a one-shot
+/// gives on its own; nobody else on the machine can use the socket.
+#[test]
+fn one_shot_commands_run_through_the_node_running_on_their_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut a = Node::start("A", &dir, &["--replicas", "1"]);
+    let on = |args: &[&str], stdin: &[u8]| {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", arg(&dir)]);
+        run(&all, stdin)
+    };
+    let mode = fs::metadata(dir.join("control.sock")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let id = on(&["id"], b"");
+    assert!(id.status.success(), "{}", text(&id.stderr));
+    assert_eq!(text(&id.stdout).trim(), a.peer_id);
+
+    let file = tmp.path().join("one.bin");
+    let bytes = data((2 << 20) + 5, 90);
+    fs::write(&file, &bytes).unwrap();
+    let put = on(&["put", arg(&file)], b"");
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    let ticket = last_line(&put);
+    assert!(is_ticket(&ticket), "{ticket}");
+    assert!(text(&put.stderr).contains("1 of 1 copies confirmed"), "{}", text(&put.stderr));
+    // The node itself holds it: its prompt lists it.
+    a.send("ls");
+    a.expect_out(|l| l.contains("one.bin"));
+
+    let piped = on(&["put", "-", "--name", "piped.bin"], &bytes[..1000]);
+    assert!(piped.status.success(), "{}", text(&piped.stderr));
+    let piped_ticket = last_line(&piped);
+    let ls = on(&["ls"], b"");
+    assert!(ls.status.success());
+    assert!(text(&ls.stdout).contains("one.bin") && text(&ls.stdout).contains("piped.bin"));
+
+    // Gets: to stdout, into a file (a path relative to the client's
+    // working directory), and a range.
+    let got = on(&["get", &ticket], b"");
+    assert!(got.status.success() && got.stdout == bytes, "{}", text(&got.stderr));
+    let got = dfs(&["get", &piped_ticket, "-o", "out.bin", "--data-dir", arg(&dir)])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert!(text(&got.stderr).starts_with("wrote out.bin (1000 B"), "{}", text(&got.stderr));
+    assert_eq!(fs::read(tmp.path().join("out.bin")).unwrap(), &bytes[..1000]);
+    let range = on(&["get", &ticket, "--range", "10-19"], b"");
+    assert_eq!(range.stdout, &bytes[10..20]);
+
+    let stat = on(&["stat"], b"");
+    assert!(text(&stat.stdout).contains(&format!("data dir     {}", dir.display())));
+    let status = on(&["status", &ticket], b"");
+    assert!(text(&status.stdout).contains("copies: 1 of 1"), "{}", text(&status.stdout));
+
+    // Failures keep their exit codes and one-line messages.
+    let too_few = on(&["put", arg(&file), "--min-copies", "2"], b"");
+    assert_eq!(too_few.status.code(), Some(3), "{}", text(&too_few.stderr));
+    assert!(is_ticket(&last_line(&too_few)));
+    let missing = on(&["put", "no-such-file"], b"");
+    let error = assert_one_line_error(&missing, 1, "put of a missing file");
+    assert!(error.contains("cannot read no-such-file: no such file"), "{error}");
+    let exists = on(&["get", &ticket, "-o", arg(&file)], b"");
+    let error = assert_one_line_error(&exists, 1, "get over an existing file");
+    assert!(error.contains("exists"), "{error}");
+    let rebuild = on(&["rebuild-index"], b"");
+    let error = assert_one_line_error(&rebuild, 1, "rebuild-index on a running node's dir");
+    assert!(error.contains("in use"), "{error}");
+
+    let deleted = on(&["delete", &piped_ticket], b"");
+    assert!(deleted.status.success(), "{}", text(&deleted.stderr));
+    assert!(text(&deleted.stderr).starts_with("deleted "), "{}", text(&deleted.stderr));
+    let gc = on(&["gc"], b"");
+    assert!(gc.status.success() && text(&gc.stderr).starts_with("collected "));
+
+    // Another user reaches neither the socket nor the directory.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && std::path::Path::new("/usr/bin/setpriv").exists() {
+        let other = std::process::Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_dfs-p2p"))
+            .args(["id", "--data-dir", arg(&dir)])
+            .output()
+            .unwrap();
+        assert!(!other.status.success(), "another user ran `id`: {}", text(&other.stdout));
+        assert!(!text(&other.stdout).contains(&a.peer_id));
+    }
+    a.stop();
+    assert!(!dir.join("control.sock").exists(), "the socket outlived its node");
+    // With no node running, the one-shot opens the directory itself.
+    let id = on(&["id"], b"");
+    assert_eq!(text(&id.stdout).trim(), a.peer_id);
+}

@@ -152,6 +152,18 @@ pub enum Command {
         #[arg(value_name = "TICKET|CID")]
         target: TicketOrCid,
     },
+    /// List the files stored here (pinned and cached) with their sizes.
+    Ls,
+    /// Show this node's peer id, addresses, peers and storage use.
+    Stat,
+    /// Delete a file here and, for its owner, the copies other nodes keep
+    /// for it (publishing a delete record so no repair brings one back).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// A ticket or a root CID.
+        #[arg(value_name = "TICKET|CID")]
+        target: TicketOrCid,
+    },
     /// Print this node's peer id (creating its identity if needed).
     Id,
     /// Remove the blocks no stored file needs, and say how much was freed.
@@ -163,6 +175,42 @@ pub enum Command {
     #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(super::bench::BenchCommand),
+}
+
+impl Command {
+    /// Whether a node running on the data directory runs this command for
+    /// a one-shot ([`super::control`]).
+    pub fn runs_on_a_node(&self) -> bool {
+        !matches!(self, Command::RebuildIndex) && !self.is_bench()
+    }
+
+    #[cfg(feature = "bench")]
+    fn is_bench(&self) -> bool {
+        matches!(self, Command::Bench(_))
+    }
+
+    #[cfg(not(feature = "bench"))]
+    fn is_bench(&self) -> bool {
+        false
+    }
+
+    /// What a command sent to a running node checks here first, with the
+    /// paths as typed and this process's terminal: the input of a put, and
+    /// where a get writes.
+    pub fn check_locally(&self) -> Result<(), super::Failure> {
+        match self {
+            Command::Put { file, .. } if file.as_os_str() != "-" => {
+                super::transfer::open_input(file).map(drop)
+            }
+            Command::Get { output: Some(path), force, .. } if path.as_os_str() != "-" => {
+                super::transfer::Output::file(path.clone(), *force).map(drop)
+            }
+            Command::Get { output: None, force, .. } => {
+                super::transfer::Output::stdout(*force).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Parses a size: plain bytes (`4096`), binary units (`1.5GiB`, `512MiB`,

@@ -10,6 +10,8 @@
 pub mod args;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod commands;
+pub mod control;
 pub mod output;
 pub mod repl;
 pub mod transfer;
@@ -28,6 +30,7 @@ use tracing_subscriber::EnvFilter;
 
 use self::{
     args::{Cli, Command, NodeArgs},
+    output::Console,
     transfer::Output,
 };
 use crate::node::{Node, NodeConfig, NodeError};
@@ -47,6 +50,9 @@ pub enum Failure {
     /// The reader of our output went away (`get T | head`): like any
     /// filter in a pipeline, stop quietly with the status SIGPIPE gives.
     OutputClosed,
+    /// A command the running node ran for us ([`control`]) failed with
+    /// this exit code; what it said is printed already.
+    Reported(u8),
 }
 
 impl Failure {
@@ -69,12 +75,16 @@ impl fmt::Display for Failure {
             Failure::Error(message) | Failure::TooFewCopies(message) => f.write_str(message),
             Failure::Interrupted => f.write_str("interrupted"),
             Failure::OutputClosed => f.write_str("the output was closed"),
+            Failure::Reported(code) => write!(f, "failed with exit code {code}"),
         }
     }
 }
 
 impl From<NodeError> for Failure {
     fn from(e: NodeError) -> Failure {
+        if let NodeError::Store(crate::Error::Cancelled) = &e {
+            return Failure::Interrupted;
+        }
         if let NodeError::Store(crate::Error::Io { source, .. }) = &e
             && source.kind() == io::ErrorKind::BrokenPipe
         {
@@ -136,6 +146,7 @@ pub fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(Failure::OutputClosed) => ExitCode::from(141),
+        Err(Failure::Reported(code)) => ExitCode::from(code),
         Err(e @ Failure::TooFewCopies(_)) => {
             output::print_error(&e.to_string());
             ExitCode::from(3)
@@ -283,6 +294,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let Some(command) = cli.command else { return run_node(&cli.node, ctx).await };
     let mut signals = Signals::new();
     let args = &cli.node;
+    if command.runs_on_a_node()
+        && let Some(stream) = control::connect(&data_dir(args)?).await
+    {
+        // A node runs on the data directory: it runs the command.
+        command.check_locally()?;
+        let stdin = matches!(&command, Command::Put { file, .. } if file.as_os_str() == "-");
+        return control::call(stream, stdin, &mut signals).await;
+    }
     let cancel = crate::node::Cancel::default();
     let work = async {
         match command {
@@ -294,6 +313,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Command::Status { target } => status(args, target).await,
             Command::Providers { target } => providers(args, target).await,
+            Command::Ls => ls(args).await,
+            Command::Stat => stat(args).await,
+            Command::Delete { target } => delete(args, target).await,
             Command::Id => id(args).await,
             Command::Gc => gc(args).await,
             Command::RebuildIndex => rebuild_index(args).await,
@@ -358,6 +380,17 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
         node = Node::start(config) => node?,
         _ = signals.recv() => return Err(Failure::Interrupted),
     };
+    // Up before the node says it is: a one-shot run after that finds it.
+    let control = match control::serve(node.clone(), node.store().dir()) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            output::status(&format!(
+                "warning: no control socket in the data directory ({e}): one-shot commands \
+                 on it will find it in use"
+            ));
+            None
+        }
+    };
     output::status(&format!("peer id: {}", node.peer_id()));
     for addr in node.listen_addrs().await {
         output::status(&format!("listening on {addr}"));
@@ -419,6 +452,7 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
         signals.recv().await;
     }
     prompt.abort();
+    drop(control);
 
     output::status("shutting down");
     tokio::spawn(async move {
@@ -509,23 +543,43 @@ async fn end_query(node: Node, temporary: Option<PathBuf>) {
 
 async fn status(args: &NodeArgs, target: crate::ticket::TicketOrCid) -> Result<(), Failure> {
     let (node, temporary) = query_node(args).await?;
-    let health = node.status(target).await;
-    let (local, peers) = (node.peer_id(), node.net().connected_now());
+    let result =
+        commands::status(&node, &Console::default(), target, Some(commands::NO_PEER)).await;
     end_query(node, temporary).await;
-    if peers == 0 && health.holders.is_empty() {
-        return Err(Failure::Error(format!("cannot count the copies of {}{NO_PEER}", health.root)));
-    }
-    output::result(&output::health_report(&health, local));
-    Ok(())
+    result
 }
 
 async fn providers(args: &NodeArgs, target: crate::ticket::TicketOrCid) -> Result<(), Failure> {
     let (node, temporary) = query_node(args).await?;
-    let root = target.root();
-    let found = node.providers(root).await;
+    let result = commands::providers(&node, &Console::default(), target).await;
     end_query(node, temporary).await;
-    output::result(&output::providers_list(root, &found?));
+    result
+}
+
+async fn ls(args: &NodeArgs) -> Result<(), Failure> {
+    let dir = existing_data_dir(args)?;
+    let roots = crate::store::run_blocking("listing the files", move || {
+        Ok(crate::store::Store::open(dir, crate::store::StoreOptions::default())?.roots())
+    })
+    .await?;
+    output::result(&output::roots_table(&roots));
     Ok(())
+}
+
+async fn stat(args: &NodeArgs) -> Result<(), Failure> {
+    existing_data_dir(args)?;
+    let node = oneshot_node(args, false).await?;
+    let result = commands::stat(&node, &Console::default()).await;
+    node.shutdown().await;
+    result
+}
+
+async fn delete(args: &NodeArgs, target: crate::ticket::TicketOrCid) -> Result<(), Failure> {
+    existing_data_dir(args)?;
+    let node = oneshot_node(args, false).await?;
+    let result = commands::delete(&node, &Console::default(), target).await;
+    node.shutdown().await;
+    result
 }
 
 async fn put(
@@ -537,26 +591,15 @@ async fn put(
     cancel: crate::node::Cancel,
 ) -> Result<(), Failure> {
     let input = transfer::open_input(file)?.named(name);
-    let label = input.label.clone();
     let node = oneshot_node(args, false).await?;
-    let result = transfer::put(&node, input, ctx.progress, Some(cancel)).await;
+    let console = Console::default();
+    let no_peer = args.bootstrap.is_empty().then_some(commands::NO_PEER);
+    let result =
+        commands::put(&node, &console, input, min_copies, ctx.progress, Some(cancel), no_peer)
+            .await;
     node.shutdown().await;
-    let report = result?;
-    output::status(&transfer::put_summary(&label, &report));
-    output::result(&format!("{}\n", report.ticket));
-    match min_copies {
-        Some(min) if report.copies < min => Err(Failure::TooFewCopies(format!(
-            "{} of the {min} copies --min-copies asks for were confirmed{}",
-            report.copies,
-            if args.bootstrap.is_empty() { NO_PEER } else { "" }
-        ))),
-        _ => Ok(()),
-    }
+    result
 }
-
-/// Said when a command that needs peers had none to ask.
-const NO_PEER: &str = ": no peer to ask (give --bootstrap ADDRESS, e.g. --bootstrap \
-                       /ip4/192.0.2.7/tcp/4000, or type the command at a running node's prompt)";
 
 async fn get(
     args: &NodeArgs,
@@ -567,25 +610,25 @@ async fn get(
     range: Option<crate::export::ByteRange>,
     cancel: crate::node::Cancel,
 ) -> Result<(), Failure> {
-    let out = match out {
-        Some(path) if path != std::path::Path::new("-") => Output::file(path, force)?,
-        Some(_) => Output::Stdout,
-        None => Output::stdout(force)?,
+    let (out, shown) = match out {
+        Some(path) if path != std::path::Path::new("-") => {
+            (Output::file(path.clone(), force)?, Some(path))
+        }
+        Some(_) => (Output::Stdout, None),
+        None => (Output::stdout(force)?, None),
     };
     let node = oneshot_node(args, true).await?;
-    let result = transfer::get(&node, ticket, &out, range, ctx.progress, Some(cancel)).await;
+    let get = (ticket, out, shown.as_deref());
+    let result =
+        commands::get(&node, &Console::default(), get, range, ctx.progress, Some(cancel)).await;
     let peers = node.net().connected_now();
     node.shutdown().await;
-    let report = match result {
+    match result {
         Err(Failure::Error(message)) if peers == 0 && message.starts_with("no provider") => {
-            return Err(Failure::Error(format!("{message}{NO_PEER}")));
+            Err(Failure::Error(format!("{message}{}", commands::NO_PEER)))
         }
-        result => result?,
-    };
-    if let Output::File(path) = &out {
-        output::status(&transfer::get_summary(path, &report));
+        result => result.map(drop),
     }
-    Ok(())
 }
 
 async fn id(args: &NodeArgs) -> Result<(), Failure> {

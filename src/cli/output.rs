@@ -45,6 +45,58 @@ pub fn result(text: &str) {
     let _ = out.flush();
 }
 
+/// Where a command's output goes: this process's stdout and stderr, or the
+/// client of the control socket that asked for the command
+/// ([`super::control`]), which prints it on its own.
+#[derive(Clone, Default)]
+pub struct Console {
+    remote: Option<tokio::sync::mpsc::UnboundedSender<Line>>,
+}
+
+/// A piece of output sent to a control client. Few per command (a line per
+/// copy at most): a get's bytes travel apart, with backpressure.
+#[derive(Debug)]
+pub enum Line {
+    Result(String),
+    Status(String),
+    Error(String),
+}
+
+impl Console {
+    /// Output to a control client: lines go to `tx`.
+    pub fn remote(tx: tokio::sync::mpsc::UnboundedSender<Line>) -> Console {
+        Console { remote: Some(tx) }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// [`result`] here or there.
+    pub fn result(&self, text: &str) {
+        match &self.remote {
+            Some(tx) => drop(tx.send(Line::Result(text.to_string()))),
+            None => result(text),
+        }
+    }
+
+    /// [`status`] here or there.
+    pub fn status(&self, message: &str) {
+        match &self.remote {
+            Some(tx) => drop(tx.send(Line::Status(message.to_string()))),
+            None => status(message),
+        }
+    }
+
+    /// [`print_error`] here or there.
+    pub fn error(&self, message: &str) {
+        match &self.remote {
+            Some(tx) => drop(tx.send(Line::Error(one_line(message)))),
+            None => print_error(message),
+        }
+    }
+}
+
 /// Shows the prompt on stderr. Until [`prompt_answered`], anything else
 /// written on stderr (a log line, a status) clears the prompt's line first
 /// and shows the prompt again after it, when stderr is a terminal.

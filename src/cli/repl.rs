@@ -18,7 +18,7 @@ use tokio::{
     sync::Notify,
 };
 
-use super::{Ctx, Failure, output, transfer};
+use super::{Ctx, Failure, commands, output, transfer};
 use crate::{
     export::ByteRange,
     node::{Cancel, Node},
@@ -168,6 +168,7 @@ async fn execute(
     cancel: &Cancel,
 ) -> Result<Flow, Failure> {
     let cancel = Some(cancel.clone());
+    let console = output::Console::default();
     let line = line.as_ref().map_err(|e| Failure::Error(e.clone()))?;
     let words = split_words(line).map_err(Failure::Error)?;
     let Some((command, args)) = words.split_first() else { return Ok(Flow::Continue) };
@@ -189,84 +190,45 @@ async fn execute(
         }
         ("put", [path]) => {
             let input = transfer::open_input(&PathBuf::from(path))?;
-            let label = input.label.clone();
-            let report = transfer::put(node, input, ctx.progress, cancel).await?;
-            output::status(&transfer::put_summary(&label, &report));
-            output::result(&format!("{}\n", report.ticket));
+            commands::put(node, &console, input, None, ctx.progress, cancel, None).await?;
         }
         ("get", [ticket] | [ticket, "-"] | [ticket, "--force"]) => {
             let force = args.len() == 2;
             let ticket = parse_ticket(ticket)?;
             let out = transfer::Output::stdout(force)?;
-            transfer::get(node, ticket, &out, range, ctx.progress, cancel).await?;
+            commands::get(node, &console, (ticket, out, None), range, ctx.progress, cancel).await?;
+            if range.is_some() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                // Ranged bytes on a terminal seldom end a line: the prompt
+                // starts on its own.
+                output::result("\n");
+            }
         }
         ("get", [ticket, out] | [ticket, out, "--force"] | [ticket, "--force", out]) => {
             let force = args.contains(&"--force");
             let ticket = parse_ticket(ticket)?;
-            let out = transfer::Output::file(PathBuf::from(out), force)?;
-            let report = transfer::get(node, ticket, &out, range, ctx.progress, cancel).await?;
-            if let transfer::Output::File(path) = &out {
-                output::status(&transfer::get_summary(path, &report));
-            }
+            let path = PathBuf::from(out);
+            let out = transfer::Output::file(path.clone(), force)?;
+            let get = (ticket, out, Some(path.as_path()));
+            commands::get(node, &console, get, range, ctx.progress, cancel).await?;
         }
-        ("delete" | "rm", [target]) => delete(node, target).await?,
-        ("ls", []) => output::result(&output::roots_table(&node.ls().await?)),
+        ("delete" | "rm", [target]) => {
+            commands::delete(node, &console, parse_target(target)?).await?
+        }
+        ("ls", []) => commands::ls(node, &console).await?,
         ("peers", []) => output::result(&output::peers_table(&node.peers().await)),
         ("providers", [target]) => {
-            let root = parse_target(target)?.root();
-            output::result(&output::providers_list(root, &node.providers(root).await?));
+            commands::providers(node, &console, parse_target(target)?).await?
         }
         ("status", [target]) => {
-            let health = node.status(parse_target(target)?).await;
-            output::result(&output::health_report(&health, node.peer_id()));
+            commands::status(node, &console, parse_target(target)?, None).await?;
         }
-        ("stat", []) => output::result(&output::stat_table(&node.stat().await?)),
-        ("gc", []) => output::status(&output::gc_summary(&node.gc().await?)),
+        ("stat", []) => commands::stat(node, &console).await?,
+        ("gc", []) => commands::gc(node, &console).await?,
         ("help" | "?", []) => output::result(HELP),
         ("quit" | "exit", []) => return Ok(Flow::Quit),
         (command, _) => return Err(usage(command)),
     }
     Ok(Flow::Continue)
-}
-
-async fn delete(node: &Node, target: &str) -> Result<(), Failure> {
-    let target = parse_target(target)?;
-    let root = target.root();
-    let report = node.delete(target).await?;
-    if report.not_owner {
-        output::status(&format!(
-            "deleted {root} here; this node is not its owner (it did not put it), so the copies \
-             elsewhere stay: only the owner can delete them"
-        ));
-        return Ok(());
-    }
-    if !report.local && report.remote_deleted.is_empty() && report.remote_refused.is_empty() {
-        return Err(Failure::Error(format!(
-            "nothing to delete: {root} is not stored here and no peer held a copy for this node"
-        )));
-    }
-    let mut line = if report.local {
-        format!("deleted {root} here")
-    } else {
-        format!("{root} was not stored here")
-    };
-    line.push_str(&format!("; {} peers deleted their copies", report.remote_deleted.len()));
-    output::status(&line);
-    match &report.record {
-        Ok(peers) => output::status(&format!(
-            "delete record published ({}): no repair brings a copy back",
-            output::plural(*peers as u64, "peer")
-        )),
-        Err(reason) => output::status(&format!(
-            "delete record not published ({}): copies on nodes offline now may be repaired \
-             until their lease ends",
-            output::one_line(reason)
-        )),
-    }
-    for (peer, reason) in &report.remote_refused {
-        output::status(&format!("peer {peer} kept its copy: {}", output::one_line(reason)));
-    }
-    Ok(())
 }
 
 fn parse_ticket(s: &str) -> Result<Ticket, Failure> {

@@ -55,6 +55,12 @@ pub fn open_input(path: &Path) -> Result<Input, Failure> {
 }
 
 impl Input {
+    /// A stream with no name or length (standard input elsewhere: a control
+    /// client's).
+    pub fn stream(reader: Box<dyn io::Read + Send>) -> Input {
+        Input { reader, name: None, total: None, label: "stdin".into() }
+    }
+
     /// Records `name` in the root instead of the file's own (standard
     /// input has none).
     pub fn named(mut self, name: Option<String>) -> Input {
@@ -70,6 +76,7 @@ impl Input {
 /// which waits on other nodes). `cancel` stops it.
 pub async fn put(
     node: &Node,
+    console: &output::Console,
     input: Input,
     progress: bool,
     cancel: Option<Cancel>,
@@ -82,10 +89,11 @@ pub async fn put(
         progress: bar.callback(),
         on_stored: Some(std::sync::Arc::new({
             let finish = bar.finisher();
+            let console = console.clone();
             move |size, copies| {
                 finish();
                 if copies > 0 {
-                    output::status(&format!(
+                    console.status(&format!(
                         "asking peers for {} {} ({} stored here)",
                         copies,
                         if copies == 1 { "copy" } else { "copies" },
@@ -94,13 +102,16 @@ pub async fn put(
                 }
             }
         })),
-        on_copy: Some(std::sync::Arc::new(move |peer, result| {
-            let took = started.elapsed().as_secs_f64();
-            let line = match result {
-                Ok(_) => format!("copy confirmed by {} ({took:.1} s)", short_peer(peer)),
-                Err(why) => format!("no copy on {}: {why}", short_peer(peer)),
-            };
-            output::status(&line);
+        on_copy: Some(std::sync::Arc::new({
+            let console = console.clone();
+            move |peer, result| {
+                let took = started.elapsed().as_secs_f64();
+                let line = match result {
+                    Ok(_) => format!("copy confirmed by {} ({took:.1} s)", short_peer(peer)),
+                    Err(why) => format!("no copy on {}: {why}", short_peer(peer)),
+                };
+                console.status(&line);
+            }
         })),
         cancel,
     };
@@ -150,6 +161,8 @@ fn short_peer(peer: &libp2p::PeerId) -> String {
 pub enum Output {
     Stdout,
     File(PathBuf),
+    /// A control client's standard output, through the socket.
+    Pipe(Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
 }
 
 impl Output {
@@ -220,7 +233,7 @@ impl Drop for PartFile {
 pub async fn get(
     node: &Node,
     ticket: Ticket,
-    out: &Output,
+    out: Output,
     range: Option<ByteRange>,
     progress: bool,
     cancel: Option<Cancel>,
@@ -241,15 +254,19 @@ pub async fn get(
             bar.finish();
             Ok(report)
         }
+        Output::Pipe(writer) => {
+            let options = GetOptions { cancel, range, ..Default::default() };
+            Ok(node.get_with(ticket, crate::export::Output::Async(writer), options).await?)
+        }
         Output::File(path) => {
             let shown = path.display().to_string();
             // The file written, and the part file to rename over `target`
             // once the get is complete (none when written in place).
-            let (file, part) = match Destination::of(path) {
+            let (file, part) = match Destination::of(&path) {
                 Destination::InPlace => {
                     let file = fs::OpenOptions::new()
                         .write(true)
-                        .open(path)
+                        .open(&path)
                         .map_err(|e| Failure::io(format!("cannot open {shown}"), &e))?;
                     (file, None)
                 }
@@ -266,7 +283,7 @@ pub async fn get(
             };
             let bar = output::Progress::new(progress, "get", &shown, None);
             let writer = Box::new(BufWriter::with_capacity(1 << 16, file));
-            let output_dir = Some(parent_dir(path).to_path_buf());
+            let output_dir = Some(parent_dir(&path).to_path_buf());
             let options = GetOptions {
                 progress: bar.callback(),
                 output_dir,
