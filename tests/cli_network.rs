@@ -551,6 +551,17 @@ fn one_shot_commands_run_through_the_node_running_on_their_data_dir() {
     let range = on(&["get", &ticket, "--range", "10-19"], b"");
     assert_eq!(range.stdout, &bytes[10..20]);
 
+    // Tickets are recoverable: listed, and a CID of a file the node put
+    // gets it.
+    let tickets = on(&["ls", "--tickets"], b"");
+    assert!(text(&tickets.stdout).contains(&format!("{ticket}  one.bin")), "{tickets:?}");
+    let root = ticket.parse::<dfs_p2p::Ticket>().unwrap().root.to_string();
+    let by_cid = on(&["get", &root], b"");
+    assert!(by_cid.status.success() && by_cid.stdout == bytes, "{}", text(&by_cid.stderr));
+    let unknown = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    let error = assert_one_line_error(&on(&["get", unknown], b""), 1, "get of an unknown CID");
+    assert!(error.contains("no key for"), "{error}");
+
     let stat = on(&["stat"], b"");
     assert!(text(&stat.stdout).contains(&format!("data dir     {}", dir.display())));
     let status = on(&["status", &ticket], b"");

@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 
-use crate::{
-    net::replicas::Accept,
-    ticket::{Ticket, TicketOrCid},
-};
+use crate::{net::replicas::Accept, ticket::TicketOrCid};
 
 /// The listen address a node uses when none is given.
 pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/0";
@@ -123,9 +120,10 @@ pub enum Command {
     },
     /// Fetch a file by its ticket and write it to OUT or to stdout.
     Get {
-        /// The ticket `put` printed.
-        #[arg(value_name = "TICKET")]
-        ticket: Ticket,
+        /// The ticket `put` printed, or the root CID of a file this node
+        /// put or fetched (it keeps the keys: `ls --tickets`).
+        #[arg(value_name = "TICKET|CID")]
+        ticket: TicketOrCid,
         /// Where to write the file (written whole or not at all); stdout if
         /// absent or `-` (if absent, not on a terminal without --force).
         #[arg(short, long, value_name = "OUT")]
@@ -153,7 +151,12 @@ pub enum Command {
         target: TicketOrCid,
     },
     /// List the files stored here (pinned and cached) with their sizes.
-    Ls,
+    Ls {
+        /// The ticket of each file instead: every file this node put or
+        /// fetched (a copy held for another node has no key here).
+        #[arg(long)]
+        tickets: bool,
+    },
     /// Show this node's peer id, addresses, peers and storage use.
     Stat,
     /// Delete a file here and, for its owner, the copies other nodes keep

@@ -53,11 +53,12 @@ pub async fn put(
 pub async fn get(
     node: &Node,
     console: &Console,
-    (ticket, out, shown): (Ticket, Output, Option<&std::path::Path>),
+    (target, out, shown): (TicketOrCid, Output, Option<&std::path::Path>),
     range: Option<ByteRange>,
     progress: bool,
     cancel: Option<Cancel>,
 ) -> Result<GetReport, Failure> {
+    let ticket = ticket(node, target).await?;
     let report = transfer::get(node, ticket, out, range, progress, cancel).await?;
     if let Some(path) = shown {
         console.status(&transfer::get_summary(path, &report));
@@ -90,9 +91,28 @@ pub async fn providers(node: &Node, console: &Console, target: TicketOrCid) -> R
     Ok(())
 }
 
-pub async fn ls(node: &Node, console: &Console) -> Result<(), Failure> {
-    console.result(&output::roots_table(&node.ls().await?));
+pub async fn ls(node: &Node, console: &Console, tickets: bool) -> Result<(), Failure> {
+    let roots = node.ls().await?;
+    console.result(&if tickets {
+        output::tickets_table(&roots)
+    } else {
+        output::roots_table(&roots)
+    });
     Ok(())
+}
+
+/// The ticket of `target`: itself, or rebuilt from the key this node kept
+/// of the root a CID names.
+pub async fn ticket(node: &Node, target: TicketOrCid) -> Result<Ticket, Failure> {
+    match target {
+        TicketOrCid::Ticket(ticket) => Ok(ticket),
+        TicketOrCid::Cid(root) => node.ticket_for(root).await?.ok_or_else(|| {
+            Failure::Error(format!(
+                "a CID is not a ticket, and this node has no key for {root}: give the file's \
+                 ticket (the node that put or fetched it lists it with `ls --tickets`)"
+            ))
+        }),
+    }
 }
 
 pub async fn stat(node: &Node, console: &Console) -> Result<(), Failure> {

@@ -316,7 +316,7 @@ async fn execute(
             commands::status(node, console, target, Some(commands::NODE_HAS_NO_PEER)).await
         }
         Command::Providers { target } => commands::providers(node, console, target).await,
-        Command::Ls => commands::ls(node, console).await,
+        Command::Ls { tickets } => commands::ls(node, console, tickets).await,
         Command::Stat => commands::stat(node, console).await,
         Command::Delete { target } => commands::delete(node, console, target).await,
         Command::Gc => commands::gc(node, console).await,

@@ -313,7 +313,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Command::Status { target } => status(args, target).await,
             Command::Providers { target } => providers(args, target).await,
-            Command::Ls => ls(args).await,
+            Command::Ls { tickets } => ls(args, tickets).await,
             Command::Stat => stat(args).await,
             Command::Delete { target } => delete(args, target).await,
             Command::Id => id(args).await,
@@ -556,13 +556,17 @@ async fn providers(args: &NodeArgs, target: crate::ticket::TicketOrCid) -> Resul
     result
 }
 
-async fn ls(args: &NodeArgs) -> Result<(), Failure> {
+async fn ls(args: &NodeArgs, tickets: bool) -> Result<(), Failure> {
     let dir = existing_data_dir(args)?;
     let roots = crate::store::run_blocking("listing the files", move || {
         Ok(crate::store::Store::open(dir, crate::store::StoreOptions::default())?.roots())
     })
     .await?;
-    output::result(&output::roots_table(&roots));
+    output::result(&if tickets {
+        output::tickets_table(&roots)
+    } else {
+        output::roots_table(&roots)
+    });
     Ok(())
 }
 
@@ -604,7 +608,7 @@ async fn put(
 async fn get(
     args: &NodeArgs,
     ctx: Ctx,
-    ticket: crate::Ticket,
+    ticket: crate::ticket::TicketOrCid,
     out: Option<PathBuf>,
     force: bool,
     range: Option<crate::export::ByteRange>,

@@ -181,6 +181,25 @@ pub fn roots_table(roots: &[RootInfo]) -> String {
     out
 }
 
+/// `ls --tickets`: each file's ticket and name; a copy held for another
+/// node (no key here) by its root.
+pub fn tickets_table(roots: &[RootInfo]) -> String {
+    if roots.is_empty() {
+        return "no files stored\n".into();
+    }
+    let rows: Vec<Vec<String>> = roots
+        .iter()
+        .map(|r| match r.file.as_ref().and_then(|f| f.key.map(|key| (f, key))) {
+            Some((file, key)) => vec![
+                crate::Ticket::new(r.root, key).to_string(),
+                file.name.clone().unwrap_or_else(|| "-".into()),
+            ],
+            None => vec![r.root.to_string(), "(no key here: held for another node)".into()],
+        })
+        .collect();
+    table(&["TICKET", "NAME"], &rows)
+}
+
 /// The `peers` table: each connected peer and its addresses, one a line.
 pub fn peers_table(peers: &[PeerInfo]) -> String {
     if peers.is_empty() {

@@ -22,7 +22,7 @@ use super::{Ctx, Failure, commands, output, transfer};
 use crate::{
     export::ByteRange,
     node::{Cancel, Node},
-    ticket::{Ticket, TicketOrCid},
+    ticket::TicketOrCid,
 };
 
 /// The prompt, on stderr.
@@ -43,12 +43,13 @@ pub enum End {
 pub const HELP: &str = "\
 commands:
   put <path>                  store a file; prints its ticket
-  get <ticket> [<out>] [--force] [--range A-B]
+  get <ticket-or-cid> [<out>] [--force] [--range A-B]
                               fetch a file into <out> (--force: replace an existing file), or print
                               it (`-`, or --force on a terminal);
                               --range: only bytes A to B (A-B, A- or -N, the last N)
   delete <ticket-or-cid>      delete a file here, and the copies this node asked peers to keep
-  ls                          files stored here (pinned and cached) with their sizes
+  ls [--tickets]              files stored here (pinned and cached) with their sizes
+                              (--tickets: the ticket of each file this node put or fetched)
   peers                       connected peers and their addresses
   providers <cid-or-ticket>   peers that hold a file
   status <ticket-or-cid>      copies of a file that answer now, the copies wanted, the last repair
@@ -194,7 +195,7 @@ async fn execute(
         }
         ("get", [ticket] | [ticket, "-"] | [ticket, "--force"]) => {
             let force = args.len() == 2;
-            let ticket = parse_ticket(ticket)?;
+            let ticket = parse_target(ticket)?;
             let out = transfer::Output::stdout(force)?;
             commands::get(node, &console, (ticket, out, None), range, ctx.progress, cancel).await?;
             if range.is_some() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -205,7 +206,7 @@ async fn execute(
         }
         ("get", [ticket, out] | [ticket, out, "--force"] | [ticket, "--force", out]) => {
             let force = args.contains(&"--force");
-            let ticket = parse_ticket(ticket)?;
+            let ticket = parse_target(ticket)?;
             let path = PathBuf::from(out);
             let out = transfer::Output::file(path.clone(), force)?;
             let get = (ticket, out, Some(path.as_path()));
@@ -214,7 +215,8 @@ async fn execute(
         ("delete" | "rm", [target]) => {
             commands::delete(node, &console, parse_target(target)?).await?
         }
-        ("ls", []) => commands::ls(node, &console).await?,
+        ("ls", []) => commands::ls(node, &console, false).await?,
+        ("ls", ["--tickets"]) => commands::ls(node, &console, true).await?,
         ("peers", []) => output::result(&output::peers_table(&node.peers().await)),
         ("providers", [target]) => {
             commands::providers(node, &console, parse_target(target)?).await?
@@ -231,10 +233,6 @@ async fn execute(
     Ok(Flow::Continue)
 }
 
-fn parse_ticket(s: &str) -> Result<Ticket, Failure> {
-    s.parse().map_err(|e: crate::ParseError| Failure::Error(e.to_string()))
-}
-
 fn parse_target(s: &str) -> Result<TicketOrCid, Failure> {
     s.parse().map_err(|e: crate::ParseError| Failure::Error(e.to_string()))
 }
@@ -243,11 +241,12 @@ fn parse_target(s: &str) -> Result<TicketOrCid, Failure> {
 fn usage(command: &str) -> Failure {
     let form = match command {
         "put" => "put <path>",
-        "get" => "get <ticket> [<out>] [--force] [--range A-B]",
+        "get" => "get <ticket-or-cid> [<out>] [--force] [--range A-B]",
+        "ls" => "ls [--tickets]",
         "delete" | "rm" => "delete <ticket-or-cid>",
         "providers" => "providers <cid-or-ticket>",
         "status" => "status <ticket-or-cid>",
-        "ls" | "peers" | "stat" | "help" | "?" | "quit" | "exit" => {
+        "peers" | "stat" | "help" | "?" | "quit" | "exit" => {
             return Failure::Error(format!("`{command}` takes no arguments"));
         }
         _ => {

@@ -144,6 +144,10 @@ impl Node {
                 source.commit()?;
                 let (size, meta) = exported?;
                 let fetched = source.fetched();
+                // The file's name, size and key, for `ls` and for its
+                // ticket later (a replica's holder that reads the file
+                // learns them too).
+                let file = FileInfo { size: meta.size, name: meta.name, key: Some(ticket.key) };
                 if range.is_some() && !(fetched == 0 && complete) {
                     // Part of the file: cached as such (evicted like any
                     // cached root), so that a later get needs only the rest.
@@ -151,6 +155,7 @@ impl Node {
                     if !complete {
                         store.cache_partial(&root, store.present_size(&root))?;
                     }
+                    store.describe(&root, file);
                     source.finish()?;
                     let evicted = store.enforce_cache_limit()?;
                     return Ok((size, fetched, evicted));
@@ -158,11 +163,12 @@ impl Node {
                 if fetched == 0 && complete {
                     source.finish()?;
                     store.touch(&root);
+                    store.describe(&root, file);
                     return Ok((size, 0, Vec::new()));
                 }
                 // The writer's guard still covers every block while we pin.
                 store.pin(&root, PinKind::Cached, None)?;
-                store.describe(&root, FileInfo { size: meta.size, name: meta.name });
+                store.describe(&root, file);
                 source.finish()?;
                 let evicted = store.enforce_cache_limit()?;
                 Ok((size, fetched, evicted))

@@ -72,6 +72,14 @@ impl Node {
         Ok(self.inner.store.run(|store| Ok(store.roots())).await?)
     }
 
+    /// The ticket of `root`, if this node knows its key (it put or fetched
+    /// the file).
+    pub async fn ticket_for(&self, root: Cid) -> Result<Option<crate::Ticket>, NodeError> {
+        let info = self.inner.store.run(move |store| Ok(store.root_info(&root))).await?;
+        let key = info.and_then(|info| info.file.and_then(|f| f.key));
+        Ok(key.map(|key| crate::Ticket::new(root, key)))
+    }
+
     /// The peers connected right now.
     pub async fn peers(&self) -> Vec<PeerInfo> {
         self.inner

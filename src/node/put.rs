@@ -52,7 +52,8 @@ impl Node {
         let imported = store::run_blocking("the import", move || {
             let progress = progress.as_deref().map(|p| p as &(dyn Fn(u64, Option<u64>) + Sync));
             let imported = import::import(&store, reader, &options, progress)?;
-            let file = FileInfo { size: imported.size, name: options.name.clone() };
+            let key = Some(imported.ticket.key);
+            let file = FileInfo { size: imported.size, name: options.name.clone(), key };
             store.describe(&imported.ticket.root, file);
             store.set_replicas(&imported.ticket.root, wanted)?;
             let (_, bytes) = store.dag_stats(&imported.ticket.root)?;

@@ -114,6 +114,29 @@ impl RootInfo {
 pub struct FileInfo {
     pub size: u64,
     pub name: Option<String>,
+    /// The root's key, so that this node can give the file's ticket again
+    /// (`ls --tickets`, `get <cid>`). In hex in the index, which is as
+    /// private as the convergence secret beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_key")]
+    pub key: Option<[u8; 32]>,
+}
+
+/// A root's key in hex.
+mod hex_key {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(key: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match key {
+            Some(key) => s.serialize_str(&data_encoding::HEXLOWER.encode(key)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else { return Ok(None) };
+        let bytes = data_encoding::HEXLOWER.decode(text.as_bytes()).map_err(D::Error::custom)?;
+        bytes.try_into().map(Some).map_err(|_| D::Error::custom("a key is 32 bytes"))
+    }
 }
 
 /// A root as the index files store it.
