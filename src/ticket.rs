@@ -138,7 +138,14 @@ impl FromStr for TicketOrCid {
         if strip_prefix(s).is_some() {
             s.parse().map(TicketOrCid::Ticket)
         } else {
-            block::parse_cid(s).map(TicketOrCid::Cid)
+            block::parse_cid(s).map(TicketOrCid::Cid).map_err(|e| match e {
+                // Neither: most likely a ticket cut at its start.
+                ParseError::Cid { input, .. } => ParseError::TicketEncoding(format!(
+                    "`{input}` is neither a ticket (they start with `{TICKET_PREFIX}`) nor a \
+                     root CID (bafy...)"
+                )),
+                e => e,
+            })
         }
     }
 }

@@ -180,7 +180,7 @@ fn one_shot_bad_input_fails_with_one_clear_line() {
         (vec!["frobnicate"], 2, "frobnicate"),
         (vec!["put"], 2, "<FILE|->"),
         (vec!["putt", "x"], 2, "'put'"),
-        (vec!["get"], 2, "<TICKET>"),
+        (vec!["get"], 2, "<TICKET|CID>"),
         (vec!["put", missing.to_str().unwrap(), "--data-dir", d], 1, "no such file"),
         (vec!["put", t, "--data-dir", d], 1, "directory"),
         (vec!["get", "not-a-ticket", "--data-dir", d], 2, "malformed ticket"),

@@ -237,6 +237,8 @@ fn status(ticket: &str, bootstrap: &str, dir: &Path) -> (usize, String, Vec<Stri
     let stdout = text(&out.stdout);
     let copies = stdout.lines().find_map(|l| l.strip_prefix("copies: ")).expect("a copies line");
     let (count, target) = copies.split_once(" of ").expect("N of M");
+    // "3", "unknown (...)", or "3 (1 extra: ...)".
+    let target = target.split(' ').next().unwrap();
     let holders = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("holder: "))

@@ -392,9 +392,25 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
         }
     };
     output::status(&format!("peer id: {}", node.peer_id()));
+    let mut shown = std::collections::HashSet::new();
     for addr in node.listen_addrs().await {
         output::status(&format!("listening on {addr}"));
+        shown.insert(addr);
     }
+    // A listener on 0.0.0.0 learns its interfaces' addresses one by one:
+    // the ones that come after the first are said as they come (a
+    // container's reachable address may follow its loopback one).
+    let mut addrs = node.net().listen_addrs_watch();
+    tokio::spawn(async move {
+        while addrs.changed().await.is_ok() {
+            let new: Vec<_> =
+                addrs.borrow_and_update().iter().filter(|a| !shown.contains(*a)).cloned().collect();
+            for addr in new {
+                output::status(&format!("listening on {addr}"));
+                shown.insert(addr);
+            }
+        }
+    });
     if let Some(addr) = args.http {
         let listener = match crate::gateway::bind(addr).await {
             Ok(listener) => listener,
@@ -420,6 +436,15 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
         output::status("type `help` for the commands, `quit` or Ctrl-C to stop");
     }
 
+    if interactive && let Ok(mut resized) = signal(SignalKind::window_change()) {
+        // `docker attach` resizes the terminal it attaches: the prompt
+        // shown before is drawn again there.
+        tokio::spawn(async move {
+            while resized.recv().await.is_some() {
+                output::redraw_prompt();
+            }
+        });
+    }
     let interrupts = repl::Interrupts::default();
     let mut prompt = tokio::spawn(repl::run(node.clone(), ctx, interactive, interrupts.clone()));
     enum Stop {

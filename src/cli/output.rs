@@ -108,6 +108,18 @@ pub fn prompt(text: &'static str) {
     }
 }
 
+/// Shows the prompt again if it waits for a line: a terminal that was
+/// just attached (`docker attach` resizes it) shows what comes after.
+pub fn redraw_prompt() {
+    let prompt = PROMPT_SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(text) = *prompt {
+        let mut err = io::stderr().lock();
+        let _ = err.write_all(b"\r\x1b[2K");
+        let _ = err.write_all(text.as_bytes());
+        let _ = err.flush();
+    }
+}
+
 /// The prompt's line was entered: output no longer shares its line.
 pub fn prompt_answered() {
     *PROMPT_SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -356,6 +368,20 @@ impl Progress {
         }))
     }
 
+    /// Changes what the bar says.
+    pub fn set_message(&self, message: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(message);
+        }
+    }
+
+    /// Removes the bar from the screen.
+    pub fn clear(self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
     /// Leaves the finished bar on screen.
     pub fn finish(self) {
         finish_bar(self.bar.as_ref());
@@ -445,7 +471,14 @@ pub fn health_report(health: &crate::net::repair::Health, local: libp2p::PeerId)
         0 => "unknown (no holder answered)".to_string(),
         n => n.to_string(),
     };
-    out.push_str(&format!("copies: {} of {target}\n", health.holders.len()));
+    let extra = match health.target {
+        0 => 0,
+        n => health.holders.len().saturating_sub(usize::from(n)),
+    };
+    // More than wanted: a holder that was away came back after a repair
+    // replaced its copy. Harmless; said so rather than left to puzzle.
+    let extra = if extra > 0 { format!(" ({extra} extra: a holder came back)") } else { "".into() };
+    out.push_str(&format!("copies: {} of {target}{extra}\n", health.holders.len()));
     for peer in &health.holders {
         let mark = if *peer == local { " (this node)" } else { "" };
         out.push_str(&format!("holder: {peer}{mark}\n"));

@@ -83,6 +83,10 @@ pub async fn put(
 ) -> Result<PutReport, Failure> {
     let bar = output::Progress::new(progress, "put", &input.label, input.total);
     let started = std::time::Instant::now();
+    // While peers make their copies (a large file takes them a while): a
+    // spinner with the count confirmed so far.
+    let copying: std::sync::Arc<std::sync::Mutex<Option<(output::Progress, usize, usize)>>> =
+        Default::default();
     let options = PutOptions {
         name: input.name,
         total: input.total,
@@ -90,6 +94,7 @@ pub async fn put(
         on_stored: Some(std::sync::Arc::new({
             let finish = bar.finisher();
             let console = console.clone();
+            let copying = copying.clone();
             move |size, copies| {
                 finish();
                 if copies > 0 {
@@ -99,12 +104,22 @@ pub async fn put(
                         if copies == 1 { "copy" } else { "copies" },
                         output::size(size),
                     ));
+                    let spinner = output::Progress::new(progress, "making copies:", "", None);
+                    spinner.set_message(format!("making copies: 0 of {copies} confirmed"));
+                    *copying.lock().unwrap_or_else(|e| e.into_inner()) = Some((spinner, 0, copies));
                 }
             }
         })),
         on_copy: Some(std::sync::Arc::new({
             let console = console.clone();
+            let copying = copying.clone();
             move |peer, result| {
+                if let Some((spinner, done, wanted)) =
+                    copying.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+                {
+                    *done += usize::from(result.is_ok());
+                    spinner.set_message(format!("making copies: {done} of {wanted} confirmed"));
+                }
                 let took = started.elapsed().as_secs_f64();
                 let line = match result {
                     Ok(_) => format!("copy confirmed by {} ({took:.1} s)", short_peer(peer)),
@@ -116,6 +131,9 @@ pub async fn put(
         cancel,
     };
     let report = node.put_with(input.reader, options).await;
+    if let Some((spinner, ..)) = copying.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        spinner.clear();
+    }
     bar.finish();
     Ok(report?)
 }

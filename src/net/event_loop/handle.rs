@@ -299,6 +299,12 @@ impl NetHandle {
         }
     }
 
+    /// The listen addresses as they change (an address per interface, each
+    /// as the listener learns it).
+    pub fn listen_addrs_watch(&self) -> tokio::sync::watch::Receiver<Vec<Multiaddr>> {
+        self.listen_addrs.clone()
+    }
+
     /// Running totals of the node's network work since it started.
     pub fn counters(&self) -> &Counters {
         &self.counters
