@@ -160,6 +160,9 @@ fn a_get_whose_reader_goes_away_stops_quietly() {
     );
 }
 
+/// A root CID no node here holds.
+const UNKNOWN_CID: &str = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+
 #[test]
 fn one_shot_bad_input_fails_with_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
@@ -193,6 +196,10 @@ fn one_shot_bad_input_fails_with_one_clear_line() {
         (vec!["--replicas", "zero", "--data-dir", d], 2, "--replicas"),
         (vec!["--cache-size", "big", "--data-dir", d], 2, "--cache-size"),
         (vec!["gc", "--data-dir", fresh], 1, "holds no dfs-p2p node"),
+        (vec!["ls", "--data-dir", fresh], 1, "holds no dfs-p2p node"),
+        (vec!["stat", "--data-dir", fresh], 1, "holds no dfs-p2p node"),
+        (vec!["status", UNKNOWN_CID, "--data-dir", fresh], 1, "no peer to ask"),
+        (vec!["put", "x", "--http", "127.0.0.1:8080"], 2, "--http serves a running node's"),
         (vec!["--bootstrap", "127.0.0.1:7001", "put", "-"], 2, "/ip4/127.0.0.1/tcp/7001"),
         // One character too many: said as such.
         (vec!["get", &long_ticket, "--data-dir", d], 2, "1 character more than a ticket has"),
@@ -210,7 +217,7 @@ fn one_shot_bad_input_fails_with_one_clear_line() {
         assert!(line.contains(needle), "{args:?}: {line}");
         assert!(!line.contains("Os {") && !line.contains("kind:"), "Debug form: {line}");
     }
-    // `gc` made no node where there was none.
+    // `gc`, `ls`, `stat` and `status` made no node where there was none.
     assert!(!std::path::Path::new(fresh).exists());
     // A ticket typed in capitals reads the same.
     let out = run(&["get", &foreign.to_uppercase(), "--data-dir", other.to_str().unwrap()], b"");

@@ -192,6 +192,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
             output::print_error(&missing_subcommand(&rendered));
         }
+        ErrorKind::UnknownArgument
+            if matches!(
+                e.get(clap::error::ContextKind::InvalidArg),
+                Some(clap::error::ContextValue::String(arg))
+                    if arg == "--http" || arg == "--http-upload"
+            ) =>
+        {
+            output::print_error(
+                "--http serves a running node's HTTP gateway: give it to the node (dfs-p2p \
+                 --http 127.0.0.1:8080 ...), not to a one-shot command",
+            );
+        }
         _ => {
             // "error: <message>" possibly continued on indented lines, then
             // a blank line, the usage and tips.
@@ -535,18 +547,27 @@ async fn join_bootstrap(args: &NodeArgs, node: Node, need_peers: bool) -> Result
 /// it is free, else (a node runs on it) on a temporary one, removed after
 /// (returned with the node).
 async fn query_node(args: &NodeArgs) -> Result<(Node, Option<PathBuf>), Failure> {
-    let mut config = node_config(args, false)?;
-    let (node, temporary) = match Node::start(config.clone()).await {
-        Err(crate::node::NodeError::Store(crate::Error::InUse { .. })) => {
-            let dir = std::env::temp_dir().join(format!(
-                "dfs-p2p-query-{}-{:x}",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            config.data_dir = dir.clone();
-            (Node::start(config).await?, Some(dir))
+    let config = node_config(args, false)?;
+    // A directory with no node in it stays so, and one a node holds is
+    // that node's: the query then runs on a temporary directory.
+    let temporary = |mut config: NodeConfig| async move {
+        let dir = std::env::temp_dir().join(format!(
+            "dfs-p2p-query-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        config.data_dir = dir.clone();
+        Ok::<_, Failure>((Node::start(config).await?, Some(dir)))
+    };
+    let (node, temporary) = if !config.data_dir.join("identity.key").is_file() {
+        temporary(config).await?
+    } else {
+        match Node::start(config.clone()).await {
+            Err(crate::node::NodeError::Store(crate::Error::InUse { .. })) => {
+                temporary(config).await?
+            }
+            started => (started?, None),
         }
-        started => (started?, None),
     };
     match join_bootstrap(args, node, false).await {
         Ok(node) => Ok((node, temporary)),
