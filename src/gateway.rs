@@ -21,12 +21,10 @@
 use std::{
     io,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll},
 };
 
 use axum::{
@@ -39,15 +37,11 @@ use axum::{
 };
 use futures::StreamExt;
 use headers::{ETag, HeaderMapExt, IfNoneMatch};
-use tokio::{
-    io::AsyncWrite,
-    sync::{Semaphore, mpsc},
-};
-use tokio_util::sync::PollSender;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
     Ticket,
-    export::{ByteRange, Output},
+    export::{ByteRange, ChannelWriter, Output},
     node::{GetOptions, Node, NodeError, PutOptions},
 };
 
@@ -270,7 +264,7 @@ fn stream_file(
     };
     let root = ticket.root;
     tokio::spawn(async move {
-        let out = Output::Async(Box::new(ChannelWriter { tx: PollSender::new(tx) }));
+        let out = Output::Async(Box::new(ChannelWriter::new(tx, Ok, usize::MAX)));
         if let Err(e) = node.get_with(ticket, out, options).await {
             tracing::debug!("HTTP read of {root} ended: {e}");
             let _ = failed.send(Err(io::Error::other(e.to_string()))).await;
@@ -292,33 +286,6 @@ fn stream_file(
         Some((next, r))
     });
     Body::from_stream(stream)
-}
-
-/// Hands what a read writes to the body's channel, on the runtime: a slow
-/// client holds its read's leaves, not a thread.
-struct ChannelWriter {
-    tx: PollSender<io::Result<Bytes>>,
-}
-
-impl AsyncWrite for ChannelWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let gone = |_| io::Error::new(io::ErrorKind::BrokenPipe, "the HTTP client went away");
-        std::task::ready!(self.tx.poll_reserve(cx)).map_err(gone)?;
-        self.tx.send_item(Ok(Bytes::copy_from_slice(buf))).map_err(gone)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[derive(serde::Deserialize)]

@@ -27,9 +27,7 @@ use std::{
     io,
     os::unix::{ffi::OsStringExt, fs::PermissionsExt},
     path::{Path, PathBuf},
-    pin::Pin,
     sync::{Arc, atomic::Ordering},
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -43,7 +41,6 @@ use tokio::{
 use tokio_util::{
     bytes::{BufMut, Bytes, BytesMut},
     codec::{Framed, LengthDelimitedCodec},
-    sync::PollSender,
 };
 
 use super::{
@@ -63,6 +60,8 @@ pub const MAX_FRAME: usize = 1 << 20;
 const MAX_CLIENTS: usize = 16;
 /// How long a client has to send its request.
 const REQUEST_WAIT: Duration = Duration::from_secs(10);
+/// How long the end of a command's output may wait for its client.
+const TAIL_WAIT: Duration = Duration::from_secs(30);
 /// A get's bytes waiting for the client, in frames.
 const OUT_QUEUE: usize = 8;
 
@@ -192,7 +191,9 @@ async fn serve_client(node: &Node, mut framed: Framed<UnixStream, LengthDelimite
     let (out_tx, mut out) = mpsc::channel::<Bytes>(OUT_QUEUE);
     let (input_tx, input) = mpsc::channel::<io::Result<Bytes>>(4);
     let cancel = Cancel::default();
-    let streams = Streams { input, out: Box::new(Pipe { tx: PollSender::new(out_tx) }) };
+    // Frames stay under the limit, their kind byte included.
+    let pipe = crate::export::ChannelWriter::new(out_tx, |bytes| bytes, MAX_FRAME - 1);
+    let streams = Streams { input, out: Box::new(pipe) };
     let work = execute(node, &console, command, &cwd, streams, cancel.clone());
     tokio::pin!(work);
     let (mut sink, mut from_client) = framed.split();
@@ -247,18 +248,22 @@ async fn serve_client(node: &Node, mut framed: Framed<UnixStream, LengthDelimite
         return;
     }
     let result = if cancelled_at.is_some() { Err(Failure::Interrupted) } else { result };
-    // What the command wrote before it ended, then how it ended.
-    while let Ok(bytes) = out.try_recv() {
-        let _ = sink.send(frame(OUT, &bytes)).await;
-    }
-    while let Ok(line) = lines.try_recv() {
-        let _ = sink.send(line_frame(line)).await;
-    }
-    if let Err(e @ (Failure::Error(_) | Failure::TooFewCopies(_))) = &result {
-        let _ = sink.send(frame(ERROR, output::one_line(&e.to_string()).as_bytes())).await;
-    }
-    let _ = sink.send(frame(EXIT, &[exit_code(&result)])).await;
-    let _ = sink.close().await;
+    // What the command wrote before it ended, then how it ended; a client
+    // that stopped reading does not keep its place for long.
+    let tail = async {
+        while let Ok(bytes) = out.try_recv() {
+            sink.send(frame(OUT, &bytes)).await?;
+        }
+        while let Ok(line) = lines.try_recv() {
+            sink.send(line_frame(line)).await?;
+        }
+        if let Err(e @ (Failure::Error(_) | Failure::TooFewCopies(_))) = &result {
+            sink.send(frame(ERROR, output::one_line(&e.to_string()).as_bytes())).await?;
+        }
+        sink.send(frame(EXIT, &[exit_code(&result)])).await?;
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(TAIL_WAIT, tail).await;
 }
 
 fn line_frame(line: Line) -> Bytes {
@@ -329,35 +334,6 @@ async fn execute(
         )),
         #[cfg(feature = "bench")]
         Command::Bench(_) => Err(Failure::Error("bench runs its own nodes".into())),
-    }
-}
-
-/// Hands a get's bytes to the connection, on the runtime: a slow client
-/// holds its get's leaves, not a thread.
-struct Pipe {
-    tx: PollSender<Bytes>,
-}
-
-impl AsyncWrite for Pipe {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let gone = |_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away");
-        std::task::ready!(self.tx.poll_reserve(cx)).map_err(gone)?;
-        // Frames stay under the limit, their kind byte included.
-        let n = buf.len().min(MAX_FRAME - 1);
-        self.tx.send_item(Bytes::copy_from_slice(&buf[..n])).map_err(gone)?;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
 

@@ -24,7 +24,7 @@ mod stream;
 mod walk;
 
 pub use self::{
-    stream::{LeafSource, Output, StreamOptions, open_root_async, stream},
+    stream::{ChannelWriter, LeafSource, Output, StreamOptions, open_root_async, stream},
     walk::{Leaf, Step, Walker, open_leaf, open_node},
 };
 use crate::{

@@ -34,6 +34,51 @@ pub trait LeafSource: Sync {
     fn leaf(&self, leaf: Leaf) -> impl Future<Output = Result<BlockBuf>> + Send;
 }
 
+/// An [`Output::Async`] that hands what is written to a bounded channel,
+/// as `wrap(bytes)` in pieces of at most `max` bytes, on the runtime: a
+/// slow reader at the other end (an HTTP client, a control client) holds
+/// its get's leaves, not a thread. A closed channel is a broken pipe.
+pub struct ChannelWriter<T: Send + 'static> {
+    tx: tokio_util::sync::PollSender<T>,
+    wrap: fn(tokio_util::bytes::Bytes) -> T,
+    max: usize,
+}
+
+impl<T: Send + 'static> ChannelWriter<T> {
+    pub fn new(tx: mpsc::Sender<T>, wrap: fn(tokio_util::bytes::Bytes) -> T, max: usize) -> Self {
+        ChannelWriter { tx: tokio_util::sync::PollSender::new(tx), wrap, max: max.max(1) }
+    }
+}
+
+impl<T: Send + 'static> AsyncWrite for ChannelWriter<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let gone = |_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader went away");
+        std::task::ready!(self.tx.poll_reserve(cx)).map_err(gone)?;
+        let n = buf.len().min(self.max);
+        let item = (self.wrap)(tokio_util::bytes::Bytes::copy_from_slice(&buf[..n]));
+        self.tx.send_item(item).map_err(gone)?;
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// Leaves handed to the writer and not written yet (beyond the window).
 const WRITE_QUEUE: usize = 2;
 /// Leaves a blocking output writes in one job, when that many are ready.
