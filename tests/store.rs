@@ -752,6 +752,18 @@ impl Read for Gated {
 /// meanwhile (which must finish while the put waits), lets the put finish,
 /// and returns the collection's figures and the put's ticket.
 fn gc_during_a_put(store: &Store, bytes: &[u8]) -> (dfs_p2p::store::GcStats, Ticket) {
+    // Some of what the put wrote is in place (its first synced batch), or
+    // some earlier block is.
+    gc_during_a_put_once(store, bytes, || !block_files(store.dir()).is_empty())
+}
+
+/// [`gc_during_a_put`], collecting once the stopped put has done what
+/// `ready` waits for.
+fn gc_during_a_put_once(
+    store: &Store,
+    bytes: &[u8],
+    ready: impl Fn() -> bool + Sync,
+) -> (dfs_p2p::store::GcStats, Ticket) {
     let (reached_tx, reached_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel();
     let reader = Gated { data: bytes.to_vec(), pos: 0, reached: Some(reached_tx), go: go_rx };
@@ -759,12 +771,10 @@ fn gc_during_a_put(store: &Store, bytes: &[u8]) -> (dfs_p2p::store::GcStats, Tic
         let putter = s.spawn(move || import(store, reader, &opts(), None));
         reached_rx.recv().unwrap();
         let collect = || {
-            // Some of what the put wrote is in place (its first synced
-            // batch), or some earlier block is.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while block_files(store.dir()).is_empty() {
+            while !ready() {
                 if std::time::Instant::now() > deadline {
-                    return Err("no block was placed");
+                    return Err("the put did not get ready for the collection");
                 }
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
@@ -827,10 +837,23 @@ fn gc_keeps_the_stored_blocks_a_running_put_reuses() {
     for (cid, block) in &orphans {
         store.put(cid, block).unwrap();
     }
+    // A claim touches a block file: its change time moves. The file
+    // system's clock first moves past the orphans' writes, so that it
+    // shows.
+    use std::os::unix::fs::MetadataExt;
+    let ctime = |p: &Path| fs::metadata(p).map(|m| (m.ctime(), m.ctime_nsec())).ok();
+    let written: Vec<_> = block_files(dir.path()).into_iter().map(|p| (ctime(&p), p)).collect();
+    let newest = written.iter().filter_map(|(c, _)| *c).max().unwrap();
+    let probe = dir.path().join("clock-probe");
+    while ctime(&probe).is_none_or(|c| c <= newest) {
+        fs::write(&probe, b"").unwrap();
+    }
     // The put finds the first half already stored and claims it; the
-    // collection then removes the orphans the put has not reached (and the
-    // put writes them again), never one it relies on.
-    let (stats, ticket) = gc_during_a_put(&store, &bytes);
+    // collection (once the put has claimed some) then removes the orphans
+    // the put has not reached (and the put writes them again), never one
+    // it relies on.
+    let claimed = || written.iter().any(|(c, p)| ctime(p) != *c);
+    let (stats, ticket) = gc_during_a_put_once(&store, &bytes, claimed);
     assert!(stats.removed_blocks > 0, "unclaimed orphans are collected: {stats:?}");
     assert!(stats.kept_recent > 0, "claimed ones are kept: {stats:?}");
     assert_eq!(get(&store, &ticket, None).unwrap(), bytes);

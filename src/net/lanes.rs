@@ -226,8 +226,14 @@ impl Lanes {
                 let (reply, answer) = oneshot::channel();
                 if lane.send((cid, reply)).await.is_ok() {
                     match answer.await {
-                        Ok(Err(LaneError::Dropped | LaneError::Failed(_))) | Err(_)
-                            if attempt < LANE_ATTEMPTS => {}
+                        Ok(Err(LaneError::Failed(_))) if attempt < LANE_ATTEMPTS => {
+                            // Its connection is gone, and so are the other
+                            // lanes on it: open new ones (on the peer's
+                            // live connection) rather than try each dead
+                            // one in turn.
+                            self.slots.lock().expect("lanes lock").remove(&peer);
+                        }
+                        Ok(Err(LaneError::Dropped)) | Err(_) if attempt < LANE_ATTEMPTS => {}
                         Ok(answer) => return answer,
                         Err(_) => return Err(LaneError::Failed("lane closed".into())),
                     }

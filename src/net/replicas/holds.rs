@@ -92,9 +92,12 @@ pub async fn rpc_delete(net: &NetHandle, peer: PeerId, root: Cid) -> Result<(), 
 
 impl ReplicaService {
     /// Answers a `Delete` from `peer`: drops `peer`'s pin on a replica, and
-    /// the replica with it once no other owner holds it. This node's own
-    /// content and its cache are never deleted.
+    /// the replica with it once no other owner holds it; stops a pull that
+    /// runs for `peer` (a put cancelled while its copies were made). This
+    /// node's own content and its cache are never deleted.
     pub async fn handle_delete(self, peer: PeerId, root: Cid, channel: ResponseChannel<Response>) {
+        // A copy being made for `peer` is withdrawn before it is pinned.
+        let withdrawn = self.withdraw_pull(root, peer).await;
         let decided = self.store.run(move |store| {
             let refused = |message: String| Err(Response::error(ErrorCode::Refused, message));
             Ok(match store.root_info(&root) {
@@ -126,6 +129,10 @@ impl ReplicaService {
                 } else {
                     tracing::info!("dropped {peer}'s pin on {root}; others still hold it");
                 }
+                Response::Deleted
+            }
+            Ok(Err(_)) if withdrawn => {
+                tracing::info!("stopped the pull of {root} at its owner's request");
                 Response::Deleted
             }
             Ok(Err(refusal)) => {

@@ -64,12 +64,47 @@ pub(super) struct Replications {
     per_peer: HashMap<PeerId, usize>,
     /// Bytes reserved for pulls under way.
     reserved: u64,
+    /// When each owner last sent `Delete` for a root (Unix seconds): a
+    /// `Replicate` of that owner's arriving after it with a lease issued
+    /// before it (a cancelled put's request, late) is refused. At most
+    /// [`DELETES_KEPT_PER_PEER`] per owner, for [`DELETES_KEPT_FOR`].
+    deleted: HashMap<PeerId, Vec<(Cid, u64)>>,
+}
+
+/// Deletes remembered per owner (see `Replications::deleted`), and for how
+/// long (seconds).
+const DELETES_KEPT_PER_PEER: usize = 64;
+const DELETES_KEPT_FOR: u64 = 600;
+
+impl Replications {
+    fn note_delete(&mut self, owner: PeerId, root: Cid, now: u64) {
+        self.deleted.retain(|_, roots| {
+            roots.retain(|(_, at)| at + DELETES_KEPT_FOR > now);
+            !roots.is_empty()
+        });
+        let roots = self.deleted.entry(owner).or_default();
+        roots.retain(|(r, _)| *r != root);
+        if roots.len() >= DELETES_KEPT_PER_PEER {
+            roots.remove(0);
+        }
+        roots.push((root, now));
+    }
+
+    /// Whether `owner` deleted `root` after issuing a lease at `issued`.
+    fn deleted_since(&self, owner: &PeerId, root: &Cid, issued: u64) -> bool {
+        let roots = self.deleted.get(owner).map(Vec::as_slice).unwrap_or_default();
+        roots.iter().any(|(r, at)| r == root && *at >= issued)
+    }
 }
 
 /// The requests waiting for one pull.
 struct Pull {
     /// The request that started it; its lease is pinned by the pull.
     first: ResponseChannel<Response>,
+    /// The owner that request's lease names, and what stops the pull:
+    /// that owner's `Delete` while it runs withdraws the copy.
+    owner: PeerId,
+    cancel: Arc<AtomicBool>,
     /// Requests that came while it ran (at most [`MAX_JOINED_PER_PULL`]);
     /// each lease is pinned when the pull succeeds.
     joined: Vec<Joined>,
@@ -165,11 +200,18 @@ impl ReplicaService {
         channel: ResponseChannel<Response>,
     ) {
         let root = offer.root;
+        let cancel = Arc::new(AtomicBool::new(false));
         if let Err(refusal) = self.admit(peer, &offer) {
             tracing::info!("refused to replicate {root} for {peer}: {refusal:?}");
             return self.net.respond(channel, refusal).await;
         }
         let owner = offer.lease.owner();
+        // A request its owner withdrew (a cancelled put's, arriving late).
+        if self.state.lock().await.deleted_since(&owner, &root, offer.lease.issued) {
+            tracing::info!("refused to replicate {root} for {peer}: {owner} deleted it since");
+            let refusal = Response::error(ErrorCode::Refused, "its owner deleted it");
+            return self.net.respond(channel, refusal).await;
+        }
         if owner != peer
             && let Some(deleted) = find_delete(&self.net, root, owner).await
         {
@@ -235,12 +277,17 @@ impl ReplicaService {
                 tracing::info!("refused to replicate {root} for {peer}: {refusal:?}");
                 return self.net.respond(channel, refusal).await;
             }
-            state.waiting.insert(root, Pull { first: channel, joined: Vec::new() });
+            let owner = offer.lease.owner();
+            let pull = Pull { first: channel, owner, cancel: cancel.clone(), joined: Vec::new() };
+            state.waiting.insert(root, pull);
             *state.per_peer.entry(peer).or_default() += 1;
         }
         let reserved = offer.bytes;
         let response = match self.replications.clone().acquire_owned().await {
-            Ok(_permit) => self.pull_and_pin(peer, offer).await,
+            Ok(_) if cancel.load(Ordering::Relaxed) => {
+                Response::error(ErrorCode::Refused, "its owner deleted it")
+            }
+            Ok(_permit) => self.pull_and_pin(peer, offer, cancel).await,
             Err(_) => Response::error(ErrorCode::Busy, "shutting down"),
         };
         let pull = {
@@ -254,9 +301,33 @@ impl ReplicaService {
             }
             state.waiting.remove(&root)
         };
-        let Some(Pull { first, joined }) = pull else { return };
+        let Some(Pull { first, joined, .. }) = pull else { return };
         self.net.respond(first, response.clone()).await;
         self.answer_joined(root, response, joined).await;
+    }
+
+    /// Withdraws what `owner` asked of a pull of `root` under way (its
+    /// `Delete` came while the copy was being made): the pull stops if it
+    /// runs for `owner`, and a request of `owner`'s that joined it is
+    /// answered at once. Returns whether there was any.
+    pub(super) async fn withdraw_pull(&self, root: Cid, owner: PeerId) -> bool {
+        let mut state = self.state.lock().await;
+        state.note_delete(owner, root, lease::unix_secs());
+        let Some(pull) = state.waiting.get_mut(&root) else { return false };
+        let mut found = pull.owner == owner;
+        if found {
+            pull.cancel.store(true, Ordering::Relaxed);
+        }
+        let (withdrawn, kept): (Vec<Joined>, Vec<Joined>) =
+            pull.joined.drain(..).partition(|j| j.lease.owner() == owner);
+        pull.joined = kept;
+        drop(state);
+        found |= !withdrawn.is_empty();
+        for joined in withdrawn {
+            let refusal = Response::error(ErrorCode::Refused, "its owner deleted it");
+            self.net.respond(joined.channel, refusal).await;
+        }
+        found
     }
 
     /// Answers the requests that joined a pull. When it succeeded, each
@@ -345,7 +416,7 @@ impl ReplicaService {
         Ok(())
     }
 
-    async fn pull_and_pin(&self, peer: PeerId, offer: Offer) -> Response {
+    async fn pull_and_pin(&self, peer: PeerId, offer: Offer, cancel: Arc<AtomicBool>) -> Response {
         let Offer { root, blocks: max_blocks, bytes: max_bytes, lease } = offer;
         let owner = lease.owner();
         let providers = ProviderSet::new(root, true);
@@ -354,14 +425,13 @@ impl ReplicaService {
         providers.add(peer);
         let discovery =
             tokio::spawn(discover::discover(self.net.clone(), providers.clone(), vec![peer]));
-        let cancel = Arc::new(AtomicBool::new(false));
         let watch = tokio::spawn(watch_pull(self.net.clone(), peer, max_bytes, cancel.clone()));
         let (faced, net, rt) =
             (self.store.clone(), self.net.clone(), tokio::runtime::Handle::current());
         let pulled = store::run_blocking("a replica pull", move || -> Result<u64> {
             let store = faced.blocking().clone();
             let source = NetSource::new(faced, net, rt, providers, store.writer(), true)
-                .with_limits(max_bytes, cancel);
+                .with_limits(max_bytes, cancel.clone());
             let blocks = pull_dag(&source, &root, max_blocks);
             source.commit()?;
             let blocks = blocks?;
@@ -369,6 +439,10 @@ impl ReplicaService {
             let (_, bytes) = store.dag_stats(&root)?;
             if bytes > max_bytes {
                 return Err(Error::Limit { root, limit: DagLimit::Bytes(max_bytes) });
+            }
+            // Withdrawn by its owner once every block was here: not pinned.
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
             }
             store.pin_leased(&root, lease)?;
             source.finish()?;
