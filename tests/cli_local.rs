@@ -488,3 +488,29 @@ fn bench_store_reports() {
         assert!(number(9) > 0.0, "{label}: no peak RSS\n{report}");
     }
 }
+
+/// Each subcommand's help lists the options it uses, not every option of a
+/// node (which clap would show under each, as they are global).
+#[test]
+fn each_subcommand_help_shows_its_own_options() {
+    let help = |args: &[&str]| {
+        let out = run(args, b"");
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    for args in [&["gc", "--help"][..], &["gc", "-h"], &["help", "gc"], &["ls", "-h"]] {
+        let text = help(args);
+        assert!(text.contains("--data-dir"), "{args:?}: {text}");
+        for node_only in ["--replicas", "--cache-size", "--repair-interval", "--bootstrap"] {
+            assert!(!text.contains(node_only), "{args:?} shows {node_only}: {text}");
+        }
+    }
+    let put = help(&["put", "--help"]);
+    for option in ["--min-copies", "--name", "--bootstrap", "--replicas", "--data-dir"] {
+        assert!(put.contains(option), "put --help lacks {option}: {put}");
+    }
+    assert!(!put.contains("--cache-size") && !put.contains("--accept-replicas-from"), "{put}");
+    // Every option is still taken wherever it is given.
+    let top = help(&["--help"]);
+    assert!(top.contains("--cache-size") && top.contains("--repair-interval"), "{top}");
+}

@@ -180,6 +180,42 @@ pub enum Command {
     Bench(super::bench::BenchCommand),
 }
 
+/// A subcommand's help, with only the options it uses. Every node option
+/// is global, so that a one-shot command takes it anywhere on its line,
+/// and clap would list them all under each subcommand: the help is
+/// rendered instead from the subcommand and the options it uses. None for
+/// the top-level help and for commands with subcommands of their own.
+pub fn subcommand_help(args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::CommandFactory;
+    let root = Cli::command();
+    let name = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .find(|a| root.find_subcommand(a).is_some())?;
+    let sub = root.find_subcommand(name)?;
+    if sub.has_subcommands() {
+        return None;
+    }
+    let name = sub.get_name().to_string();
+    let used: &[&str] = match name.as_str() {
+        "put" => &["listen", "bootstrap", "replicas", "lease", "no_progress"],
+        "get" => &["listen", "bootstrap", "cache_size", "no_progress"],
+        "status" | "providers" | "delete" | "stat" => &["listen", "bootstrap"],
+        _ => &[],
+    };
+    let mut command = sub.clone().bin_name(format!("dfs-p2p {name}"));
+    // The subcommand's own options first, then the node's it uses.
+    for (order, arg) in root.get_arguments().enumerate() {
+        let id = arg.get_id().as_str();
+        if used.contains(&id) || ["data_dir", "verbose"].contains(&id) {
+            command = command.arg(arg.clone().global(false).display_order(1000 + order));
+        }
+    }
+    let long = args.iter().any(|a| a == "--help");
+    Some(if long { command.render_long_help() } else { command.render_help() }.to_string())
+}
+
 impl Command {
     /// Whether a node running on the data directory runs this command for
     /// a one-shot ([`super::control`]).

@@ -186,7 +186,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let rendered = e.render().to_string();
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = e.print();
+            match args::subcommand_help(&std::env::args_os().collect::<Vec<_>>()) {
+                Some(help) if e.kind() == ErrorKind::DisplayHelp => output::result(&help),
+                _ => drop(e.print()),
+            }
             return ExitCode::SUCCESS;
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
