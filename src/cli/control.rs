@@ -201,12 +201,7 @@ async fn serve_client(node: &Node, mut framed: Framed<UnixStream, LengthDelimite
     let mut client_gone = false;
     let mut cancelled_at = None;
     let result = loop {
-        let cancel_ended = async {
-            match cancelled_at {
-                Some(at) => tokio::time::sleep_until(at + CANCEL_WAIT).await,
-                None => std::future::pending().await,
-            }
-        };
+        let cancel_ended = cancel_wait_ended(cancelled_at);
         tokio::select! {
             biased;
             Some(bytes) = out.recv() => {
@@ -264,6 +259,15 @@ async fn serve_client(node: &Node, mut framed: Framed<UnixStream, LengthDelimite
         sink.close().await
     };
     let _ = tokio::time::timeout(TAIL_WAIT, tail).await;
+}
+
+/// Resolves [`CANCEL_WAIT`] after a cancel at `cancelled`; never without
+/// one.
+async fn cancel_wait_ended(cancelled: Option<tokio::time::Instant>) {
+    match cancelled {
+        Some(at) => tokio::time::sleep_until(at + CANCEL_WAIT).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn line_frame(line: Line) -> Bytes {
@@ -378,12 +382,7 @@ pub async fn call(stream: UnixStream, stdin: bool, signals: &mut Signals) -> Res
     let mut stdout = tokio::io::stdout();
     let mut cancelled = None;
     let result = loop {
-        let give_up = async {
-            match cancelled {
-                Some(at) => tokio::time::sleep_until(at + CANCEL_WAIT).await,
-                None => std::future::pending().await,
-            }
-        };
+        let give_up = cancel_wait_ended(cancelled);
         tokio::select! {
             incoming = from_node.next() => {
                 let f = match incoming {
