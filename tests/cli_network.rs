@@ -626,3 +626,34 @@ fn one_shot_commands_run_through_the_node_running_on_their_data_dir() {
     let id = on(&["id"], b"");
     assert_eq!(text(&id.stdout).trim(), a.peer_id);
 }
+
+/// Ctrl-C of a one-shot put that runs through a node (its control socket)
+/// cancels it there: the command exits 130, and the node has nothing of
+/// the file left, pinned or on disk.
+#[test]
+fn an_interrupted_put_through_a_running_node_leaves_nothing_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut a = Node::start("A", &dir, &["--replicas", "1"]);
+    let file = tmp.path().join("big.bin");
+    fs::write(&file, data(512 << 20, 79)).unwrap();
+    let args = ["--no-progress", "--data-dir", arg(&dir), "put", arg(&file)];
+    let mut put = Node::spawn_command("put", &dir, &args);
+    // The node is importing the file.
+    let deadline = std::time::Instant::now() + STEP;
+    while blocks_in(&dir) < 16 {
+        assert!(put.try_wait().is_none(), "the put ended before it was interrupted");
+        assert!(std::time::Instant::now() < deadline, "the node imported nothing");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    put.signal(libc::SIGINT);
+    let status = put.wait_exit();
+    assert_eq!(status.code(), Some(130), "{:#?}", put.seen);
+    assert!(put.seen.iter().any(|l| matches!(l, Line::Err(t) if t == "interrupted")));
+    assert_eq!(blocks_in(&dir), 0, "blocks of the cancelled put left on the node");
+    a.send("ls");
+    let line = a.expect_out(|l| l.contains("no files stored") || l.contains("root"));
+    assert_eq!(line, "no files stored", "{:#?}", a.seen);
+    assert!(a.try_wait().is_none(), "the node stopped");
+    a.stop();
+}
