@@ -475,6 +475,20 @@ fn a_bootstrap_address_that_is_not_a_node_is_named_as_such() {
     assert!(error.contains("does not speak dfs-p2p"), "{error}");
 }
 
+/// Sends SIGINT to the running command once `ready` holds (`what`, for a
+/// failure), and checks that it exits with 130.
+fn interrupt_once(command: &mut Node, what: &str, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + STEP;
+    while !ready() {
+        assert!(command.try_wait().is_none(), "it ended before {what}: {:#?}", command.seen);
+        assert!(std::time::Instant::now() < deadline, "never {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    command.signal(libc::SIGINT);
+    let status = command.wait_exit();
+    assert_eq!(status.code(), Some(130), "{:#?}", command.seen);
+}
+
 /// A one-shot put interrupted (SIGINT) while its copies are being made
 /// leaves nothing: not pinned in its data directory, no block left there,
 /// and no copy on the peers it had asked.
@@ -492,15 +506,10 @@ fn an_interrupted_put_leaves_nothing_pinned_here_or_on_its_peers() {
     let mut put = Node::spawn_command("put", &client, &[&args[..], &["put", arg(&file)]].concat());
     put.expect_err(|l| l.starts_with("asking peers for "));
     // The copies are under way: a holder has some of the file's blocks.
-    let deadline = std::time::Instant::now() + STEP;
-    while blocks_in(&a.data_dir) + blocks_in(&b.data_dir) < 16 {
-        assert!(put.try_wait().is_none(), "the put ended before it was interrupted");
-        assert!(std::time::Instant::now() < deadline, "no holder pulled anything");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    put.signal(libc::SIGINT);
-    let status = put.wait_exit();
-    assert_eq!(status.code(), Some(130), "{:#?}", put.seen);
+    let (a_dir, b_dir) = (a.data_dir.clone(), b.data_dir.clone());
+    interrupt_once(&mut put, "holders pulled blocks", || {
+        blocks_in(&a_dir) + blocks_in(&b_dir) >= 16
+    });
     assert!(!put.seen.iter().any(|l| matches!(l, Line::Out(t) if is_ticket(t))), "a ticket");
 
     // Nothing pinned and no block left in the client's data directory...
@@ -640,15 +649,7 @@ fn an_interrupted_put_through_a_running_node_leaves_nothing_there() {
     let args = ["--no-progress", "--data-dir", arg(&dir), "put", arg(&file)];
     let mut put = Node::spawn_command("put", &dir, &args);
     // The node is importing the file.
-    let deadline = std::time::Instant::now() + STEP;
-    while blocks_in(&dir) < 16 {
-        assert!(put.try_wait().is_none(), "the put ended before it was interrupted");
-        assert!(std::time::Instant::now() < deadline, "the node imported nothing");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    put.signal(libc::SIGINT);
-    let status = put.wait_exit();
-    assert_eq!(status.code(), Some(130), "{:#?}", put.seen);
+    interrupt_once(&mut put, "the node imported blocks", || blocks_in(&dir) >= 16);
     assert!(put.seen.iter().any(|l| matches!(l, Line::Err(t) if t == "interrupted")));
     assert_eq!(blocks_in(&dir), 0, "blocks of the cancelled put left on the node");
     a.send("ls");

@@ -116,14 +116,14 @@ impl Drop for ControlSocket {
 /// Listens on the control socket of `node`'s data directory `dir`. The
 /// node holds the directory's lock: a socket found there is a stopped
 /// node's, and replaced.
-pub fn serve(node: Node, dir: &Path) -> io::Result<ControlSocket> {
+pub async fn serve(node: Node, dir: &Path) -> io::Result<ControlSocket> {
     let path = dir.join(SOCKET);
-    match std::fs::remove_file(&path) {
+    match tokio::fs::remove_file(&path).await {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
     let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).await?;
     let task = tokio::spawn(accept(node, listener));
     Ok(ControlSocket { path, task })
 }

@@ -396,7 +396,7 @@ async fn run_node(args: &NodeArgs, ctx: Ctx) -> Result<(), Failure> {
         _ = signals.recv() => return Err(Failure::Interrupted),
     };
     // Up before the node says it is: a one-shot run after that finds it.
-    let control = match control::serve(node.clone(), node.store().dir()) {
+    let control = match control::serve(node.clone(), node.store().dir()).await {
         Ok(socket) => Some(socket),
         Err(e) => {
             output::status(&format!(

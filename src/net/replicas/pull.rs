@@ -75,6 +75,9 @@ pub(super) struct Replications {
 /// long (seconds).
 const DELETES_KEPT_PER_PEER: usize = 64;
 const DELETES_KEPT_FOR: u64 = 600;
+/// Owners whose deletes are remembered at once: past it, the owner whose
+/// last delete is oldest is forgotten first.
+const DELETES_KEPT_OWNERS: usize = 1024;
 
 impl Replications {
     fn note_delete(&mut self, owner: PeerId, root: Cid, now: u64) {
@@ -82,6 +85,13 @@ impl Replications {
             roots.retain(|(_, at)| at + DELETES_KEPT_FOR > now);
             !roots.is_empty()
         });
+        if self.deleted.len() >= DELETES_KEPT_OWNERS && !self.deleted.contains_key(&owner) {
+            let last = |roots: &Vec<(Cid, u64)>| roots.iter().map(|(_, at)| *at).max();
+            let oldest = self.deleted.iter().min_by_key(|(_, roots)| last(roots)).map(|(p, _)| *p);
+            if let Some(oldest) = oldest {
+                self.deleted.remove(&oldest);
+            }
+        }
         let roots = self.deleted.entry(owner).or_default();
         roots.retain(|(r, _)| *r != root);
         if roots.len() >= DELETES_KEPT_PER_PEER {
@@ -569,5 +579,31 @@ async fn watch_pull(net: NetHandle, asker: PeerId, bytes: u64, cancel: Arc<Atomi
             cancel.store(true, Ordering::Relaxed);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_deletes_are_capped_per_owner_in_all_and_in_time() {
+        let mut state = Replications::default();
+        let root = |i: u64| crate::block::cid_of(DAG_CBOR, &i.to_le_bytes());
+        let owner = PeerId::random();
+        for i in 0..100 {
+            state.note_delete(owner, root(i), 999);
+        }
+        assert_eq!(state.deleted[&owner].len(), DELETES_KEPT_PER_PEER);
+        assert!(state.deleted_since(&owner, &root(99), 999));
+        assert!(!state.deleted_since(&owner, &root(0), 999), "the oldest went first");
+        assert!(!state.deleted_since(&owner, &root(99), 1000), "a newer lease is not withdrawn");
+        for i in 0..2 * DELETES_KEPT_OWNERS as u64 {
+            state.note_delete(PeerId::random(), root(i), 1000 + i % 100);
+        }
+        assert_eq!(state.deleted.len(), DELETES_KEPT_OWNERS);
+        assert!(!state.deleted.contains_key(&owner), "the oldest owner went first");
+        state.note_delete(owner, root(1), 1100 + DELETES_KEPT_FOR);
+        assert_eq!(state.deleted.len(), 1, "the expired ones went");
     }
 }
