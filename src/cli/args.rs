@@ -353,9 +353,12 @@ pub fn parse_bootstrap(s: &str) -> Result<Multiaddr, String> {
 }
 
 fn parse_replicas(s: &str) -> Result<usize, String> {
+    let most = crate::store::MAX_LEASE_REPLICAS;
     match s.trim().parse::<usize>() {
-        Ok(n) if (1..=64).contains(&n) => Ok(n),
-        _ => Err(format!("`{s}` is not a number of copies from 1 to 64")),
+        Ok(n) if (1..=usize::from(most)).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a number of copies from 1 to {most} (the most a holder keeps a lease for)"
+        )),
     }
 }
 

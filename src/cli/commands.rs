@@ -142,7 +142,11 @@ pub async fn delete(node: &Node, console: &Console, target: TicketOrCid) -> Resu
             "nothing to delete: {root} is not stored here and no peer held a copy for this node"
         )));
     }
-    let mut line = if report.local {
+    let mut line = if report.kept_for_others {
+        format!(
+            "dropped this node's own pin on {root}; the copy here stays for the other owners that placed it"
+        )
+    } else if report.local {
         format!("deleted {root} here")
     } else {
         format!("{root} was not stored here")

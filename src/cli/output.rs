@@ -463,8 +463,9 @@ pub fn providers_list(root: cid::Cid, peers: &[libp2p::PeerId]) -> String {
     peers.iter().map(|p| format!("{p}\n")).collect()
 }
 
-/// The `status` answer: the copies that answered against the target, each
-/// holder, and the last repair.
+/// The `status` answer: the copies proven against the target, each
+/// holder, the peers that claimed a copy and did not prove it, and the last
+/// repair.
 pub fn health_report(health: &crate::net::repair::Health, local: libp2p::PeerId) -> String {
     let mut out = format!("root: {}\n", health.root);
     let target = match health.target {
@@ -478,10 +479,14 @@ pub fn health_report(health: &crate::net::repair::Health, local: libp2p::PeerId)
     // More than wanted: a holder that was away came back after a repair
     // replaced its copy. Harmless; said so rather than left to puzzle.
     let extra = if extra > 0 { format!(" ({extra} extra: a holder came back)") } else { "".into() };
-    out.push_str(&format!("copies: {} of {target}{extra}\n", health.holders.len()));
+    out.push_str(&format!("copies: {} proven of {target}{extra}\n", health.holders.len()));
     for peer in &health.holders {
         let mark = if *peer == local { " (this node)" } else { "" };
         out.push_str(&format!("holder: {peer}{mark}\n"));
+    }
+    // Peers that say they hold it and could not show it: not counted.
+    for (peer, why) in &health.unproven {
+        out.push_str(&format!("unproven: {peer} ({})\n", one_line(why)));
     }
     out.push_str(&format!("last repair: {}\n", ago(health.last_repair)));
     if health.last_check != 0 {

@@ -22,7 +22,7 @@ use libp2p::{
 };
 
 use crate::net::{
-    codec::{FileCodec, STREAM_PROTOCOL},
+    codec::{FileCodec, STREAM_PROTOCOL, STREAM_PROTOCOL_4},
     limits::IpLimits,
     records::ProviderRecords,
 };
@@ -153,7 +153,10 @@ impl Behaviour {
             ping: ping::Behaviour::default(),
             kad,
             file: request_response::Behaviour::new(
-                [(STREAM_PROTOCOL, request_response::ProtocolSupport::Full)],
+                [
+                    (STREAM_PROTOCOL_4, request_response::ProtocolSupport::Full),
+                    (STREAM_PROTOCOL, request_response::ProtocolSupport::Full),
+                ],
                 request_response::Config::default()
                     .with_request_timeout(FILE_REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),

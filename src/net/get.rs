@@ -77,8 +77,9 @@ struct Shared {
     /// `store::gc`).
     claim_local: bool,
     fetched: AtomicU64,
-    /// Bytes fetched so far, and the most that may be.
-    fetched_bytes: AtomicU64,
+    /// Bytes fetched so far (shared with whoever watches the download's
+    /// progress), and the most that may be.
+    fetched_bytes: Arc<AtomicU64>,
     max_bytes: u64,
     /// Set to stop every fetch (a deadline passed, the asker went away).
     cancel: Arc<AtomicBool>,
@@ -143,7 +144,7 @@ impl NetSource {
             writer: Mutex::new(Some(writer)),
             claim_local,
             fetched: AtomicU64::new(0),
-            fetched_bytes: AtomicU64::new(0),
+            fetched_bytes: Arc::default(),
             max_bytes: u64::MAX,
             cancel: Arc::default(),
             noted: Mutex::default(),
@@ -159,6 +160,14 @@ impl NetSource {
         let shared = Arc::get_mut(&mut self.0).expect("limits are set before the source is shared");
         shared.max_bytes = max_bytes;
         shared.cancel = cancel;
+        self
+    }
+
+    /// Counts the bytes fetched in `progress` (a watcher reads how the
+    /// download goes). Only before the source is cloned.
+    pub fn with_progress(mut self, progress: Arc<AtomicU64>) -> Self {
+        let shared = Arc::get_mut(&mut self.0).expect("set before the source is shared");
+        shared.fetched_bytes = progress;
         self
     }
 

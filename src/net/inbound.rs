@@ -54,6 +54,9 @@ impl Responder {
                 Request::Holds { root } => {
                     tokio::spawn(self.replicas.clone().handle_holds(root, channel));
                 }
+                Request::Prove { root, nonce, cids } => {
+                    tokio::spawn(self.replicas.clone().handle_prove(root, nonce, cids, channel));
+                }
                 Request::Delete { root } => {
                     tokio::spawn(self.replicas.clone().handle_delete(peer, root, channel));
                 }

@@ -5,21 +5,27 @@
 //! at each root it holds pinned whose target is two copies or more:
 //!
 //! 1. leases that ran out are dropped, with the copies no owner holds any
-//!    longer ([`Store::expire_leases`]);
+//!    longer ([`Store::expire_leases`]; this also runs every
+//!    [`LEASE_CHECK`], so a copy goes within that of its lease's end);
 //! 2. it counts the peers that hold the root pinned *now*: the root's DHT
 //!    providers, the holders it saw last time and the connected peers
 //!    closest to the root are asked `Holds` (provider records outlive their
-//!    nodes, so a record alone counts for nothing);
+//!    nodes, so a record alone counts for nothing), and those that say yes
+//!    are challenged to prove it (`replicas::prove`): only proven holders
+//!    count, and one that fails is left out for that root for an hour;
 //! 3. the owner (the node whose own content it is) renews its lease on
-//!    each holder that answered, every quarter of `--lease`;
-//! 4. when fewer than the target answer for [`SHORT_ROUNDS`] rounds in a
-//!    row (a node that blinks causes no repair), the one holder XOR-closest
-//!    to the root among those that answered repairs: it looks for the
-//!    owners' delete records first (a deleted root is dropped, never
-//!    repaired), then asks the closest peers that do not hold the root to
-//!    replicate it, handing on each owner's lease as it is: a repaired copy
-//!    belongs to the original owners, until the same expiry. Only the owner
-//!    makes a new lease.
+//!    each proven holder, every quarter of `--lease`;
+//! 4. a holder short of copies looks for the delete records of the owners
+//!    that placed its copy (a deleted root is dropped, never repaired);
+//! 5. when fewer than the target are proven for [`SHORT_ROUNDS`] rounds in
+//!    a row (a node that blinks causes no repair), the proven holder
+//!    XOR-closest to the root repairs, or, a round later each, the next
+//!    ones (a holder that keeps the blocks but does not do its part delays
+//!    a repair by a round, no more): it asks new peers, placed as at a put
+//!    (`replicas::candidates`), to replicate it, handing on the leases of
+//!    the owners that placed the copy as they are: a repaired copy belongs
+//!    to the original owners, until the same expiry. Only the owner makes
+//!    a new lease.
 //!
 //! [`Repairer::health`] makes the same count on demand (`status`).
 
@@ -61,6 +67,9 @@ pub const ROOTS_AT_ONCE: usize = 4;
 /// How long an owner's lease runs by default (`--lease`), and the longest
 /// a node holds a copy for an owner that does not renew it.
 pub const LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often leases that ended are dropped (a copy held under a lease that
+/// ended goes within this long).
+pub const LEASE_CHECK: Duration = Duration::from_secs(30);
 /// An owner renews its leases when this fraction of `--lease` has passed.
 pub const RENEW_AFTER: f64 = 0.25;
 
@@ -73,20 +82,43 @@ pub struct RepairConfig {
     pub lease: Duration,
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A root's health as a count of its holders sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     pub root: Cid,
     /// Copies wanted (0: no holder answered with a target).
     pub target: u8,
-    /// The peers that answered that they hold it pinned, this node first
-    /// if it does.
+    /// The peers that proved they hold it pinned, this node first if it
+    /// does.
     pub holders: Vec<PeerId>,
+    /// The peers that said they hold it and did not prove it, with why.
+    pub unproven: Vec<(PeerId, String)>,
     /// Unix seconds of the last repair of the root any holder that
     /// answered made; 0 if none.
     pub last_repair: u64,
     /// Unix seconds of this node's last round over the root; 0 if none.
     pub last_check: u64,
+}
+
+/// The holders of a root other than this node, as a round counts them.
+#[derive(Debug, Default)]
+struct Holders {
+    /// Those that proved they hold it.
+    proven: Vec<PeerId>,
+    /// Those that said so and did not prove it, with why.
+    unproven: Vec<(PeerId, String)>,
+    /// The most copies, and the latest repair, the proven ones report.
+    target: u8,
+    repaired: u64,
 }
 
 /// What a node remembers of a root between rounds.
@@ -118,6 +150,19 @@ impl Repairer {
     /// Runs rounds until the node stops: the first once the node has a
     /// peer, then one every interval, give or take [`REPAIR_JITTER`].
     pub async fn run(self) {
+        // Leases end within [`LEASE_CHECK`] of their end, not at a round.
+        let expiry = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LEASE_CHECK) => me.expire_leases().await,
+                        _ = me.net.stopped() => return,
+                    }
+                }
+            })
+        };
+        let _expiry = AbortOnDrop(expiry);
         tokio::select! {
             _ = self.net.wait_for_peers(1, self.config.interval) => {}
             _ = self.net.stopped() => return,
@@ -166,13 +211,14 @@ impl Repairer {
         }
     }
 
-    /// The peers other than this node that answer now that they hold
-    /// `root` pinned, and the most copies and the latest repair they
-    /// report. Asks the root's DHT providers, `known` holders and the
-    /// connected peers XOR-closest to the root (where copies are placed:
-    /// asking every connected peer cost each holder some 60 requests per
-    /// root and round at 1,000 nodes), [`MAX_PROBED`] at most.
-    async fn live_holders(&self, root: Cid, known: &[PeerId]) -> (Vec<PeerId>, u8, u64) {
+    /// The peers other than this node that hold `root` pinned now, as
+    /// they proved (see [`Holders`]). Asks the root's DHT providers,
+    /// `known` holders and the connected peers XOR-closest to the root,
+    /// [`MAX_PROBED`] at most, `Holds`; then challenges those that say yes
+    /// to prove it (`replicas::prove`), with blocks of this node's copy or,
+    /// on a node without one, fetched from them and checked. A peer that
+    /// failed a proof for the root lately is not asked.
+    async fn live_holders(&self, root: Cid, known: &[PeerId]) -> Holders {
         let local = self.net.local_peer_id();
         let mut candidates: Vec<PeerId> = known.to_vec();
         discover::dht_providers(&self.net, root, &Default::default(), |peer| candidates.push(peer))
@@ -180,6 +226,10 @@ impl Repairer {
         candidates.extend(discover::closest_connected(&self.net, root).await);
         let mut seen = HashSet::new();
         candidates.retain(|p| *p != local && seen.insert(*p));
+        // A peer that failed a proof for the root lately is not asked again.
+        let distrust = self.net.distrust();
+        let (distrusted, mut candidates): (Vec<PeerId>, Vec<PeerId>) =
+            candidates.into_iter().partition(|p| distrust.distrusts(&root, p));
         candidates.truncate(MAX_PROBED);
         let net = &self.net;
         let probes = candidates.into_iter().map(|peer| async move {
@@ -187,16 +237,25 @@ impl Repairer {
         });
         let answers: Vec<_> =
             futures::stream::iter(probes).buffer_unordered(PROBES_AT_ONCE).collect().await;
-        let mut holders = Vec::new();
+        let claims: Vec<(PeerId, replicas::Holding)> = answers
+            .into_iter()
+            .filter_map(|(peer, answer)| answer.filter(|h| h.pinned).map(|h| (peer, h)))
+            .collect();
+        let claimed: Vec<PeerId> = claims.iter().map(|(p, _)| *p).collect();
+        let fetch = |cid| {
+            let (store, net, from) = (self.store.clone(), self.net.clone(), claimed.clone());
+            async move { replicas::fetch_checked(&store, &net, cid, &from).await }
+        };
+        let (proven, mut unproven) = replicas::prove(&self.net, root, &claimed, fetch).await;
+        let minutes = replicas::DISTRUST_FOR.as_secs() / 60;
+        let lately = format!("failed a proof of it within the last {minutes} min");
+        unproven.extend(distrusted.into_iter().map(|p| (p, lately.clone())));
         let (mut target, mut repaired) = (0, 0);
-        for (peer, answer) in answers {
-            if let Some(h) = answer.filter(|h| h.pinned) {
-                holders.push(peer);
-                target = target.max(h.replicas);
-                repaired = repaired.max(h.repaired);
-            }
+        for (_, h) in claims.iter().filter(|(p, _)| proven.contains(p)) {
+            target = target.max(h.replicas);
+            repaired = repaired.max(h.repaired);
         }
-        (holders, target, repaired)
+        Holders { proven, unproven, target, repaired }
     }
 
     /// Counts the holders of `root` now (see [`live_holders`]).
@@ -205,14 +264,15 @@ impl Repairer {
             Some(w) => (w.holders.clone(), w.checked),
             None => (Vec::new(), 0),
         };
-        let (mut holders, mut target, mut last_repair) = self.live_holders(root, &known).await;
+        let live = self.live_holders(root, &known).await;
+        let (mut holders, mut target, mut last_repair) = (live.proven, live.target, live.repaired);
         let info = self.store.run(move |store| Ok(store.root_info(&root))).await;
         if let Some(info) = info.ok().flatten().filter(RootInfo::pinned) {
             holders.insert(0, self.net.local_peer_id());
             target = target.max(info.target());
             last_repair = last_repair.max(info.repaired);
         }
-        Health { root, target, holders, last_repair, last_check }
+        Health { root, target, holders, unproven: live.unproven, last_repair, last_check }
     }
 
     /// One root's turn in a round (see the module docs).
@@ -231,7 +291,7 @@ impl Repairer {
         if first_look && !self.drop_deleted(&info).await {
             return;
         }
-        let (holders, _, _) = self.live_holders(root, &known).await;
+        let holders = self.live_holders(root, &known).await.proven;
         if info.local {
             self.renew(&info, &holders).await;
         }
@@ -246,20 +306,24 @@ impl Repairer {
             watch.short_rounds = if count < target { watch.short_rounds + 1 } else { 0 };
             watch.short_rounds
         };
+        // Copies that went may have gone on their owner's delete: each
+        // holder short of copies looks (a holder the owner's `Delete` did
+        // not reach drops its copy within a round or two).
+        if count < target && !self.drop_deleted(&info).await {
+            return;
+        }
         if short_rounds < SHORT_ROUNDS {
             return;
         }
+        // The proven holder closest to the root repairs; should it not (it
+        // left, or it holds the blocks but does not do its part), the next
+        // one does a round later, and so on.
         let key = KBucketKey::new(root.to_bytes());
-        let closest = holders
-            .iter()
-            .chain([&local])
-            .min_by_key(|p| key.distance(&KBucketKey::from(**p)))
-            .copied();
-        if closest != Some(local) {
-            tracing::debug!("{root}: {count} of {target} copies; {closest:?} repairs");
-            return;
-        }
-        if !self.drop_deleted(&info).await {
+        let mut ranked: Vec<PeerId> = holders.iter().chain([&local]).copied().collect();
+        ranked.sort_by_key(|p| key.distance(&KBucketKey::from(*p)));
+        let rank = ranked.iter().position(|p| *p == local).unwrap_or(0) as u32;
+        if short_rounds < SHORT_ROUNDS + rank {
+            tracing::debug!("{root}: {count} of {target} copies; {} repairs", ranked[0]);
             return;
         }
         self.repair(&info, &holders, target - count).await;
@@ -269,7 +333,10 @@ impl Repairer {
     /// of the owners that deleted it. Whether the root is still held.
     async fn drop_deleted(&self, info: &RootInfo) -> bool {
         let root = info.root;
-        for owner in &info.owners {
+        // The owners that placed the copy: a joined owner's pin goes with
+        // theirs (its own `Delete` drops it at once).
+        let placers = info.owners.iter().filter(|o| !info.joined.contains(o));
+        for owner in placers {
             let Some(record) = replicas::find_delete(&self.net, root, *owner).await else {
                 continue;
             };
@@ -335,9 +402,10 @@ impl Repairer {
     async fn repair(&self, info: &RootInfo, holders: &[PeerId], missing: usize) {
         let root = info.root;
         let now = lease::unix_secs();
+        // The leases of the owners that placed the copy: a joined owner's
+        // asks for no copies and is not handed on.
         let mut leases: Vec<Lease> = info
-            .leases
-            .iter()
+            .placing_leases()
             .filter(|l| l.check(&root, now).is_ok() && l.ends(self.config.lease) > now)
             .cloned()
             .collect();
@@ -357,8 +425,15 @@ impl Repairer {
                 tracing::debug!("{peer} did not take a copy of {root}: {e}");
             }
         };
-        let placed =
-            replicas::replicate_avoiding(&self.net, offer.clone(), missing, holders, &report).await;
+        let placed = replicas::replicate_avoiding(
+            &self.net,
+            &self.store,
+            offer.clone(),
+            missing,
+            holders,
+            &report,
+        )
+        .await;
         // The other owners' leases go to the new holders too (the blocks are
         // there: each is answered at once).
         for lease in leases.iter().skip(1) {

@@ -19,22 +19,32 @@ impl Node {
     /// the owner) to delete theirs.
     pub async fn delete(&self, target: TicketOrCid) -> Result<DeleteReport, NodeError> {
         let root = target.root();
-        let (local, owner) = self
+        let (local, owner, kept) = self
             .inner
             .store
             .run(move |store| {
-                // Stored here but not put here: the owner is another node.
+                // Stored here but not put here: the owner is another node,
+                // and this node's operator drops the copy it holds.
                 let owner = store.root_info(&root).is_none_or(|info| info.local);
-                Ok((store.remove_root(&root)?, owner))
+                if !owner {
+                    return Ok((store.remove_root(&root)?, false, false));
+                }
+                // The owner's delete drops its own pin only: a copy another
+                // owner placed here stays theirs.
+                let (local, kept) = store.release_own(&root)?;
+                Ok((local, true, kept))
             })
             .await?;
-        self.inner.net.unprovide(root).await;
+        if !kept {
+            self.inner.net.unprovide(root).await;
+        }
         if !owner {
             // Only the owner's delete record and requests count: this one
             // would publish a record nobody reads and be refused by every
             // holder.
             return Ok(DeleteReport {
                 local,
+                kept_for_others: false,
                 not_owner: true,
                 record: Err("this node is not the owner".into()),
                 remote_deleted: Vec::new(),
@@ -51,7 +61,14 @@ impl Node {
             Err(e) => Err(e.to_string()),
         };
         let (remote_deleted, remote_refused) = replicas::delete_remote(&self.inner.net, root).await;
-        Ok(DeleteReport { local, not_owner: false, record, remote_deleted, remote_refused })
+        Ok(DeleteReport {
+            local,
+            kept_for_others: kept,
+            not_owner: false,
+            record,
+            remote_deleted,
+            remote_refused,
+        })
     }
 
     /// Runs one repair round now (for tests and tools; a node that listens

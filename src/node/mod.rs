@@ -72,6 +72,10 @@ pub struct NodeConfig {
     /// while it runs), and the longest it holds a copy for an owner that
     /// does not renew.
     pub lease: Duration,
+    /// How long a peer must have been connected before placement counts
+    /// it among the settled peers, which take copies before newer ones
+    /// (`replicas::SETTLED_AFTER` by default).
+    pub settled_after: Duration,
     /// What carries the bytes: TCP, or for many nodes in one process
     /// (`bench dht`) the memory transport.
     pub wire: behaviour::Wire,
@@ -91,6 +95,7 @@ impl NodeConfig {
             reprovide_interval: REPROVIDE_INTERVAL,
             provider_ttl: behaviour::PROVIDER_TTL,
             repair_interval: repair::REPAIR_INTERVAL,
+            settled_after: crate::net::replicas::SETTLED_AFTER,
             lease: repair::LEASE,
             wire: behaviour::Wire::Tcp,
         }
@@ -175,8 +180,11 @@ pub struct GetReport {
 /// What a delete did.
 #[derive(Debug, Clone)]
 pub struct DeleteReport {
-    /// Whether a local copy was removed.
+    /// Whether a local copy was removed (or, with `kept_for_others`, this
+    /// node's own pin on it).
     pub local: bool,
+    /// The copy here stays: other owners placed it here, and hold it.
+    pub kept_for_others: bool,
     /// The file was stored here but put by another node: only the local
     /// copy went, and nothing else was asked.
     pub not_owner: bool,
@@ -306,6 +314,7 @@ impl Node {
             tokio::spawn(blocks.clone().serve_streams(incoming, active));
         }
         let event_loop = Mutex::new(Some(event_loop));
+        net.set_settled_after(config.settled_after);
         let repair_config = RepairConfig { interval: config.repair_interval, lease: config.lease };
         let repairer = Repairer::new(store.clone(), net.clone(), repair_config);
         if !config.listen.is_empty() {

@@ -114,8 +114,15 @@ impl Node {
                 f(peer, result);
             }
         };
-        let replicate =
-            replicas::replicate_tracked(&self.inner.net, offer, elsewhere, &[], &report, &asked);
+        let replicate = replicas::replicate_tracked(
+            &self.inner.net,
+            self.async_store(),
+            offer,
+            elsewhere,
+            &[],
+            &report,
+            &asked,
+        );
         let placed = tokio::select! {
             placed = replicate => placed,
             () = cancelled(&cancel) => return withdrawn(&asked).await,

@@ -53,11 +53,19 @@ pub struct RootInfo {
     /// The peers whose `Replicate` made this node pin the root, in the
     /// order they asked; each may drop only its own pin.
     pub owners: Vec<PeerId>,
+    /// The owners among `owners` that added their lease to a root already
+    /// held here (they did not bring the copy): their leases ask for no
+    /// copies ([`target`](Self::target)), are not handed on by a repair,
+    /// and hold the root only while an owner that placed it does (or it
+    /// is this node's own).
+    pub joined: Vec<PeerId>,
     /// Whether this node pinned the root for itself (a put here): its own
     /// content, which no network request deletes.
     pub local: bool,
     /// Bytes of all blocks of the root.
     pub size: u64,
+    /// Distinct blocks of the root (0: not recorded, an older index).
+    pub blocks: u64,
     /// Unix milliseconds of the last put, pin or read.
     pub last_access: u64,
     /// The file's plaintext length and name, when this node has read its
@@ -86,8 +94,10 @@ impl RootInfo {
             root,
             kind,
             owners: Vec::new(),
+            joined: Vec::new(),
             local: false,
             size,
+            blocks: 0,
             last_access: now,
             file: None,
             replicas: 0,
@@ -97,9 +107,32 @@ impl RootInfo {
         }
     }
 
-    /// Copies wanted on the network: the most any owner asks for.
+    /// Copies wanted on the network: the most this node's own put or an
+    /// owner that placed the copy asks for (a joined owner's lease asks
+    /// for none; see `joined`), at most [`MAX_LEASE_REPLICAS`].
     pub fn target(&self) -> u8 {
-        self.leases.iter().map(|l| l.replicas).fold(self.replicas, u8::max)
+        self.placing_leases()
+            .map(|l| l.replicas)
+            .fold(self.replicas, u8::max)
+            .min(MAX_LEASE_REPLICAS)
+    }
+
+    /// The leases of the owners that placed the copy (not `joined`).
+    pub fn placing_leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.iter().filter(|l| !self.joined.contains(&l.owner()))
+    }
+
+    /// Whether an owner that placed the copy, or this node itself, holds
+    /// it (else no pin holds it: a joined owner's does not on its own).
+    fn held(&self) -> bool {
+        self.local || self.owners.iter().any(|o| !self.joined.contains(o))
+    }
+
+    /// What holding the root costs against a replica quota: its bytes,
+    /// plus [`BLOCK_OVERHEAD`] per block (each block is a file: at least a
+    /// filesystem block, and its metadata).
+    pub fn cost(&self) -> u64 {
+        replica_cost(self.blocks, self.size)
     }
 
     /// Whether the root is pinned (a replica or this node's own), not only
@@ -107,6 +140,21 @@ impl RootInfo {
     pub fn pinned(&self) -> bool {
         self.kind == PinKind::Pinned
     }
+}
+
+/// The most copies a lease may ask for; a lease asking for more is
+/// refused.
+pub const MAX_LEASE_REPLICAS: u8 = 16;
+
+/// What a block costs a replica quota besides its bytes: one 4 KiB
+/// filesystem block (a small block takes a whole one) and some 256 bytes
+/// of inode and directory entry.
+pub const BLOCK_OVERHEAD: u64 = 4096 + 256;
+
+/// What `blocks` distinct blocks of `bytes` bytes in all cost a replica
+/// quota (see [`BLOCK_OVERHEAD`]).
+pub fn replica_cost(blocks: u64, bytes: u64) -> u64 {
+    bytes.saturating_add(blocks.saturating_mul(BLOCK_OVERHEAD))
 }
 
 /// What a node that has the key knows of a stored file.
@@ -146,6 +194,8 @@ struct PinRecord {
     kind: PinKind,
     #[serde(default)]
     owners: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    joined: Vec<String>,
     #[serde(default)]
     local: bool,
     /// The single owner an index written before roots had several; read,
@@ -153,6 +203,8 @@ struct PinRecord {
     #[serde(default, skip_serializing)]
     owner: Option<String>,
     size: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    blocks: u64,
     last_access: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     file: Option<FileInfo>,
@@ -201,20 +253,28 @@ impl Store {
         owner: Option<PeerId>,
         also: impl FnOnce(&mut RootInfo),
     ) -> Result<RootInfo> {
-        let size = self.dag_size(root)?;
+        let (blocks, size) = self.dag_stats(root)?;
         let info = {
             let mut roots = self.roots_lock();
             let now = unix_now();
             let entry = roots.entry(*root).or_insert_with(|| RootInfo::new(*root, kind, size, now));
             if kind == PinKind::Pinned {
+                // A new owner of a root pinned here already joins it.
+                let held = entry.kind == PinKind::Pinned;
                 entry.kind = PinKind::Pinned;
                 match owner {
                     None => entry.local = true,
-                    Some(peer) if !entry.owners.contains(&peer) => entry.owners.push(peer),
+                    Some(peer) if !entry.owners.contains(&peer) => {
+                        entry.owners.push(peer);
+                        if held {
+                            entry.joined.push(peer);
+                        }
+                    }
                     Some(_) => {}
                 }
             }
             entry.size = size;
+            entry.blocks = blocks;
             entry.partial = false;
             entry.last_access = now;
             also(entry);
@@ -225,17 +285,19 @@ impl Store {
     }
 
     /// Drops `peer`'s pin on `root`. `None` if `peer` holds no pin on it;
-    /// otherwise whether the root went with it: it stays while other owners
-    /// hold it or it is this node's own, and is otherwise removed like
-    /// [`remove_root`](Self::remove_root).
+    /// otherwise whether the root went with it: it stays while an owner
+    /// that placed it holds it or it is this node's own, and is otherwise
+    /// removed like [`remove_root`](Self::remove_root), with the pins of
+    /// the owners that only joined it.
     pub fn release(&self, root: &Cid, peer: &PeerId) -> Result<Option<bool>> {
         let removed = {
             let mut roots = self.roots_lock();
             let Some(entry) = roots.get_mut(root) else { return Ok(None) };
             let Some(at) = entry.owners.iter().position(|o| o == peer) else { return Ok(None) };
             entry.owners.remove(at);
+            entry.joined.retain(|o| o != peer);
             entry.leases.retain(|l| l.owner() != *peer);
-            let unheld = entry.owners.is_empty() && !entry.local;
+            let unheld = !entry.held();
             if unheld {
                 roots.remove(root);
             }
@@ -353,7 +415,8 @@ impl Store {
                 }
                 entry.leases.retain(|l| !gone.contains(&l.owner()));
                 entry.owners.retain(|o| !gone.contains(o));
-                let unheld = entry.owners.is_empty() && !entry.local;
+                entry.joined.retain(|o| !gone.contains(o));
+                let unheld = !entry.held();
                 ended.push((entry.root, gone, unheld));
             }
             for (root, _, unheld) in &ended {
@@ -434,12 +497,47 @@ impl Store {
     /// Bytes of the replicas this node holds only for other peers (pinned
     /// at their request, not its own content): what counts against its
     /// replica quota.
+    /// Each root costs [`RootInfo::cost`].
     pub fn held_for_others(&self) -> u64 {
         self.roots_lock()
             .values()
             .filter(|r| r.kind == PinKind::Pinned && !r.local && !r.owners.is_empty())
-            .map(|r| r.size)
+            .map(RootInfo::cost)
             .sum()
+    }
+
+    /// What the replicas held for `owner` cost against the quota (each
+    /// root it owns, placed or joined, at its whole [`RootInfo::cost`]):
+    /// what counts against its share.
+    pub fn held_for(&self, owner: &PeerId) -> u64 {
+        self.roots_lock()
+            .values()
+            .filter(|r| r.kind == PinKind::Pinned && !r.local && r.owners.contains(owner))
+            .map(RootInfo::cost)
+            .sum()
+    }
+
+    /// Drops this node's own pin on `root` (its owner's delete): the root
+    /// stays while an owner that placed a copy here holds it, and is
+    /// otherwise removed like [`remove_root`](Self::remove_root). Returns
+    /// whether the root was in the index, and whether it stays.
+    pub fn release_own(&self, root: &Cid) -> Result<(bool, bool)> {
+        let stays = {
+            let mut roots = self.roots_lock();
+            match roots.get_mut(root) {
+                Some(entry) if entry.kind == PinKind::Pinned && entry.local => {
+                    entry.local = false;
+                    entry.replicas = 0;
+                    entry.held()
+                }
+                _ => false,
+            }
+        };
+        if stays {
+            self.save_index(true)?;
+            return Ok((true, true));
+        }
+        Ok((self.remove_root(root)?, false))
     }
 
     /// Bytes taken by cached roots.
@@ -493,6 +591,7 @@ impl Store {
                 let root = block::parse_cid(&r.root).map_err(|e| bad(e.to_string()))?;
                 let parse = |o: &String| o.parse::<PeerId>().map_err(|e| bad(e.to_string()));
                 let mut owners = r.owners.iter().map(parse).collect::<Result<Vec<_>>>()?;
+                let joined = r.joined.iter().map(parse).collect::<Result<Vec<_>>>()?;
                 let mut local = r.local;
                 if r.owners.is_empty() && !r.local && r.kind == PinKind::Pinned {
                     // The older index: one owner, or none for own content.
@@ -517,8 +616,10 @@ impl Store {
                         root,
                         kind: r.kind,
                         owners,
+                        joined,
                         local,
                         size: r.size,
+                        blocks: r.blocks,
                         last_access: r.last_access,
                         file: r.file,
                         replicas: r.replicas,
@@ -601,9 +702,11 @@ fn records(roots: &[RootInfo]) -> Vec<PinRecord> {
             root: r.root.to_string(),
             kind: r.kind,
             owners: r.owners.iter().map(ToString::to_string).collect(),
+            joined: r.joined.iter().map(ToString::to_string).collect(),
             local: r.local,
             owner: None,
             size: r.size,
+            blocks: r.blocks,
             last_access: r.last_access,
             file: r.file.clone(),
             replicas: r.replicas,

@@ -55,7 +55,9 @@ pub use self::{
         AsyncStore, STORE_CALLS, assert_blocking_context, joined, run_blocking, spawn_blocking,
     },
     gc::{CORRUPT_KEPT, CORRUPT_KEPT_FOR, GcStats, Guard, SWEEP_BATCH},
-    index::{FileInfo, PinKind, Rebuilt, RootInfo},
+    index::{
+        BLOCK_OVERHEAD, FileInfo, MAX_LEASE_REPLICAS, PinKind, Rebuilt, RootInfo, replica_cost,
+    },
     writer::{BlockWriter, Durability, Prepared},
 };
 use crate::{crypto::ConvergenceSecret, error::Result};

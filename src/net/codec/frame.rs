@@ -9,12 +9,13 @@ use cid::multihash::Multihash;
 
 use super::{
     ErrorCode, FRAME_HEADER_LEN, MAX_BLOCK_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_HAVE_CIDS,
-    MAX_REQUEST_SIZE, Request, Response,
+    MAX_PROVE_CIDS, MAX_REQUEST_SIZE, Request, Response,
 };
 use crate::block::{self, BlockBuf, DAG_CBOR, RAW, SHA2_256};
 use crate::lease::LEASE_LEN;
 
-// Message type bytes. Must not change. Requests are 0x01..=0x04 and 0x07;
+// Message type bytes. Must not change. Requests are 0x01..=0x04, 0x07 and
+// 0x08;
 // the response to request type `t` is `0x80 | t`, and the two responses that
 // can answer more than one request are 0x85 and 0x86 (so 0x05 and 0x06 are
 // never requests). 0x00, 0x80 and 0xFF are reserved and
@@ -24,6 +25,8 @@ const TYPE_HAVE: u8 = 0x02;
 const TYPE_REPLICATE: u8 = 0x03;
 const TYPE_DELETE: u8 = 0x04;
 const TYPE_HOLDS: u8 = 0x07;
+/// Version 4 only (see [`super::PROTOCOL_4`]).
+pub(super) const TYPE_PROVE: u8 = 0x08;
 pub(super) const TYPE_BLOCK: u8 = 0x81;
 const TYPE_HAVE_RESULT: u8 = 0x82;
 const TYPE_REPLICATED: u8 = 0x83;
@@ -31,6 +34,7 @@ const TYPE_DELETED: u8 = 0x84;
 const TYPE_NOT_FOUND: u8 = 0x85;
 const TYPE_ERROR: u8 = 0x86;
 const TYPE_HOLDING: u8 = 0x87;
+const TYPE_PROOF: u8 = 0x88;
 
 // The only CIDs this protocol carries are those `block` supports: CIDv1,
 // codec raw or dag-cbor, multihash sha2-256 with a 32-byte digest. Their
@@ -49,9 +53,12 @@ const HOLDING_BODY: usize = 1 + 1 + 8;
 const MAX_HAVE_REQUEST_BODY: usize = 2 + MAX_HAVE_CIDS * CID_FIELD_LEN;
 const MAX_HAVE_RESULT_BODY: usize = 2 + MAX_HAVE_CIDS.div_ceil(8);
 const MAX_ERROR_BODY: usize = 2 + MAX_ERROR_MESSAGE_LEN;
+const MAX_PROVE_BODY: usize = CID_FIELD_LEN + 32 + 2 + MAX_PROVE_CIDS * CID_FIELD_LEN;
+const MAX_PROOF_BODY: usize = 2 + MAX_PROVE_CIDS * 32;
 
 const _: () = assert!(FRAME_HEADER_LEN + MAX_HAVE_REQUEST_BODY <= MAX_REQUEST_SIZE);
 const _: () = assert!(MAX_HAVE_CIDS <= u16::MAX as usize);
+const _: () = assert!(FRAME_HEADER_LEN + MAX_PROVE_BODY <= MAX_REQUEST_SIZE);
 const _: () = assert!(MAX_BLOCK_SIZE <= u32::MAX as usize);
 
 /// Encodes a request as one frame. Limits are not checked here (see
@@ -71,6 +78,17 @@ pub fn encode_request(request: &Request) -> Vec<u8> {
         }
         Request::Delete { root } => encode_cid_frame(TYPE_DELETE, root),
         Request::Holds { root } => encode_cid_frame(TYPE_HOLDS, root),
+        Request::Prove { root, nonce, cids } => {
+            let mut frame =
+                begin_frame(TYPE_PROVE, CID_FIELD_LEN + 32 + 2 + cids.len() * CID_FIELD_LEN);
+            put_cid(&mut frame, root);
+            frame.extend_from_slice(nonce);
+            frame.extend_from_slice(&saturating_u16(cids.len()).to_be_bytes());
+            for cid in cids {
+                put_cid(&mut frame, cid);
+            }
+            finish_frame(frame)
+        }
         Request::Have { cids } => {
             let mut frame = begin_frame(TYPE_HAVE, 2 + cids.len() * CID_FIELD_LEN);
             frame.extend_from_slice(&saturating_u16(cids.len()).to_be_bytes());
@@ -100,6 +118,14 @@ pub fn encode_response(response: &Response) -> Vec<u8> {
             frame.push(u8::from(*pinned));
             frame.push(*replicas);
             frame.extend_from_slice(&repaired.to_be_bytes());
+            finish_frame(frame)
+        }
+        Response::Proof { digests } => {
+            let mut frame = begin_frame(TYPE_PROOF, 2 + digests.len() * 32);
+            frame.extend_from_slice(&saturating_u16(digests.len()).to_be_bytes());
+            for digest in digests {
+                frame.extend_from_slice(digest);
+            }
             finish_frame(frame)
         }
         Response::Replicated { blocks } => {
@@ -166,6 +192,8 @@ fn max_body_len(direction: Direction, message_type: u8) -> Option<usize> {
         (Direction::Request, TYPE_GET_BLOCK | TYPE_DELETE | TYPE_HOLDS) => Some(CID_FIELD_LEN),
         (Direction::Request, TYPE_REPLICATE) => Some(REPLICATE_BODY),
         (Direction::Request, TYPE_HAVE) => Some(MAX_HAVE_REQUEST_BODY),
+        (Direction::Request, TYPE_PROVE) => Some(MAX_PROVE_BODY),
+        (Direction::Response, TYPE_PROOF) => Some(MAX_PROOF_BODY),
         (Direction::Response, TYPE_BLOCK) => Some(MAX_BLOCK_SIZE),
         (Direction::Response, TYPE_HAVE_RESULT) => Some(MAX_HAVE_RESULT_BODY),
         (Direction::Response, TYPE_REPLICATED) => Some(8),
@@ -221,6 +249,18 @@ pub(super) fn decode_request_body(message_type: u8, body: &[u8]) -> io::Result<R
         },
         TYPE_DELETE => Request::Delete { root: body.cid()? },
         TYPE_HOLDS => Request::Holds { root: body.cid()? },
+        TYPE_PROVE => {
+            let root = body.cid()?;
+            let nonce = body.array()?;
+            let count = usize::from(body.u16()?);
+            if count > MAX_PROVE_CIDS {
+                return Err(invalid_data(format!(
+                    "Prove request with {count} CIDs (at most {MAX_PROVE_CIDS})"
+                )));
+            }
+            let cids = (0..count).map(|_| body.cid()).collect::<io::Result<_>>()?;
+            Request::Prove { root, nonce, cids }
+        }
         TYPE_HAVE => {
             let count = usize::from(body.u16()?);
             if count > MAX_HAVE_CIDS {
@@ -255,6 +295,16 @@ pub(super) fn decode_small_response_body(message_type: u8, body: &[u8]) -> io::R
                 replicas: u8::from_be_bytes(body.array()?),
                 repaired: u64::from_be_bytes(body.array()?),
             }
+        }
+        TYPE_PROOF => {
+            let count = usize::from(body.u16()?);
+            if count > MAX_PROVE_CIDS {
+                return Err(invalid_data(format!(
+                    "Proof with {count} digests (at most {MAX_PROVE_CIDS})"
+                )));
+            }
+            let digests = (0..count).map(|_| body.array()).collect::<io::Result<_>>()?;
+            Response::Proof { digests }
         }
         TYPE_HAVE_RESULT => {
             let count = usize::from(body.u16()?);

@@ -7,7 +7,7 @@ use std::io;
 
 use cid::Cid;
 
-use super::{MAX_BLOCK_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_HAVE_CIDS};
+use super::{MAX_BLOCK_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_HAVE_CIDS, MAX_PROVE_CIDS};
 use crate::block::{self, BlockBuf};
 use crate::lease::LEASE_LEN;
 
@@ -50,6 +50,17 @@ pub enum Request {
     Holds {
         /// The root asked about.
         root: Cid,
+    },
+    /// Prove that you hold these blocks of `root`: answer, for each CID in
+    /// order, SHA-256 of `nonce` then the block's bytes. At most
+    /// [`MAX_PROVE_CIDS`]. Only under `/dfs-p2p/file/4.0.0`.
+    Prove {
+        /// The root the blocks belong to.
+        root: Cid,
+        /// Fresh random bytes of the challenger's.
+        nonce: [u8; 32],
+        /// The blocks whose possession is proven.
+        cids: Vec<Cid>,
     },
 }
 
@@ -95,6 +106,12 @@ pub enum Response {
         /// Unix seconds of the last repair this peer made of the root; 0
         /// if none.
         repaired: u64,
+    },
+    /// The answer to `Prove`: SHA-256 of the nonce then each block asked,
+    /// in the request's order.
+    Proof {
+        /// One digest per CID of the request.
+        digests: Vec<[u8; 32]>,
     },
     /// The request failed; `message` (at most [`MAX_ERROR_MESSAGE_LEN`]
     /// bytes) is for humans and logs, `code` for programs.
@@ -225,6 +242,16 @@ impl Request {
             | Self::Replicate { root, .. }
             | Self::Delete { root }
             | Self::Holds { root } => check_cid(root),
+            Self::Prove { root, cids, .. } => {
+                if cids.len() > MAX_PROVE_CIDS {
+                    return Err(invalid_input(format!(
+                        "Prove request with {} CIDs (at most {MAX_PROVE_CIDS})",
+                        cids.len()
+                    )));
+                }
+                check_cid(root)?;
+                cids.iter().try_for_each(check_cid)
+            }
             Self::Have { cids } => {
                 if cids.len() > MAX_HAVE_CIDS {
                     return Err(invalid_input(format!(
@@ -271,6 +298,9 @@ impl Response {
                 "Have response with {} answers (at most {MAX_HAVE_CIDS})",
                 present.len()
             ))),
+            Self::Proof { digests } if digests.len() > MAX_PROVE_CIDS => Err(invalid_input(
+                format!("Proof with {} digests (at most {MAX_PROVE_CIDS})", digests.len()),
+            )),
             Self::Error { message, .. } if message.len() > MAX_ERROR_MESSAGE_LEN => {
                 Err(invalid_input(format!(
                     "error message of {} bytes (at most {MAX_ERROR_MESSAGE_LEN})",

@@ -46,6 +46,14 @@ pub const PROTOCOL: &str = "/dfs-p2p/file/3.0.0";
 /// [`PROTOCOL`] as the type `request_response::Behaviour::new` takes.
 pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new(PROTOCOL);
 
+/// Version 4 of the file protocol: version 3 and `Prove`/`Proof`. A node
+/// speaks both, 4 first; a `Prove` is never sent under version 3. Must
+/// not change.
+pub const PROTOCOL_4: &str = "/dfs-p2p/file/4.0.0";
+
+/// [`PROTOCOL_4`] as the type `request_response::Behaviour::new` takes.
+pub const STREAM_PROTOCOL_4: StreamProtocol = StreamProtocol::new(PROTOCOL_4);
+
 /// The block stream: the same `GetBlock` frames and their answers, many
 /// in order on one long-lived stream (`protocols/file-protocol.md`, section
 /// 11). Must not change.
@@ -72,6 +80,10 @@ pub const MAX_RESPONSE_SIZE: usize = FRAME_HEADER_LEN + MAX_BLOCK_SIZE;
 /// Most CIDs in one `Have` request (and so most answers in a `Have`
 /// response). Must not change.
 pub const MAX_HAVE_CIDS: usize = 1024;
+
+/// Most CIDs in one `Prove` request (and digests in its `Proof`). Must
+/// not change.
+pub const MAX_PROVE_CIDS: usize = 16;
 
 /// Longest `Error` message, in bytes of UTF-8. Must not change.
 pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;

@@ -12,11 +12,12 @@ use libp2p::StreamProtocol;
 use libp2p::request_response;
 
 use super::frame::{
-    Direction, TYPE_BLOCK, TYPE_GET_BLOCK, decode_request_body, decode_small_response_body,
-    encode_request, encode_response, frame_header, invalid_data, parse_header,
+    Direction, TYPE_BLOCK, TYPE_GET_BLOCK, TYPE_PROVE, decode_request_body,
+    decode_small_response_body, encode_request, encode_response, frame_header, invalid_data,
+    parse_header,
 };
 use super::messages::invalid_input;
-use super::{FRAME_HEADER_LEN, Request, RequestFrame, Response};
+use super::{FRAME_HEADER_LEN, Request, RequestFrame, Response, STREAM_PROTOCOL_4};
 use crate::block::BlockBuf;
 
 /// The `request_response` codec of the file protocol; see the module docs.
@@ -32,7 +33,11 @@ impl request_response::Codec for FileCodec {
     /// [`RequestFrame::Malformed`]: the body of a frame whose header is
     /// already wrong is not read at all, and the reason is answered. Only a
     /// failing stream (reset, closed connection) is an error.
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RequestFrame>
+    async fn read_request<T>(
+        &mut self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<RequestFrame>
     where
         T: AsyncRead + Unpin + Send,
     {
@@ -44,6 +49,11 @@ impl request_response::Codec for FileCodec {
             Ok(header) => header,
             Err(e) => return malformed(e),
         };
+        if message_type == TYPE_PROVE && *protocol != STREAM_PROTOCOL_4 {
+            return malformed(invalid_data(format!(
+                "unknown Request type 0x{message_type:02x} under {protocol}"
+            )));
+        }
         // The body is read as it arrives, never allocated ahead of it.
         let mut body = Vec::new();
         if let Err(e) = read_growing(io, len, &mut body).await {
@@ -70,7 +80,7 @@ impl request_response::Codec for FileCodec {
 
     async fn write_request<T>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         request: RequestFrame,
     ) -> io::Result<()>
@@ -80,6 +90,9 @@ impl request_response::Codec for FileCodec {
         let RequestFrame::Valid(request) = request else {
             return Err(invalid_input("a malformed request is never sent"));
         };
+        if matches!(request, Request::Prove { .. }) && *protocol != STREAM_PROTOCOL_4 {
+            return Err(invalid_input(format!("the peer speaks {protocol}, which has no Prove")));
+        }
         request.validate()?;
         io.write_all(&encode_request(&request)).await
     }

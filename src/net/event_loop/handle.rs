@@ -13,6 +13,7 @@ use super::{BOOTSTRAP_ATTEMPTS, BootstrapState, Counters, LookupCost};
 use crate::net::{
     codec::{Request, Response},
     lanes::Lanes,
+    replicas::{DeleteLookups, Distrust},
 };
 
 /// Commands queued for the event loop.
@@ -38,6 +39,11 @@ pub enum RequestError {
 pub struct PeerInfo {
     pub peer_id: PeerId,
     pub addrs: Vec<Multiaddr>,
+    /// The IP address its connection comes from (not what it says it
+    /// listens on), if it is an IP connection.
+    pub ip: Option<std::net::IpAddr>,
+    /// Since when it has been connected without a break.
+    pub since: std::time::Instant,
 }
 
 /// A file-protocol request from a peer, for the responder.
@@ -127,11 +133,39 @@ pub struct NetHandle {
     pub(super) bootstrap: watch::Receiver<Vec<BootstrapState>>,
     pub(super) counters: Arc<Counters>,
     pub(super) lanes: Arc<Lanes>,
+    pub(super) distrust: Distrust,
+    pub(super) delete_lookups: DeleteLookups,
+    /// How long a peer must have been connected to count as settled, in
+    /// milliseconds (`replicas::candidates`).
+    pub(super) settled_after: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl NetHandle {
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// The peers that failed a possession proof, per root
+    /// (`replicas::proof`).
+    pub fn distrust(&self) -> &Distrust {
+        &self.distrust
+    }
+
+    /// How long a peer must have been connected to count as settled for
+    /// placement.
+    pub fn settled_after(&self) -> Duration {
+        Duration::from_millis(self.settled_after.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sets [`settled_after`](Self::settled_after), for every clone.
+    pub fn set_settled_after(&self, after: Duration) {
+        let millis = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.settled_after.store(millis, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The node's recent delete-record lookups (`replicas::find_delete`).
+    pub fn delete_lookups(&self) -> &DeleteLookups {
+        &self.delete_lookups
     }
 
     /// The node's block streams (`net::lanes`).

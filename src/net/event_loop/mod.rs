@@ -114,6 +114,9 @@ pub struct EventLoop {
     blocked: Blocked,
     /// When each connected peer last did something for or with us.
     last_active: HashMap<PeerId, Instant>,
+    /// Each connected peer's remote IP and since when it has been
+    /// connected (placement weighs both: `replicas::candidates`).
+    links: HashMap<PeerId, (Option<std::net::IpAddr>, Instant)>,
     addresses: AddressBook,
     bootstrap: Vec<Bootstrap>,
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
@@ -158,6 +161,11 @@ impl EventLoop {
             connected: connected_rx,
             bootstrap: bootstrap_rx,
             counters: Arc::default(),
+            distrust: Default::default(),
+            delete_lookups: Default::default(),
+            settled_after: Arc::new(std::sync::atomic::AtomicU64::new(
+                crate::net::replicas::SETTLED_AFTER.as_millis() as u64,
+            )),
         };
         let event_loop = EventLoop {
             swarm,
@@ -168,6 +176,7 @@ impl EventLoop {
             admission: Admission::default(),
             blocked: Blocked::default(),
             last_active: HashMap::new(),
+            links: HashMap::new(),
             addresses: AddressBook::default(),
             bootstrap,
             listen_addrs: listen_tx,
@@ -264,12 +273,18 @@ impl EventLoop {
             Command::GetRecord { key, found } => self.get_record(key, found),
             Command::ClosestPeers { key, reply } => self.closest_peers(key, reply),
             Command::Peers { reply } => {
+                let now = Instant::now();
                 let peers = self
                     .swarm
                     .connected_peers()
-                    .map(|p| PeerInfo {
-                        peer_id: *p,
-                        addrs: self.addresses.get(p).cloned().unwrap_or_default(),
+                    .map(|p| {
+                        let (ip, since) = self.links.get(p).copied().unwrap_or((None, now));
+                        PeerInfo {
+                            peer_id: *p,
+                            addrs: self.addresses.get(p).cloned().unwrap_or_default(),
+                            ip,
+                            since,
+                        }
                     })
                     .collect();
                 let _ = reply.send(peers);
@@ -328,6 +343,8 @@ impl EventLoop {
                 tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
                 self.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
                 self.last_active.entry(peer_id).or_insert_with(Instant::now);
+                let ip = crate::net::replicas::ip_of(endpoint.get_remote_address());
+                self.links.entry(peer_id).or_insert((ip, Instant::now()));
                 self.trim_connections();
                 let to_bootstrap = self.bootstrap_connected(peer_id, connection_id);
                 self.connected.send_replace(self.swarm.connected_peers().count());
@@ -337,6 +354,7 @@ impl EventLoop {
                 if num_established == 0 {
                     tracing::debug!("disconnected from {peer_id}");
                     self.last_active.remove(&peer_id);
+                    self.links.remove(&peer_id);
                     if self.is_bootstrap_peer(&peer_id) {
                         self.publish_bootstrap();
                     }

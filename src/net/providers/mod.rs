@@ -57,6 +57,15 @@ impl ProviderSet {
         })
     }
 
+    /// A set of `peer` alone, which never looks for more: a replica is
+    /// pulled from the peer that asks for it, and nobody else.
+    pub fn only(root: Cid, peer: PeerId) -> Arc<Self> {
+        let set = ProviderSet::new(root, false);
+        set.add(peer);
+        set.close();
+        set
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ProviderPolicy> {
         self.state.lock().expect("provider set lock")
     }

@@ -1,10 +1,15 @@
 //! Both sides of `Holds` and `Delete`, and the owners' delete records in
 //! the DHT.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use cid::Cid;
 use libp2p::{PeerId, request_response::ResponseChannel};
+use tokio::sync::Semaphore;
 
 use super::{DELETE_TIMEOUT, ReplicaService, told_to_peers};
 use crate::{
@@ -43,11 +48,75 @@ pub async fn rpc_holds(
 
 /// How long a lookup of a delete record may take.
 pub const DELETE_LOOKUP: Duration = Duration::from_secs(10);
+/// How long a lookup that found no delete record is trusted (a found
+/// record is kept until it ends).
+pub const DELETE_CACHE_FOR: Duration = Duration::from_secs(60);
+/// Lookups of delete records a node runs at once; more wait their turn.
+pub const DELETE_LOOKUPS_AT_ONCE: usize = 4;
+/// (root, owner) answers kept: past it, the oldest is forgotten.
+pub const MAX_DELETE_ANSWERS: usize = 4096;
+
+/// A lookup's answer (the record, if one was found) and when it came.
+type Answer = (Option<DeleteRecord>, Instant);
+
+/// The answers of recent delete-record lookups, and the turns of those
+/// running; cheap to clone, one per node (see [`find_delete`]).
+#[derive(Clone)]
+pub struct DeleteLookups {
+    answers: Arc<Mutex<HashMap<(Cid, PeerId), Answer>>>,
+    turns: Arc<Semaphore>,
+}
+
+impl Default for DeleteLookups {
+    fn default() -> Self {
+        DeleteLookups {
+            answers: Arc::default(),
+            turns: Arc::new(Semaphore::new(DELETE_LOOKUPS_AT_ONCE)),
+        }
+    }
+}
+
+impl DeleteLookups {
+    /// A recent answer for (`root`, `owner`), if one is still good.
+    fn cached(&self, root: Cid, owner: PeerId) -> Option<Option<DeleteRecord>> {
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let (found, at) = answers.get(&(root, owner))?;
+        match found {
+            Some(record) if record.keep_until > lease::unix_secs() => Some(Some(record.clone())),
+            None if at.elapsed() < DELETE_CACHE_FOR => Some(None),
+            _ => None,
+        }
+    }
+
+    fn remember(&self, root: Cid, owner: PeerId, found: Option<DeleteRecord>) {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        if answers.len() >= MAX_DELETE_ANSWERS && !answers.contains_key(&(root, owner)) {
+            answers.retain(|_, (found, at)| found.is_some() || at.elapsed() < DELETE_CACHE_FOR);
+            if answers.len() >= MAX_DELETE_ANSWERS
+                && let Some(oldest) = answers.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k)
+            {
+                answers.remove(&oldest);
+            }
+        }
+        answers.insert((root, owner), (found, Instant::now()));
+    }
+}
 
 /// `owner`'s delete record for `root`, if the DHT holds a valid one (any
 /// other answer is ignored). Nothing if none is found within
-/// [`DELETE_LOOKUP`].
+/// [`DELETE_LOOKUP`]. Answers are cached ([`DELETE_CACHE_FOR`] for none
+/// found), and at most [`DELETE_LOOKUPS_AT_ONCE`] lookups run at once: one
+/// lookup costs at most a Kademlia `GET_VALUE` walk of [`DELETE_LOOKUP`].
 pub async fn find_delete(net: &NetHandle, root: Cid, owner: PeerId) -> Option<DeleteRecord> {
+    let lookups = net.delete_lookups();
+    if let Some(answer) = lookups.cached(root, owner) {
+        return answer;
+    }
+    let _turn = lookups.turns.acquire().await.ok()?;
+    // Another lookup of the same record may have ended while this waited.
+    if let Some(answer) = lookups.cached(root, owner) {
+        return answer;
+    }
     let key = DeleteRecord::dht_key(&root, &owner);
     let mut found = net.get_record(key.clone()).await;
     let lookup = async {
@@ -59,7 +128,9 @@ pub async fn find_delete(net: &NetHandle, root: Cid, owner: PeerId) -> Option<De
         }
         None
     };
-    tokio::time::timeout(DELETE_LOOKUP, lookup).await.ok().flatten()
+    let answer = tokio::time::timeout(DELETE_LOOKUP, lookup).await.ok().flatten();
+    lookups.remember(root, owner, answer.clone());
+    answer
 }
 
 /// Asks every holder of `root` but us to drop the replica it holds for us.
@@ -154,6 +225,39 @@ impl ReplicaService {
                 Response::Holding { pinned: true, replicas: info.target(), repaired: info.repaired }
             }
             Ok(_) => Response::Holding { pinned: false, replicas: 0, repaired: 0 },
+            Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
+        };
+        self.net.respond(channel, response).await;
+    }
+}
+
+impl ReplicaService {
+    /// Answers a `Prove`: SHA-256 of `nonce` then each block asked, read
+    /// from the store (each read checks the block against its CID), if
+    /// this node holds `root` pinned and every block asked; `NotFound`
+    /// otherwise.
+    pub async fn handle_prove(
+        self,
+        root: Cid,
+        nonce: [u8; 32],
+        cids: Vec<Cid>,
+        channel: ResponseChannel<Response>,
+    ) {
+        let answered = self.store.run(move |store| {
+            if !store.root_info(&root).is_some_and(|info| info.pinned()) {
+                return Ok(Response::NotFound);
+            }
+            let mut digests = Vec::with_capacity(cids.len());
+            for cid in &cids {
+                match store.get(cid) {
+                    Ok(block) => digests.push(super::proof_digest(&nonce, &block)),
+                    Err(_) => return Ok(Response::NotFound),
+                }
+            }
+            Ok(Response::Proof { digests })
+        });
+        let response = match answered.await {
+            Ok(response) => response,
             Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
         };
         self.net.respond(channel, response).await;

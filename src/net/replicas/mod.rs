@@ -1,17 +1,18 @@
 //! Replicas and their deletion: both sides of `Replicate` and `Delete`.
 //!
-//! Outbound: after a put, [`replicate`] asks the peers closest (XOR) to the
-//! root CID to hold a replica ([`rpc_replicate`]) and counts the
-//! confirmations; [`delete_remote`] asks every holder of a root to drop the
+//! Outbound: after a put, [`replicate`] asks the best candidates (see
+//! `placement`) to hold a replica ([`rpc_replicate`]) and counts the
+//! confirmations that they prove (`proof`); [`delete_remote`] asks every holder of a root to drop the
 //! replica it holds for us ([`rpc_delete`]).
 //! Inbound: [`ReplicaService::handle_replicate`] pulls the whole DAG (from
-//! the requester and any other provider, [`pull_dag`]), verifies every
+//! the requester only, [`pull_dag`]), verifies every
 //! block, pins the root with the requester — as authenticated by Noise — as
 //! owner, provides it, then answers; [`ReplicaService::handle_delete`]
 //! drops a replica only for its owner.
 //!
 //! One file per concern: `replicate` (the outbound side of `Replicate`),
-//! `pull` (its inbound side), `holds` (`Holds`, `Delete` and delete
+//! `placement` (where copies go), `pull` (its inbound side), `proof`
+//! (possession proofs), `holds` (`Holds`, `Prove`, `Delete` and delete
 //! records); here, the service and its policy.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
@@ -22,10 +23,20 @@ use tokio::sync::Semaphore;
 use crate::{error::Error, net::event_loop::NetHandle, store::AsyncStore};
 
 mod holds;
+mod placement;
+mod proof;
 mod pull;
 mod replicate;
 
-pub use holds::{DELETE_LOOKUP, Holding, delete_remote, find_delete, rpc_delete, rpc_holds};
+pub use holds::{
+    DELETE_CACHE_FOR, DELETE_LOOKUP, DELETE_LOOKUPS_AT_ONCE, DeleteLookups, Holding,
+    MAX_DELETE_ANSWERS, delete_remote, find_delete, rpc_delete, rpc_holds,
+};
+pub use placement::{SETTLED_AFTER, address_group, ip_of, placement_key, rank};
+pub use proof::{
+    Challenge, DISTRUST_FOR, Distrust, MAX_DISTRUSTED, MAX_PROVED, PROOF_BLOCKS, PROOF_TIMEOUT,
+    draw, fetch_checked, proof_digest, prove,
+};
 use pull::Replications;
 pub use pull::{
     ASKER_GONE, MAX_JOINED_PER_PEER, MAX_JOINED_PER_PULL, MAX_REPLICATIONS_PER_PEER, PULL_GRACE,

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Condvar, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -25,12 +25,11 @@ use crate::{
     lease::{self, Lease, RecordError},
     net::{
         codec::{ErrorCode, Response},
-        discover,
         event_loop::NetHandle,
         get::NetSource,
         providers::ProviderSet,
     },
-    store::{self, PinKind},
+    store::{self, MAX_LEASE_REPLICAS, PinKind, replica_cost},
 };
 
 /// Replications one peer may have running or waiting here at once.
@@ -50,6 +49,20 @@ pub const MAX_JOINED_PER_PEER: usize = 2;
 pub const PULL_GRACE: Duration = Duration::from_secs(120);
 /// Bytes per second a pull is allowed at least.
 pub const PULL_MIN_RATE: u64 = 1024 * 1024;
+/// A pull that brings fewer than [`STALL_BYTES`] in any [`STALL_WINDOW`]
+/// stops, and its reservation is returned: an asker that declares much
+/// and sends little holds a slot and quota for a window at most.
+pub const STALL_WINDOW: Duration = Duration::from_secs(20);
+pub const STALL_BYTES: u64 = 512 * 1024;
+/// Blocks one replica may declare, at most (a 2 TiB file of 1 MiB chunks,
+/// with its structure).
+pub const MAX_REPLICA_BLOCKS: u64 = 1 << 21;
+/// The share of `--replica-quota` one owner's replicas (held and being
+/// pulled) may take, at most: a quarter.
+pub const OWNER_SHARE_DIVISOR: u64 = 4;
+/// Delete-record lookups one peer's `Replicate`s may have running here at
+/// once; more are answered `Busy` before any lookup starts.
+pub const MAX_LOOKUPS_PER_PEER: usize = 2;
 /// How long a pull goes on after its asker disconnected.
 pub const ASKER_GONE: Duration = Duration::from_secs(20);
 /// How often a running pull checks its deadline and its asker.
@@ -62,8 +75,11 @@ pub(super) struct Replications {
     waiting: HashMap<Cid, Pull>,
     /// Per asker: its replications running or waiting.
     per_peer: HashMap<PeerId, usize>,
-    /// Bytes reserved for pulls under way.
+    /// Quota reserved for pulls under way, in all and per owner.
     reserved: u64,
+    reserved_for: HashMap<PeerId, u64>,
+    /// Per asker: its delete-record lookups running.
+    looking_up: HashMap<PeerId, usize>,
     /// When each owner last sent `Delete` for a root (Unix seconds): a
     /// `Replicate` of that owner's arriving after it with a lease issued
     /// before it (a cancelled put's request, late) is refused. At most
@@ -222,37 +238,69 @@ impl ReplicaService {
             let refusal = Response::error(ErrorCode::Refused, "its owner deleted it");
             return self.net.respond(channel, refusal).await;
         }
-        if owner != peer
-            && let Some(deleted) = find_delete(&self.net, root, owner).await
-        {
-            tracing::info!(
-                "refused to repair {root} for {peer}: its owner {owner} deleted it at {}",
-                deleted.deleted
-            );
-            let refusal = Response::error(ErrorCode::Refused, "its owner deleted it");
-            return self.net.respond(channel, refusal).await;
+        if owner != peer {
+            // A repair: the owner's delete record is looked up first, within
+            // the asker's share of lookups (answers are cached: see
+            // `find_delete`).
+            {
+                let mut state = self.state.lock().await;
+                let running = state.looking_up.entry(peer).or_default();
+                if *running >= MAX_LOOKUPS_PER_PEER {
+                    drop(state);
+                    let busy = "too many of your requests wait for a lookup here";
+                    return self.net.respond(channel, Response::error(ErrorCode::Busy, busy)).await;
+                }
+                *running += 1;
+            }
+            let deleted = find_delete(&self.net, root, owner).await;
+            {
+                let mut state = self.state.lock().await;
+                if let Some(n) = state.looking_up.get_mut(&peer) {
+                    *n -= 1;
+                    if *n == 0 {
+                        state.looking_up.remove(&peer);
+                    }
+                }
+            }
+            if let Some(deleted) = deleted {
+                tracing::info!(
+                    "refused to repair {root} for {peer}: its owner {owner} deleted it at {}",
+                    deleted.deleted
+                );
+                let refusal = Response::error(ErrorCode::Refused, "its owner deleted it");
+                return self.net.respond(channel, refusal).await;
+            }
         }
         let held = self
             .store
             .run(move |store| {
-                let info = store.root_info(&root);
-                Ok(info.is_some_and(|i| i.kind == PinKind::Pinned && store.is_complete(&root)))
+                let info = store.root_info(&root).filter(|i| i.kind == PinKind::Pinned);
+                let held = info.filter(|_| store.is_complete(&root));
+                Ok(held.map(|i| (i.owners.contains(&owner), i.cost())))
             })
             .await
-            .unwrap_or(false);
-        if held {
-            // Already pinned here: one more owner, or a newer lease, costs
-            // no space.
+            .unwrap_or(None);
+        if let Some((owned, cost)) = held {
+            // Already pinned here: a newer lease of an owner's costs no
+            // space; a new owner's lease costs that owner its share.
             let lease = offer.lease.clone();
+            let share = self.owner_share();
             let pinned = self
                 .store
                 .run(move |store| {
                     let _guard = store.guard();
-                    store.pin_leased(&root, lease).and_then(|_| store.dag_stats(&root))
+                    if !owned && store.held_for(&owner).saturating_add(cost) > share {
+                        return Ok(None);
+                    }
+                    store.pin_leased(&root, lease).and_then(|_| store.dag_stats(&root)).map(Some)
                 })
                 .await;
             let response = match pinned {
-                Ok((blocks, _)) => Response::Replicated { blocks },
+                Ok(Some((blocks, _))) => Response::Replicated { blocks },
+                Ok(None) => {
+                    tracing::info!("refused {owner}'s lease on {root}: its share is full");
+                    share_full()
+                }
                 Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
             };
             return self.net.respond(channel, response).await;
@@ -277,8 +325,14 @@ impl ReplicaService {
                 // Read with the state locked (an async lock: no runtime
                 // worker waits), so that a pull that ends meanwhile is
                 // counted as held or as reserved, never as neither.
-                match self.store.run(|store| Ok(store.held_for_others())).await {
-                    Ok(held) => self.reserve(&mut state, held, offer.bytes).err(),
+                let held = self
+                    .store
+                    .run(move |store| Ok((store.held_for_others(), store.held_for(&owner))))
+                    .await;
+                match held {
+                    Ok((held, owners)) => {
+                        self.reserve(&mut state, held, owner, owners, &offer).err()
+                    }
                     Err(e) => Some(Response::error(ErrorCode::Internal, told_to_peers(&e))),
                 }
             };
@@ -292,7 +346,7 @@ impl ReplicaService {
             state.waiting.insert(root, pull);
             *state.per_peer.entry(peer).or_default() += 1;
         }
-        let reserved = offer.bytes;
+        let reserved = replica_cost(offer.blocks, offer.bytes);
         let response = match self.replications.clone().acquire_owned().await {
             Ok(_) if cancel.load(Ordering::Relaxed) => {
                 Response::error(ErrorCode::Refused, "its owner deleted it")
@@ -303,6 +357,12 @@ impl ReplicaService {
         let pull = {
             let mut state = self.state.lock().await;
             state.reserved -= reserved;
+            if let Some(n) = state.reserved_for.get_mut(&owner) {
+                *n = n.saturating_sub(reserved);
+                if *n == 0 {
+                    state.reserved_for.remove(&owner);
+                }
+            }
             if let Some(n) = state.per_peer.get_mut(&peer) {
                 *n -= 1;
                 if *n == 0 {
@@ -351,13 +411,23 @@ impl ReplicaService {
         let answers: Vec<Response> = if matches!(response, Response::Replicated { .. }) {
             let leases: Vec<Lease> = joined.iter().map(|j| j.lease.clone()).collect();
             let done = response.clone();
+            let share = self.owner_share();
             let pinned = self
                 .store
                 .run(move |store| {
                     let _guard = store.guard();
-                    let pin = |lease| match store.pin_leased(&root, lease) {
-                        Ok(_) => done.clone(),
-                        Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
+                    let pin = |lease: Lease| {
+                        // An owner new to the root pays its share for it.
+                        let owner = lease.owner();
+                        let new = store.root_info(&root).is_none_or(|i| !i.owners.contains(&owner));
+                        let cost = store.root_info(&root).map_or(0, |i| i.cost());
+                        if new && store.held_for(&owner).saturating_add(cost) > share {
+                            return share_full();
+                        }
+                        match store.pin_leased(&root, lease) {
+                            Ok(_) => done.clone(),
+                            Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),
+                        }
                     };
                     Ok(leases.into_iter().map(pin).collect())
                 })
@@ -394,6 +464,20 @@ impl ReplicaService {
         if offer.blocks == 0 {
             return Err(Response::error(ErrorCode::BadRequest, "a replica has at least one block"));
         }
+        if offer.blocks > MAX_REPLICA_BLOCKS {
+            return refused(format!(
+                "a replica of {} blocks: this node holds replicas of {MAX_REPLICA_BLOCKS} blocks at \
+                 most",
+                offer.blocks
+            ));
+        }
+        if offer.lease.replicas > MAX_LEASE_REPLICAS {
+            return refused(format!(
+                "the lease asks for {} copies: this node keeps leases for {MAX_LEASE_REPLICAS} at \
+                 most",
+                offer.lease.replicas
+            ));
+        }
         let now = lease::unix_secs();
         match offer.lease.check(&offer.root, now) {
             Err(RecordError::OtherRoot) => {
@@ -407,41 +491,63 @@ impl ReplicaService {
         }
     }
 
-    /// Reserves `bytes` against the quota, of which `held` is taken by
-    /// replicas held already, or says why not.
-    fn reserve(&self, state: &mut Replications, held: u64, bytes: u64) -> Result<(), Response> {
+    /// The most one owner's replicas may cost here (see
+    /// [`OWNER_SHARE_DIVISOR`]).
+    fn owner_share(&self) -> u64 {
+        self.policy.quota / OWNER_SHARE_DIVISOR
+    }
+
+    /// Reserves what `offer` declares (its [`replica_cost`]) against the
+    /// quota, of which `held` is taken by replicas held already, and
+    /// against the share of its lease's `owner`, whose replicas here cost
+    /// `owners`; or says why not, without telling how much is free.
+    fn reserve(
+        &self,
+        state: &mut Replications,
+        held: u64,
+        owner: PeerId,
+        owners: u64,
+        offer: &Offer,
+    ) -> Result<(), Response> {
+        let cost = replica_cost(offer.blocks, offer.bytes);
         let used = held.saturating_add(state.reserved);
-        if used.saturating_add(bytes) > self.policy.quota {
+        if used.saturating_add(cost) > self.policy.quota {
             return Err(Response::error(
                 ErrorCode::Refused,
-                format!(
-                    "over quota: asked to hold {bytes} bytes, {} free of the {} this node \
-                     holds for others",
-                    self.policy.quota.saturating_sub(used),
-                    self.policy.quota
-                ),
+                "over quota: this node holds no more replicas for others now",
             ));
         }
-        state.reserved += bytes;
+        let mine = owners.saturating_add(state.reserved_for.get(&owner).copied().unwrap_or(0));
+        if mine.saturating_add(cost) > self.owner_share() {
+            return Err(share_full());
+        }
+        state.reserved += cost;
+        *state.reserved_for.entry(owner).or_default() += cost;
         Ok(())
     }
 
     async fn pull_and_pin(&self, peer: PeerId, offer: Offer, cancel: Arc<AtomicBool>) -> Response {
         let Offer { root, blocks: max_blocks, bytes: max_bytes, lease } = offer;
         let owner = lease.owner();
-        let providers = ProviderSet::new(root, true);
-        // The asker is a provider before the pull starts (the discovery task
-        // adds it too, later): the root is not probed for elsewhere.
-        providers.add(peer);
-        let discovery =
-            tokio::spawn(discover::discover(self.net.clone(), providers.clone(), vec![peer]));
-        let watch = tokio::spawn(watch_pull(self.net.clone(), peer, max_bytes, cancel.clone()));
+        // The copy comes from the asker and nobody else: whoever places a
+        // copy serves it (a stranger cannot have others' copies pulled
+        // onto a node under a lease of its own).
+        let providers = ProviderSet::only(root, peer);
+        let progress: Arc<AtomicU64> = Arc::default();
+        let watch = tokio::spawn(watch_pull(
+            self.net.clone(),
+            peer,
+            max_bytes,
+            Arc::clone(&progress),
+            cancel.clone(),
+        ));
         let (faced, net, rt) =
             (self.store.clone(), self.net.clone(), tokio::runtime::Handle::current());
         let pulled = store::run_blocking("a replica pull", move || -> Result<u64> {
             let store = faced.blocking().clone();
             let source = NetSource::new(faced, net, rt, providers, store.writer(), true)
-                .with_limits(max_bytes, cancel.clone());
+                .with_limits(max_bytes, cancel.clone())
+                .with_progress(progress);
             let blocks = pull_dag(&source, &root, max_blocks);
             source.commit()?;
             let blocks = blocks?;
@@ -459,7 +565,6 @@ impl ReplicaService {
             Ok(blocks)
         })
         .await;
-        discovery.abort();
         watch.abort();
         match pulled {
             Ok(blocks) => {
@@ -486,10 +591,13 @@ impl ReplicaService {
                     _ => ErrorCode::Internal,
                 };
                 let message = match e {
-                    Error::Limit { .. } => format!("{e}: more than declared"),
-                    Error::Cancelled => {
-                        "the pull stopped: past its deadline or its asker left".into()
+                    Error::Limit { limit: DagLimit::Bytes(_) | DagLimit::Blocks(_), .. } => {
+                        format!("{e}: more than declared")
                     }
+                    Error::Limit { .. } => e.to_string(),
+                    Error::Cancelled => "the pull stopped: past its deadline, stalled (less than \
+                                         512 KiB in 20 s) or its asker left"
+                        .into(),
                     e => told_to_peers(&e),
                 };
                 Response::error(code, message)
@@ -565,21 +673,53 @@ pub fn pull_dag(source: &NetSource, root: &Cid, max_blocks: u64) -> Result<u64> 
     }
 }
 
-/// Stops a pull (sets `cancel`) once it has run past its deadline, or its
-/// asker has been gone for [`ASKER_GONE`].
-async fn watch_pull(net: NetHandle, asker: PeerId, bytes: u64, cancel: Arc<AtomicBool>) {
-    let deadline = Instant::now() + PULL_GRACE + Duration::from_secs(bytes / PULL_MIN_RATE);
-    let mut last_seen = Instant::now();
+/// Stops a pull (sets `cancel`) once it has run past its deadline, brought
+/// less than [`STALL_BYTES`] in the last [`STALL_WINDOW`] (`progress`
+/// counts its bytes), or its asker has been gone for [`ASKER_GONE`].
+async fn watch_pull(
+    net: NetHandle,
+    asker: PeerId,
+    bytes: u64,
+    progress: Arc<AtomicU64>,
+    cancel: Arc<AtomicBool>,
+) {
+    let started = Instant::now();
+    let deadline = started + PULL_GRACE + Duration::from_secs(bytes / PULL_MIN_RATE);
+    let mut last_seen = started;
+    // (when, bytes by then), one a second, the last window's worth.
+    let mut marks: std::collections::VecDeque<(Instant, u64)> = [(started, 0)].into();
     loop {
         tokio::time::sleep(PULL_WATCH).await;
+        let now = Instant::now();
         if net.peers().await.iter().any(|p| p.peer_id == asker) {
-            last_seen = Instant::now();
+            last_seen = now;
         }
-        if Instant::now() > deadline || last_seen.elapsed() > ASKER_GONE {
+        let got = progress.load(Ordering::Relaxed);
+        marks.push_back((now, got));
+        while marks.len() > 1 && now.duration_since(marks[1].0) >= STALL_WINDOW {
+            marks.pop_front();
+        }
+        let (since, before) = marks[0];
+        let stalled = now.duration_since(since) >= STALL_WINDOW && got - before < STALL_BYTES;
+        if now > deadline || stalled || last_seen.elapsed() > ASKER_GONE {
+            if stalled {
+                tracing::info!(
+                    "a pull for {asker} stalled: {} bytes in {STALL_WINDOW:?}",
+                    got - before
+                );
+            }
             cancel.store(true, Ordering::Relaxed);
             return;
         }
     }
+}
+
+/// The refusal of a lease whose owner's share of the quota is full.
+fn share_full() -> Response {
+    Response::error(
+        ErrorCode::Refused,
+        "your share of what this node holds for others is full (a quarter of it)",
+    )
 }
 
 #[cfg(test)]

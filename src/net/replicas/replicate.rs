@@ -4,30 +4,38 @@
 use std::{sync::Mutex, time::Instant};
 
 use cid::Cid;
-use libp2p::{PeerId, kad::KBucketKey};
+use libp2p::PeerId;
 
-use super::REPLICATE_DEADLINE;
+use super::{REPLICATE_DEADLINE, fetch_checked, placement, prove};
 use crate::{
     lease::Lease,
     net::{
         codec::{Request, Response},
         event_loop::{NetHandle, RequestError},
     },
+    store::AsyncStore,
 };
 
-/// Candidates for `root`'s replicas, closest (XOR) first.
-pub async fn candidates(net: &NetHandle, root: &Cid) -> Vec<PeerId> {
-    let key = root.to_bytes();
+/// Candidates for `root`'s replicas, best first (see `placement`): the
+/// peers closest to a fresh salted key in the DHT and the connected peers,
+/// settled ones first, at most one per address group (the groups of
+/// `holders` taken already), never this node, a blocked peer or one that
+/// failed a proof for `root` lately.
+pub async fn candidates(net: &NetHandle, root: &Cid, holders: &[PeerId]) -> Vec<PeerId> {
+    let key = placement::placement_key(root);
     let mut peers = net.closest_peers(key.clone()).await;
+    let connected = net.peers().await;
     // Small networks: connected peers the DHT did not report.
-    peers.extend(net.peers().await.into_iter().map(|p| p.peer_id));
+    peers.extend(connected.iter().map(|p| p.peer_id));
     let blocked = net.blocked_peers().await;
     let local = net.local_peer_id();
-    peers.retain(|p| *p != local && !blocked.contains(p));
-    let target = KBucketKey::new(key);
-    peers.sort_by_key(|p| target.distance(&KBucketKey::from(*p)));
-    peers.dedup();
-    peers
+    peers.retain(|p| {
+        *p != local
+            && !blocked.contains(p)
+            && !holders.contains(p)
+            && !net.distrust().distrusts(root, p)
+    });
+    placement::rank(&key, peers, &connected, holders, net.settled_after(), Instant::now())
 }
 
 /// What a put or a repair asks other nodes to hold: a root, what it
@@ -52,34 +60,39 @@ pub struct Placed {
     pub failed: Vec<(PeerId, String)>,
 }
 
-/// Asks peers closest to the root to replicate it until `want` confirm or
-/// the candidates run out; a peer that refuses, is busy or fails is
-/// replaced by the next closest.
+/// Asks the best candidates (see [`candidates`]) to replicate the root
+/// until `want` confirm and prove they hold it, or the candidates run out;
+/// a peer that refuses, is busy, fails or does not prove its copy is
+/// replaced by the next. `store` holds the whole DAG (the proofs are
+/// checked against it).
 pub async fn replicate(
     net: &NetHandle,
+    store: &AsyncStore,
     offer: Offer,
     want: usize,
     on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
 ) -> Placed {
-    replicate_avoiding(net, offer, want, &[], on_copy).await
+    replicate_avoiding(net, store, offer, want, &[], on_copy).await
 }
 
 /// [`replicate`], never asking the peers in `holders` (a repair: they hold
 /// a copy already).
 pub async fn replicate_avoiding(
     net: &NetHandle,
+    store: &AsyncStore,
     offer: Offer,
     want: usize,
     holders: &[PeerId],
     on_copy: &(dyn Fn(&PeerId, &Result<u64, String>) + Sync),
 ) -> Placed {
-    replicate_tracked(net, offer, want, holders, on_copy, &Mutex::default()).await
+    replicate_tracked(net, store, offer, want, holders, on_copy, &Mutex::default()).await
 }
 
 /// [`replicate_avoiding`], adding each peer to `asked` as it is asked (a
 /// put that is cancelled asks them all to drop what they took).
 pub async fn replicate_tracked(
     net: &NetHandle,
+    store: &AsyncStore,
     offer: Offer,
     want: usize,
     holders: &[PeerId],
@@ -91,14 +104,31 @@ pub async fn replicate_tracked(
         return placed;
     }
     let root = offer.root;
-    let mut candidates = candidates(net, &root).await;
-    candidates.retain(|p| !holders.contains(p));
-    let mut candidates = candidates.into_iter();
+    let mut candidates = candidates(net, &root, holders).await.into_iter();
     let mut running = futures::stream::FuturesUnordered::new();
     let ask = |peer: PeerId| {
         asked.lock().unwrap_or_else(|e| e.into_inner()).push(peer);
-        let (net, offer) = (net.clone(), offer.clone());
-        async move { (peer, rpc_replicate(&net, peer, &offer).await) }
+        let (net, store, offer) = (net.clone(), store.clone(), offer.clone());
+        async move {
+            let result = match rpc_replicate(&net, peer, &offer).await {
+                // A copy counts once it is proven, not because it is said.
+                Ok(blocks) => {
+                    let fetch = |cid| {
+                        let (store, net) = (store.clone(), net.clone());
+                        async move { fetch_checked(&store, &net, cid, &[]).await }
+                    };
+                    match prove(&net, root, &[peer], fetch).await {
+                        (proven, _) if !proven.is_empty() => Ok(blocks),
+                        (_, failed) => Err(failed.into_iter().next().map_or_else(
+                            || "did not prove it holds the copy".to_string(),
+                            |(_, why)| format!("did not prove it holds the copy: {why}"),
+                        )),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            (peer, result)
+        }
     };
     for peer in candidates.by_ref().take(want) {
         running.push(ask(peer));
