@@ -236,7 +236,7 @@ fn status(ticket: &str, bootstrap: &str, dir: &Path) -> (usize, String, Vec<Stri
     assert!(out.status.success(), "status: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let copies = stdout.lines().find_map(|l| l.strip_prefix("copies: ")).expect("a copies line");
-    let (count, target) = copies.split_once(" of ").expect("N of M");
+    let (count, target) = copies.split_once(" proven of ").expect("N proven of M");
     // "3", "unknown (...)", or "3 (1 extra: ...)".
     let target = target.split(' ').next().unwrap();
     let holders = stdout
@@ -595,7 +595,7 @@ fn one_shot_commands_run_through_the_node_running_on_their_data_dir() {
     let stat = on(&["stat"], b"");
     assert!(text(&stat.stdout).contains(&format!("data dir     {}", dir.display())));
     let status = on(&["status", &ticket], b"");
-    assert!(text(&status.stdout).contains("copies: 1 of 1"), "{}", text(&status.stdout));
+    assert!(text(&status.stdout).contains("copies: 1 proven of 1"), "{}", text(&status.stdout));
 
     // Failures keep their exit codes and one-line messages.
     let too_few = on(&["put", arg(&file), "--min-copies", "2"], b"");

@@ -432,7 +432,7 @@ fn replicas_beyond_the_quota_or_the_declaration_or_from_strangers_are_refused() 
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let (mut victim, addr, ticket) = victim(dir.path(), &["--replica-quota", "2MiB"]);
+    let (mut victim, addr, ticket) = victim(dir.path(), &["--replica-quota", "12MiB"]);
 
     // A 5 MiB DAG: 80 leaves of 64 KiB under one node.
     let mut blocks = HashMap::new();
@@ -447,9 +447,15 @@ fn replicas_beyond_the_quota_or_the_declaration_or_from_strangers_are_refused() 
     blocks.insert(root, bytes);
     let hostile = Hostile::start(&rt, &addr, blocks.clone());
 
-    // Declared honestly: over the quota, refused before anything is pulled.
+    // Declared honestly: over one owner's share (a quarter of the quota),
+    // refused before anything is pulled; declared bigger, over the quota.
+    // Neither says how much is free.
     let answer = rt.block_on(hostile.ask(honest_offer(root, &blocks)));
-    expect_error(answer, ErrorCode::Refused, "over quota");
+    let message = expect_error(answer, ErrorCode::Refused, "your share");
+    assert!(!message.contains("MiB") && !message.chars().any(|c| c.is_ascii_digit()), "{message}");
+    let huge = Request::Replicate { root, blocks: 81, bytes: 64 << 20, lease: test_lease(root, 2) };
+    let message = expect_error(rt.block_on(hostile.ask(huge)), ErrorCode::Refused, "over quota");
+    assert!(!message.chars().any(|c| c.is_ascii_digit()), "{message}");
     assert_eq!(hostile.served.load(Ordering::Relaxed), 0);
 
     // Declared small: the pull stops once it passes the declaration.
@@ -463,7 +469,7 @@ fn replicas_beyond_the_quota_or_the_declaration_or_from_strangers_are_refused() 
     // Nothing is held for others, and what the pulls stored is collected.
     victim.send("stat");
     let line = victim.expect_out(|l| l.starts_with("for others"));
-    assert!(line.contains("0 B of 2 MiB"), "{line}");
+    assert!(line.contains("0 B of 12 MiB"), "{line}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let used = dir_size(&dir.path().join("victim").join("blocks"));
@@ -484,6 +490,481 @@ fn replicas_beyond_the_quota_or_the_declaration_or_from_strangers_are_refused() 
     let answer = rt.block_on(hostile.ask(honest_offer(root, &blocks)));
     expect_error(answer, ErrorCode::Refused, "no replicas for others");
     assert_healthy(&mut closed);
+}
+
+// ---- Strangers that lie, grind identities or co-sign leases, against
+// ---- real nodes in this process
+
+/// What a stranger built by [`stranger`] was asked, by kind.
+#[derive(Default)]
+struct Asked {
+    holds: AtomicU64,
+    replicate: AtomicU64,
+    prove: AtomicU64,
+    blocks: AtomicU64,
+}
+
+/// A peer with `identity` that keeps connected to `peers` and claims to
+/// hold everything: `Holds` → pinned, `Have` → yes, `Replicate` →
+/// `Replicated` at once, `Prove` → made-up digests; it serves no block.
+/// It speaks both versions of the file protocol. Its `asks` channel sends
+/// requests of the test's.
+fn stranger(
+    rt: &Runtime,
+    identity: libp2p::identity::Keypair,
+    peers: Vec<Multiaddr>,
+) -> (Arc<Asked>, mpsc::Sender<(PeerId, Ask)>) {
+    let asked = Arc::new(Asked::default());
+    let counts = asked.clone();
+    let (asks, mut rx) = mpsc::channel::<(PeerId, Ask)>(1024);
+    rt.spawn(async move {
+        let behaviour = request_response::Behaviour::<FileCodec>::new(
+            [
+                (dfs_p2p::net::codec::STREAM_PROTOCOL_4, ProtocolSupport::Full),
+                (STREAM_PROTOCOL, ProtocolSupport::Full),
+            ],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(120)),
+        );
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|_| behaviour)
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        let mut redial = tokio::time::interval(Duration::from_millis(500));
+        let mut waiting = HashMap::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                _ = redial.tick() => {
+                    for addr in &peers {
+                        if !swarm.is_connected(&peer_of(addr)) {
+                            let _ = swarm.dial(addr.clone());
+                        }
+                    }
+                }
+                // The test may drop its end: the stranger goes on lying.
+                ask = rx.recv(), if open => match ask {
+                    Some((peer, (request, reply))) => {
+                        let id = swarm.behaviour_mut().send_request(&peer, RequestFrame::Valid(request));
+                        waiting.insert(id, reply);
+                    }
+                    None => open = false,
+                },
+                event = swarm.select_next_some() => match event {
+                    SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            let response = match request {
+                                RequestFrame::Valid(Request::Holds { .. }) => {
+                                    counts.holds.fetch_add(1, Ordering::Relaxed);
+                                    Response::Holding { pinned: true, replicas: 3, repaired: 0 }
+                                }
+                                RequestFrame::Valid(Request::Have { cids }) => {
+                                    Response::Have { present: vec![true; cids.len()] }
+                                }
+                                RequestFrame::Valid(Request::Replicate { blocks, .. }) => {
+                                    counts.replicate.fetch_add(1, Ordering::Relaxed);
+                                    Response::Replicated { blocks }
+                                }
+                                RequestFrame::Valid(Request::Prove { cids, .. }) => {
+                                    counts.prove.fetch_add(1, Ordering::Relaxed);
+                                    Response::Proof { digests: vec![[7; 32]; cids.len()] }
+                                }
+                                RequestFrame::Valid(Request::GetBlock { .. }) => {
+                                    counts.blocks.fetch_add(1, Ordering::Relaxed);
+                                    Response::NotFound
+                                }
+                                _ => Response::error(ErrorCode::Refused, "no"),
+                            };
+                            let _ = swarm.behaviour_mut().send_response(channel, response);
+                        }
+                        request_response::Message::Response { request_id, response } => {
+                            if let Some(reply) = waiting.remove(&request_id) {
+                                let _ = reply.send(Ok(response));
+                            }
+                        }
+                    },
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                        if let Some(reply) = waiting.remove(&request_id) {
+                            let _ = reply.send(Err(error.to_string()));
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+    });
+    (asked, asks)
+}
+
+/// Sends `request` to `peer` through a stranger's `asks`.
+async fn ask_as(
+    asks: &mpsc::Sender<(PeerId, Ask)>,
+    peer: PeerId,
+    request: Request,
+) -> Result<Response, String> {
+    let (reply, rx) = oneshot::channel();
+    asks.send((peer, (request, reply))).await.map_err(|_| "the stranger stopped")?;
+    rx.await.map_err(|_| "the stranger stopped".to_string())?
+}
+
+/// A real node in this process, with short-cut repair (rounds are run by
+/// the test) and copies wanted `replicas`.
+struct Honest {
+    node: Node,
+    addr: Multiaddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Honest {
+    async fn start(bootstrap: Option<&Multiaddr>, replicas: usize, lease: Duration) -> Honest {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(dir.path().to_path_buf());
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.bootstrap = bootstrap.into_iter().cloned().collect();
+        config.replicas = replicas;
+        config.chunk_size = 64 * 1024;
+        config.repair_interval = Duration::from_secs(3600);
+        config.lease = lease;
+        config.settled_after = Duration::from_secs(2);
+        let node = Node::start(config).await.unwrap();
+        let addr = node.listen_addrs().await.into_iter().next().unwrap();
+        Honest { node, addr, _dir: dir }
+    }
+
+    fn holds(&self, root: &Cid) -> bool {
+        let store = self.node.store().clone();
+        let root = *root;
+        std::thread::spawn(move || store.root_info(&root).is_some_and(|i| i.pinned()))
+            .join()
+            .unwrap()
+    }
+}
+
+/// `n` honest nodes, bootstrapping through the first, each connected to
+/// the others.
+async fn honest_network(n: usize, replicas: usize, lease: Duration) -> Vec<Honest> {
+    let first = Honest::start(None, replicas, lease).await;
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        let addr = nodes[0].addr.clone();
+        nodes.push(Honest::start(Some(&addr), replicas, lease).await);
+    }
+    for node in &nodes {
+        assert!(node.node.wait_for_peers(n - 1, Duration::from_secs(30)).await >= n - 1);
+    }
+    nodes
+}
+
+fn real_holders(nodes: &[Honest], root: &Cid) -> usize {
+    nodes.iter().filter(|n| n.holds(root)).count()
+}
+
+async fn rounds(nodes: &[Honest], n: usize) {
+    for _ in 0..n {
+        for node in nodes {
+            node.node.repair_round().await;
+        }
+    }
+}
+
+async fn put_bytes(node: &Node, bytes: &[u8]) -> dfs_p2p::node::PutReport {
+    let reader = Box::new(std::io::Cursor::new(bytes.to_vec()));
+    node.put(reader, None, Some(bytes.len() as u64), None).await.unwrap()
+}
+
+#[test]
+fn holders_that_lie_are_not_counted_and_repair_restores_real_copies() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    rt.block_on(async {
+        let mut nodes = honest_network(5, 3, Duration::from_secs(24 * 3600)).await;
+        let addrs: Vec<Multiaddr> = nodes.iter().map(|n| n.addr.clone()).collect();
+        let liars: Vec<Arc<Asked>> = (0..3)
+            .map(|_| stranger(&rt, libp2p::identity::Keypair::generate_ed25519(), addrs.clone()).0)
+            .collect();
+        for node in &nodes {
+            assert!(node.node.wait_for_peers(7, Duration::from_secs(30)).await >= 7);
+        }
+        let bytes = cli_support::data(1 << 20, 31);
+        let report = put_bytes(&nodes[0].node, &bytes).await;
+        let root = report.ticket.root;
+        // The copies counted at the put are real ones: a liar that said
+        // `Replicated` was found out and replaced.
+        assert_eq!(report.copies, 3, "{:?}", report.failed);
+        assert_eq!(real_holders(&nodes, &root), 3);
+        // The two real co-holders stop: one real copy is left.
+        let co_holders: Vec<usize> = (1..nodes.len()).filter(|&i| nodes[i].holds(&root)).collect();
+        for i in co_holders.into_iter().rev() {
+            nodes.remove(i).node.shutdown().await;
+        }
+        assert_eq!(real_holders(&nodes, &root), 1);
+        let asked_before: u64 = liars.iter().map(|l| l.holds.load(Ordering::Relaxed)).sum();
+        // Repair restores three real copies within three rounds.
+        let mut restored_in = None;
+        for round in 1..=3 {
+            rounds(&nodes, 1).await;
+            if real_holders(&nodes, &root) >= 3 {
+                restored_in = Some(round);
+                break;
+            }
+        }
+        // The attack landed: the liars were asked and said they hold it.
+        let asked: u64 = liars.iter().map(|l| l.holds.load(Ordering::Relaxed)).sum();
+        let proofs: u64 = liars.iter().map(|l| l.prove.load(Ordering::Relaxed)).sum();
+        eprintln!("liars: {asked_before} Holds at the put, {asked} in all, {proofs} proofs asked");
+        assert!(
+            asked >= 3 && proofs >= 3,
+            "the liars were never asked: {asked} Holds, {proofs} proofs"
+        );
+        let restored_in = restored_in.unwrap_or_else(|| {
+            panic!("{} real copies after 3 rounds", real_holders(&nodes, &root))
+        });
+        eprintln!("3 real copies again after {restored_in} repair rounds");
+        // `status` counts the proven copies and names the liars.
+        let health = nodes[0].node.status(dfs_p2p::ticket::TicketOrCid::Cid(root)).await;
+        assert_eq!((health.holders.len(), health.target), (3, 3), "{health:?}");
+        assert!(health.unproven.len() >= 3, "{health:?}");
+        let text = dfs_p2p::cli::output::health_report(&health, nodes[0].node.peer_id());
+        assert!(text.contains("copies: 3 proven of 3"), "{text}");
+        for node in nodes {
+            node.node.shutdown().await;
+        }
+    });
+}
+
+/// `count` identities whose peer ids are XOR-closer to `root` than any of
+/// `honest`, ground for the root as a stranger would (at most 60 s).
+fn grind(root: &Cid, honest: &[PeerId], count: usize) -> Vec<libp2p::identity::Keypair> {
+    use libp2p::kad::KBucketKey;
+    let key = KBucketKey::new(root.to_bytes());
+    let best = honest.iter().map(|p| key.distance(&KBucketKey::from(*p))).min().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut found = Vec::new();
+    let mut tried = 0u64;
+    while found.len() < count {
+        assert!(Instant::now() < deadline, "ground {tried} keys for nothing");
+        let identity = libp2p::identity::Keypair::generate_ed25519();
+        tried += 1;
+        let id = identity.public().to_peer_id();
+        // Closer than every honest node by a wide margin: 4 more leading bits.
+        if key
+            .distance(&KBucketKey::from(id))
+            .ilog2()
+            .zip(best.ilog2())
+            .is_some_and(|(d, b)| d + 4 <= b)
+        {
+            found.push(identity);
+        }
+    }
+    eprintln!("ground {count} identities from {tried} keys");
+    found
+}
+
+#[test]
+fn identities_ground_next_to_a_root_take_at_most_one_copy() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    rt.block_on(async {
+        let mut nodes = honest_network(6, 3, Duration::from_secs(24 * 3600)).await;
+        let bytes = cli_support::data(512 * 1024, 32);
+        // The root is known before the put (the same bytes give the same
+        // root): the stranger grinds for it ahead.
+        let store = nodes[0].node.store().clone();
+        let imported = {
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                let options =
+                    dfs_p2p::import::ImportOptions { chunk_size: 64 * 1024, ..Default::default() };
+                dfs_p2p::import::import(&store, std::io::Cursor::new(bytes), &options, None)
+                    .unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        let root = imported.ticket.root;
+        // The honest nodes have been together a while (their settling
+        // time, two seconds here) when the ground identities join.
+        for node in &nodes {
+            let settled = node.node.net().settled_after();
+            while node.node.net().peers().await.iter().any(|p| p.since.elapsed() < settled) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let honest: Vec<PeerId> = nodes.iter().map(|n| n.node.peer_id()).collect();
+        let addrs: Vec<Multiaddr> = nodes.iter().map(|n| n.addr.clone()).collect();
+        let ground: Vec<(Arc<Asked>, PeerId)> = grind(&root, &honest, 2)
+            .into_iter()
+            .map(|k| {
+                let id = k.public().to_peer_id();
+                (stranger(&rt, k, addrs.clone()).0, id)
+            })
+            .collect();
+        for node in &nodes {
+            assert!(node.node.wait_for_peers(7, Duration::from_secs(30)).await >= 7);
+        }
+        let asked = || ground.iter().map(|(a, _)| a.replicate.load(Ordering::Relaxed)).sum::<u64>();
+        let report = put_bytes(&nodes[0].node, &bytes).await;
+        assert_eq!(report.ticket.root, root);
+        assert_eq!(report.copies, 3, "{:?}", report.failed);
+        let at_put = asked();
+        assert!(at_put <= 1, "ground identities were asked for {at_put} of 2 copies at the put");
+        // The honest co-holders stop; repair places two new copies.
+        let co_holders: Vec<usize> = (1..nodes.len()).filter(|&i| nodes[i].holds(&root)).collect();
+        for i in co_holders.into_iter().rev() {
+            nodes.remove(i).node.shutdown().await;
+        }
+        rounds(&nodes, 3).await;
+        assert_eq!(real_holders(&nodes, &root), 3);
+        let at_repair = asked() - at_put;
+        eprintln!("ground identities asked: {at_put} at the put, {at_repair} at the repair");
+        assert!(at_repair <= 1, "ground identities were asked for {at_repair} of 2 repair copies");
+        for node in nodes {
+            node.node.shutdown().await;
+        }
+    });
+}
+
+#[test]
+fn a_strangers_lease_neither_spreads_a_file_nor_outlives_its_owners_delete() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    rt.block_on(async {
+        let nodes = honest_network(5, 2, Duration::from_secs(24 * 3600)).await;
+        let bytes = cli_support::data(256 * 1024, 33);
+        let report = put_bytes(&nodes[0].node, &bytes).await;
+        let root = report.ticket.root;
+        assert_eq!(real_holders(&nodes, &root), 2);
+        let addrs: Vec<Multiaddr> = nodes.iter().map(|n| n.addr.clone()).collect();
+        let identity = libp2p::identity::Keypair::generate_ed25519();
+        let day = Duration::from_secs(24 * 3600);
+        let (_, asks) = stranger(&rt, identity.clone(), addrs);
+        for node in &nodes {
+            assert!(node.node.wait_for_peers(5, Duration::from_secs(30)).await >= 5);
+        }
+        let (blocks, size) = {
+            let store = nodes[0].node.store().clone();
+            std::thread::spawn(move || store.dag_stats(&root).unwrap()).join().unwrap()
+        };
+        // More copies than any holder keeps a lease for: refused.
+        let greedy = dfs_p2p::lease::Lease::issue(&identity, root, 255, day).unwrap();
+        let request = Request::Replicate { root, blocks, bytes: size, lease: greedy.encode() };
+        let answer = ask_as(&asks, nodes[1].node.peer_id(), request).await;
+        expect_error(answer, ErrorCode::Refused, "16 at most");
+        // Its own lease for 16 copies to every node.
+        let lease = dfs_p2p::lease::Lease::issue(&identity, root, 16, day).unwrap();
+        let mut joined = 0;
+        for node in &nodes {
+            let request = Request::Replicate { root, blocks, bytes: size, lease: lease.encode() };
+            match ask_as(&asks, node.node.peer_id(), request).await {
+                Ok(Response::Replicated { .. }) => joined += 1,
+                other => eprintln!("{}: {other:?}", node.node.peer_id()),
+            }
+        }
+        // The attack landed where the file was: the holders took the lease.
+        assert_eq!(joined, 2, "the holders took the stranger's lease");
+        rounds(&nodes, 3).await;
+        assert_eq!(real_holders(&nodes, &root), 2, "the stranger's lease spread the file");
+        // The owner deletes: every copy goes within two rounds, the
+        // stranger's lease notwithstanding.
+        let deleted = nodes[0].node.delete(dfs_p2p::ticket::TicketOrCid::Cid(root)).await.unwrap();
+        assert!(deleted.local && !deleted.kept_for_others);
+        rounds(&nodes, 2).await;
+        assert_eq!(real_holders(&nodes, &root), 0, "copies outlived the owner's delete");
+        for node in nodes {
+            node.node.shutdown().await;
+        }
+    });
+}
+
+#[test]
+fn a_copy_goes_within_a_minute_of_its_lease_ending() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    rt.block_on(async {
+        let lease = Duration::from_secs(5);
+        let nodes = honest_network(2, 2, lease).await;
+        let bytes = cli_support::data(128 * 1024, 34);
+        let root = put_bytes(&nodes[0].node, &bytes).await.ticket.root;
+        assert!(nodes[1].holds(&root), "the copy was placed");
+        let put_at = Instant::now();
+        // The owner leaves: nobody renews the lease.
+        let [owner, holder]: [Honest; 2] = nodes.try_into().ok().unwrap();
+        owner.node.shutdown().await;
+        while holder.holds(&root) {
+            assert!(
+                put_at.elapsed() < lease + Duration::from_secs(60),
+                "the copy outlived its lease"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("the copy went {:?} after the put (lease {lease:?})", put_at.elapsed());
+        holder.node.shutdown().await;
+    });
+}
+
+#[test]
+fn the_quota_counts_blocks_and_a_stalled_pull_gives_its_space_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let quota: u64 = 128 << 20;
+    let (mut victim, addr, ticket) = victim(dir.path(), &["--replica-quota", "128MiB"]);
+
+    // 26.3 MiB of the smallest blocks would be 1 GiB on disk: declared
+    // honestly, it is refused before anything is pulled, though its bytes
+    // alone fit one owner's share.
+    let (many, bytes) = (262_161u64, 262_161u64 * 64);
+    assert!(bytes < quota / 4, "the bytes alone fit");
+    let small_blocks = Hostile::start(&rt, &addr, HashMap::new());
+    let root = block::cid_of(DAG_CBOR, b"a root of many small blocks");
+    let request = Request::Replicate { root, blocks: many, bytes, lease: test_lease(root, 2) };
+    expect_error(rt.block_on(small_blocks.ask(request)), ErrorCode::Refused, "over quota");
+
+    // A DAG whose asker stops sending: the pull stops within its stall
+    // window and returns what it reserved.
+    let mut blocks = HashMap::new();
+    let leaves: Vec<Cid> = (0..8)
+        .map(|i| {
+            let (cid, bytes) = leaf(64 * 1024, 3000 + i);
+            blocks.insert(cid, bytes);
+            cid
+        })
+        .collect();
+    let (root, node_bytes) = node(leaves.clone(), 10);
+    blocks.insert(root, node_bytes);
+    let staller = Hostile::holding_back(&rt, &addr, blocks.clone(), Some(leaves[7]));
+    // It declares a quarter of the quota: the owner's whole share.
+    let lease = test_lease(root, 2);
+    let declared = quota / 4 - 9 * dfs_p2p::store::BLOCK_OVERHEAD;
+    let request = Request::Replicate { root, blocks: 9, bytes: declared, lease };
+    let started = Instant::now();
+    let answer = {
+        let staller = staller.clone();
+        rt.spawn(async move { staller.ask(request).await })
+    };
+    wait_until("the pull asks for the block held back", || {
+        staller.held.load(Ordering::Relaxed) > 0
+    });
+    // The attack landed: the victim reserved the declaration and waits.
+    victim.send("stat");
+    let line = victim.expect_out(|l| l.starts_with("for others"));
+    eprintln!("while the pull stalls: {line}");
+    let answer = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), answer).await });
+    let answer = answer.expect("answered within 60 s").expect("the request task");
+    let took = started.elapsed();
+    expect_error(answer, ErrorCode::Busy, "stalled");
+    eprintln!("the stalled pull was stopped after {took:?}");
+    assert!(took < Duration::from_secs(35), "the stalled pull held its reservation {took:?}");
+    // Its space is back: an honest copy of the same size is taken.
+    staller.release();
+    let honest = Hostile::start(&rt, &addr, blocks.clone());
+    let answer = rt.block_on(honest.ask(honest_offer(root, &blocks)));
+    assert!(matches!(answer, Ok(Response::Replicated { blocks: 9 })), "{answer:?}");
+    rt.block_on(honest_get(&addr, &ticket));
+    assert_healthy(&mut victim);
 }
 
 /// Waits (polling, within 30 s) until `done` holds.

@@ -16,9 +16,9 @@ use cid::multihash::Multihash;
 use dfs_p2p::lease::{DELETE_RECORD_LEN, DeleteRecord, LEASE_LEN, Lease, RecordError};
 use dfs_p2p::net::codec::{
     ErrorCode, FRAME_HEADER_LEN, FileCodec, MAX_BLOCK_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_HAVE_CIDS,
-    MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE, PROTOCOL, Request, RequestFrame, Response,
-    STREAM_PROTOCOL, decode_request, decode_response, encode_request, encode_response,
-    is_supported_cid,
+    MAX_PROVE_CIDS, MAX_REQUEST_SIZE, MAX_RESPONSE_SIZE, PROTOCOL, PROTOCOL_4, Request,
+    RequestFrame, Response, STREAM_PROTOCOL, STREAM_PROTOCOL_4, decode_request, decode_response,
+    encode_request, encode_response, is_supported_cid,
 };
 use futures::executor::block_on;
 use futures::io::{AsyncRead, Cursor};
@@ -162,6 +162,30 @@ const HOLDING: &str = r"
 00 00 00 00 69 57 0a 80                           # repaired: 1,767,312,000 (2026-01-02 00:00 UTC)
 ";
 
+const PROVE: &str = r#"
+08                                                # type 0x08: Prove (4.0.0)
+00 00 00 6c                                       # body length: 108
+24                                                # root: CID length 36
+01 71 12 20                                       # CIDv1, dag-cbor, sha2-256, 32-byte digest
+c1 9a 79 7f a1 fd 59 0c d2 e5 b4 2d 1c f5 f2 46
+e2 9b 91 68 4e 2f 87 40 4b 81 dc 34 5c 7a 56 a0   # digest = sha256(a0), the empty dag-cbor map
+00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f
+10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f   # nonce: bytes 0 to 31
+00 01                                             # count: 1
+24                                                # CID length: 36
+01 55 12 20                                       # CIDv1, raw, sha2-256, 32-byte digest
+2c f2 4d ba 5f b0 a3 0e 26 e8 3b 2a c5 b9 e2 9e
+1b 16 1e 5c 1f a7 42 5e 73 04 33 62 93 8b 98 24   # digest = sha256("hello")
+"#;
+
+const PROOF: &str = r#"
+88                                                # type 0x88: Proof (4.0.0)
+00 00 00 22                                       # body length: 34
+00 01                                             # count: 1
+e3 01 c3 73 33 05 cb 98 21 00 a8 c4 44 67 52 4d
+44 e8 92 e4 fe 2f 59 29 6e 38 c7 8b df 94 0b 47   # sha256(nonce ‖ "hello")
+"#;
+
 const DELETED: &str = r"
 84                                                # type 0x84: Deleted
 00 00 00 00                                       # body length: 0
@@ -188,7 +212,7 @@ const BAD_REQUEST: &str = r#"
 "#;
 
 /// Every vector, in the order the spec lists them.
-const VECTORS: [&str; 13] = [
+const VECTORS: [&str; 15] = [
     GET_BLOCK,
     BLOCK,
     NOT_FOUND,
@@ -200,6 +224,8 @@ const VECTORS: [&str; 13] = [
     DELETED,
     HOLDS,
     HOLDING,
+    PROVE,
+    PROOF,
     ERROR,
     BAD_REQUEST,
 ];
@@ -232,6 +258,17 @@ fn hello() -> Cid {
 fn world() -> Cid {
     raw_cid(b"world")
 }
+
+/// The nonce of the `Prove` example: bytes 0 to 31.
+const NONCE: [u8; 32] = {
+    let mut nonce = [0; 32];
+    let mut i = 0;
+    while i < 32 {
+        nonce[i] = i as u8;
+        i += 1;
+    }
+    nonce
+};
 
 fn empty_map() -> Cid {
     cid_of(0x71, &[0xa0])
@@ -407,6 +444,7 @@ fn golden_requests() {
         ),
         (DELETE, Request::Delete { root: empty_map() }),
         (HOLDS, Request::Holds { root: empty_map() }),
+        (PROVE, Request::Prove { root: empty_map(), nonce: NONCE, cids: vec![hello()] }),
     ];
     for (dump, request) in cases {
         let bytes = hex(dump);
@@ -414,6 +452,26 @@ fn golden_requests() {
         assert_eq!(encode_request(&request), bytes, "{request:?}");
         assert_invalid_data(decode_response(&bytes), "request decoded as response");
     }
+}
+
+#[test]
+fn prove_is_a_request_of_version_4_only() {
+    let bytes = hex(PROVE);
+    let read = |protocol: &libp2p::StreamProtocol| {
+        block_on(FileCodec.read_request(protocol, &mut Cursor::new(bytes.clone())))
+    };
+    assert!(matches!(
+        read(&STREAM_PROTOCOL_4).unwrap(),
+        RequestFrame::Valid(Request::Prove { .. })
+    ));
+    match read(&STREAM_PROTOCOL).unwrap() {
+        RequestFrame::Malformed(reason) => assert!(reason.contains("0x08"), "{reason}"),
+        other => panic!("a Prove under 3.0.0 was read as {other:?}"),
+    }
+    let request = RequestFrame::Valid(decode_request(&bytes).unwrap());
+    let mut out = Vec::new();
+    let written = block_on(FileCodec.write_request(&STREAM_PROTOCOL, &mut out, request));
+    assert!(written.is_err() && out.is_empty(), "a Prove is never sent under 3.0.0");
 }
 
 #[test]
@@ -425,6 +483,12 @@ fn golden_responses() {
         (REPLICATED, Response::Replicated { blocks: 3 }),
         (DELETED, Response::Deleted),
         (HOLDING, Response::Holding { pinned: true, replicas: 3, repaired: 1_767_312_000 }),
+        (
+            PROOF,
+            Response::Proof {
+                digests: vec![dfs_p2p::net::replicas::proof_digest(&NONCE, b"hello")],
+            },
+        ),
         (ERROR, Response::Error { code: ErrorCode::Refused, message: "not the owner".to_owned() }),
     ];
     for (dump, response) in cases {
@@ -450,6 +514,9 @@ fn example_block_matches_the_example_cid() {
 fn format_constants() {
     assert_eq!(PROTOCOL, "/dfs-p2p/file/3.0.0");
     assert_eq!(STREAM_PROTOCOL.as_ref(), PROTOCOL);
+    assert_eq!(PROTOCOL_4, "/dfs-p2p/file/4.0.0");
+    assert_eq!(STREAM_PROTOCOL_4.as_ref(), PROTOCOL_4);
+    assert_eq!(MAX_PROVE_CIDS, 16);
     assert_eq!(FRAME_HEADER_LEN, 5);
     assert_eq!(MAX_BLOCK_SIZE, 2_097_152);
     assert_eq!(MAX_REQUEST_SIZE, 65_536);
@@ -705,7 +772,7 @@ impl AsyncRead for Trickle {
 
 fn write_request(request: Request) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    block_on(FileCodec.write_request(&STREAM_PROTOCOL, &mut out, RequestFrame::Valid(request)))?;
+    block_on(FileCodec.write_request(&STREAM_PROTOCOL_4, &mut out, RequestFrame::Valid(request)))?;
     Ok(out)
 }
 
@@ -722,7 +789,7 @@ fn read_request(bytes: Vec<u8>) -> io::Result<Request> {
 }
 
 fn read_request_from(io: &mut (impl AsyncRead + Unpin + Send)) -> io::Result<Request> {
-    match block_on(FileCodec.read_request(&STREAM_PROTOCOL, io))? {
+    match block_on(FileCodec.read_request(&STREAM_PROTOCOL_4, io))? {
         RequestFrame::Valid(request) => Ok(request),
         RequestFrame::Malformed(reason) => Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
     }
@@ -840,6 +907,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
         ),
         arb_cid().prop_map(|root| Request::Delete { root }),
         arb_cid().prop_map(|root| Request::Holds { root }),
+        (arb_cid(), any::<[u8; 32]>(), vec(arb_cid(), 0..=MAX_PROVE_CIDS))
+            .prop_map(|(root, nonce, cids)| Request::Prove { root, nonce, cids }),
     ]
 }
 
@@ -867,6 +936,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
         (any::<bool>(), any::<u8>(), any::<u64>()).prop_map(|(pinned, replicas, repaired)| {
             Response::Holding { pinned, replicas, repaired }
         }),
+        vec(any::<[u8; 32]>(), 0..=MAX_PROVE_CIDS).prop_map(|digests| Response::Proof { digests }),
         // At most 256 chars of at most 4 bytes: within the 1024-byte limit.
         (arb_error_code(), "\\PC{0,256}")
             .prop_map(|(code, message)| Response::Error { code, message }),
