@@ -5,7 +5,9 @@
 #                  over the network (fresh data dir, bootstrapping to A)
 #   gateway B cold node B's --http gateway (it holds nothing; it fetches from A)
 #                  answering 64 concurrent 4 MiB range reads spread evenly over
-#                  the file (at 256 MiB they tile it; smaller sizes overlap)
+#                  the file (at 256 MiB they tile it; smaller sizes overlap),
+#                  each from a loopback address of its own (127.0.0.2 on):
+#                  the gateway serves one address at most 8 reads at once
 #   gateway B warm the same 64 reads again (B has the blocks now)
 #   gateway A      the same 64 reads at A's own gateway (the file is local)
 #
@@ -107,7 +109,7 @@ gateway_reads() { # label url pid
   for ((i = 0; i < reads; i++)); do
     s=$((i * stride))
     curl -s -o /dev/null -r "$s-$((s + len - 1))" -w '%{http_code} %{size_download}\n' \
-      "$url/dfs/$ticket" >"$tmp/$label.curl.$i" &
+      --interface "127.0.0.$((i + 2))" "$url/dfs/$ticket" >"$tmp/$label.curl.$i" &
     cp+=($!)
   done
   pids+=("${cp[@]}")

@@ -1507,3 +1507,376 @@ fn a_flood_of_fat_provider_records_leaves_the_victims_files_findable() {
     flooder.abort();
     assert_healthy(&mut victim);
 }
+
+// ---- Clients of the HTTP gateway ----
+
+/// Where the victim's HTTP gateway listens, from the line it printed.
+fn gateway_of(victim: &Victim) -> std::net::SocketAddr {
+    let printed = victim.seen.iter().find_map(|line| match line {
+        cli_support::Line::Err(l) => l.strip_prefix("http gateway on http://")?.split('/').next(),
+        cli_support::Line::Out(_) => None,
+    });
+    printed.expect("the victim printed its gateway").parse().unwrap()
+}
+
+/// The loopback address 127.0.0.n. The gateway keeps a share per client
+/// address and every address of 127/8 reaches it, so each client of a test
+/// can be one of its own.
+fn loopback(n: u8) -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 0, 0, n).into()
+}
+
+/// A connection to the gateway from `from`. A receive buffer of `window`
+/// bytes makes a client that lets little reach it at a time.
+async fn connect_from(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    window: Option<u32>,
+) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(bytes) = window {
+        socket.set_recv_buffer_size(bytes).unwrap();
+    }
+    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// An answer's head: its status, its Content-Length, and what part of the
+/// body came with it.
+type Head = (u16, u64, Vec<u8>);
+
+/// Sends `METHOD path` with `headers` (lines ending in CRLF) and reads the
+/// answer's head; `None` if the connection closed (or was reset) first.
+async fn ask_http(
+    stream: &mut tokio::net::TcpStream,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Option<Head> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: gateway\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let status = head.split_whitespace().nth(1)?.parse().ok()?;
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            return Some((status, length, got[end + 4..].to_vec()));
+        }
+        assert!(got.len() < 64 * 1024, "an answer's head of over 64 KiB");
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads the rest of a body whose head was `head`.
+async fn rest_of_body(stream: &mut tokio::net::TcpStream, head: Head) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (_, length, mut body) = head;
+    let start = body.len();
+    body.resize(length as usize, 0);
+    stream.read_exact(&mut body[start..]).await.unwrap();
+    body
+}
+
+/// An honest client at `from` reads `path` whole, on a connection of its
+/// own; returns the status and how long the read took.
+async fn honest_http_get(
+    from: std::net::IpAddr,
+    gateway: std::net::SocketAddr,
+    path: &str,
+    want: &[u8],
+) -> (u16, Duration) {
+    let started = Instant::now();
+    let mut stream = connect_from(from, gateway, None).await;
+    let head = ask_http(&mut stream, "GET", path, "Connection: close\r\n").await;
+    let head = head.expect("the gateway closed an honest client's connection");
+    let status = head.0;
+    let body = rest_of_body(&mut stream, head).await;
+    if status == 200 {
+        assert!(body == want, "an honest client got wrong bytes");
+    }
+    (status, started.elapsed())
+}
+
+/// The median of three honest reads of the file, each of which must be
+/// served.
+async fn honest_http_reads(gateway: std::net::SocketAddr, path: &str, want: &[u8]) -> Duration {
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let (status, time) = honest_http_get(loopback(2), gateway, path, want).await;
+        assert_eq!(status, 200, "the honest client was not served");
+        took.push(time);
+    }
+    took.sort();
+    took[1]
+}
+
+#[test]
+fn idle_gateway_clients_and_absent_tickets_leave_reads_served() {
+    use dfs_p2p::gateway::{
+        CONNECTIONS_PER_CLIENT, HEADER_TIMEOUT, IDLE_TIMEOUT, LOOKUPS_PER_CLIENT,
+        READERS_PER_CLIENT,
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut victim, addr, ticket) = victim(dir.path(), &["--http", "127.0.0.1:0"]);
+    let gateway = gateway_of(&victim);
+    let own = format!("/dfs/{ticket}");
+    let file = cli_support::data(FILE_LEN, 7);
+    let unattacked = rt.block_on(honest_http_reads(gateway, &own, &file));
+
+    // A peer that leaves every request for the root of a file nobody has
+    // unanswered: looking that root up waits on it as a get would.
+    let absent = Ticket::new(block::cid_of(DAG_CBOR, &cli_support::data(64, 99)), [9; 32]);
+    let _staller = Hostile::holding_back(&rt, &addr, HashMap::new(), Some(absent.root));
+    victim.wait_for_peers(1);
+
+    // Idle readers from two addresses: as many connections as each may
+    // open, each asking for the file (again and again for two seconds
+    // while refused) and taking none of it. Each address holds its share
+    // of reads; its other requests are answered 503.
+    let attack_started = Instant::now();
+    let idle = rt.block_on(join_all((0..2u8).flat_map(|n| {
+        let own = own.clone();
+        (0..CONNECTIONS_PER_CLIENT).map(move |_| {
+            let own = own.clone();
+            async move {
+                let mut stream = connect_from(loopback(11 + n), gateway, Some(4096)).await;
+                loop {
+                    match ask_http(&mut stream, "GET", &own, "").await {
+                        Some((200, ..)) => return (n, Some(stream)),
+                        Some(head @ (503, ..)) => {
+                            rest_of_body(&mut stream, head).await;
+                        }
+                        other => panic!("an idle reader was answered {other:?}"),
+                    }
+                    if attack_started.elapsed() > Duration::from_secs(2) {
+                        return (n, None);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    })));
+    for n in 0..2u8 {
+        let held = idle.iter().filter(|(m, stream)| *m == n && stream.is_some()).count();
+        assert_eq!(held, READERS_PER_CLIENT, "reads held by 127.0.0.{}", 11 + n);
+    }
+    let holders: Vec<_> = idle.into_iter().filter_map(|(_, stream)| stream).collect();
+
+    // Tickets of the absent file from eight addresses, ten connections
+    // each, asked again as soon as answered (after a pause if refused).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let not_found = Arc::new(AtomicU64::new(0));
+    let refused: Arc<Vec<AtomicU64>> = Arc::new((0..8).map(|_| AtomicU64::new(0)).collect());
+    let slowest = Arc::new(AtomicU64::new(0));
+    let lookers: Vec<_> = (0..80u8)
+        .map(|i| {
+            let path = format!("/dfs/{absent}");
+            let (stop, not_found, refused) = (stop.clone(), not_found.clone(), refused.clone());
+            let (slowest, from) = (slowest.clone(), loopback(21 + i / 10));
+            rt.spawn(async move {
+                let mut stream = connect_from(from, gateway, None).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    let Some(head) = ask_http(&mut stream, "GET", &path, "").await else {
+                        stream = connect_from(from, gateway, None).await;
+                        continue;
+                    };
+                    let status = head.0;
+                    rest_of_body(&mut stream, head).await;
+                    match status {
+                        404 => {
+                            not_found.fetch_add(1, Ordering::Relaxed);
+                            let ms = asked.elapsed().as_millis() as u64;
+                            slowest.fetch_max(ms, Ordering::Relaxed);
+                        }
+                        503 => {
+                            refused[usize::from(i / 10)].fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        other => panic!("a ticket of an absent file was answered {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Connections that never finish their request head, from one address:
+    // one more than it may open.
+    let slow_heads: Vec<_> = (0..=CONNECTIONS_PER_CLIENT)
+        .map(|_| {
+            rt.spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut stream = connect_from(loopback(31), gateway, None).await;
+                let opened = Instant::now();
+                let _ = stream.write_all(b"GET /dfs/ HTTP/1.1\r\nHost: gat").await;
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                opened.elapsed()
+            })
+        })
+        .collect();
+
+    // The lookups are under way: each address was refused some (its share
+    // is taken). An honest client at another address reads meanwhile; then
+    // the lookups end, as 404, after the staller kept them waiting.
+    wait_until("every address of the lookups is refused some", || {
+        refused.iter().all(|n| n.load(Ordering::Relaxed) > 0)
+    });
+    let attacked = rt.block_on(honest_http_reads(gateway, &own, &file));
+    wait_until("lookups of the absent file end", || {
+        not_found.load(Ordering::Relaxed) >= LOOKUPS_PER_CLIENT as u64
+    });
+    stop.store(true, Ordering::Relaxed);
+    let slowest = Duration::from_millis(slowest.load(Ordering::Relaxed));
+    eprintln!(
+        "honest read: {unattacked:?} alone, {attacked:?} attacked; absent tickets: {} looked up \
+         (the slowest in {slowest:?}), {} refused",
+        not_found.load(Ordering::Relaxed),
+        refused.iter().map(|n| n.load(Ordering::Relaxed)).sum::<u64>(),
+    );
+    assert!(slowest >= Duration::from_secs(1), "no lookup was held: {slowest:?}");
+    assert!(attacked <= unattacked * 5, "honest read: {unattacked:?} alone, {attacked:?} attacked");
+    for looker in lookers {
+        looker.abort();
+    }
+
+    // The request heads that never end: the connections past the share
+    // are closed at once, the others once the head has had its time.
+    let bound = HEADER_TIMEOUT + Duration::from_secs(20);
+    let closed = rt.block_on(async { tokio::time::timeout(bound, join_all(slow_heads)).await });
+    let closed: Vec<Duration> = closed
+        .expect("connections that never finish their head are still open")
+        .into_iter()
+        .map(|t| t.unwrap())
+        .collect();
+    let at_once = closed.iter().filter(|t| **t < HEADER_TIMEOUT / 2).count();
+    let timed_out = closed
+        .iter()
+        .filter(|t| **t >= HEADER_TIMEOUT - Duration::from_secs(1))
+        .filter(|t| **t < HEADER_TIMEOUT + Duration::from_secs(10))
+        .count();
+    assert_eq!((at_once, timed_out), (1, CONNECTIONS_PER_CLIENT), "{closed:?}");
+
+    // The idle readers hold their slots until they have taken nothing for
+    // the idle timeout: the address then reads again.
+    let freed = rt.block_on(async {
+        loop {
+            let (status, _) = honest_http_get(loopback(11), gateway, &own, &file).await;
+            if status == 200 {
+                return attack_started.elapsed();
+            }
+            assert_eq!(status, 503);
+            assert!(
+                attack_started.elapsed() < IDLE_TIMEOUT + Duration::from_secs(20),
+                "idle readers still hold their slots"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    assert!(freed >= IDLE_TIMEOUT, "slots freed after only {freed:?}");
+    eprintln!("the idle readers' slots came back {freed:?} after they were taken");
+    // Their bodies were cut short.
+    for mut stream in holders {
+        rt.block_on(async {
+            use tokio::io::AsyncReadExt;
+            let mut got = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            let read = async {
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    got += n;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(30), read).await.expect("still open");
+            assert!(got < FILE_LEN, "an idle reader got the whole file");
+        });
+    }
+    assert_healthy(&mut victim);
+}
+
+/// A `Range` header listing ranges `0-0,2-2,…` up to `bytes` long.
+fn many_ranges(bytes: usize) -> String {
+    let mut header = String::from("Range: bytes=0-0");
+    let mut at = 2;
+    while header.len() + 24 < bytes {
+        header.push_str(&format!(",{at}-{at}"));
+        at += 2;
+    }
+    header + "\r\n"
+}
+
+#[test]
+fn a_huge_range_header_is_refused_cheaply() {
+    use dfs_p2p::gateway::MAX_HEAD;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut victim, addr, ticket) = victim(dir.path(), &["--http", "127.0.0.1:0"]);
+    let gateway = gateway_of(&victim);
+    let own = format!("/dfs/{ticket}");
+    let median = |mut took: Vec<Duration>| {
+        took.sort();
+        took[1]
+    };
+    let unattacked = median((0..3).map(|_| rt.block_on(honest_get(&addr, &ticket))).collect());
+
+    // Eight clients, each asking for the file's head every 10 ms, one
+    // request at a time: four with a Range header as long as a request head
+    // may be, four with one of 350 KiB (30,000 ranges).
+    let (read, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let attackers: Vec<_> = (0..8)
+        .map(|i| {
+            let range =
+                if i % 2 == 0 { many_ranges(MAX_HEAD - 1024) } else { many_ranges(350 << 10) };
+            let (own, read, refused) = (own.clone(), read.clone(), refused.clone());
+            rt.spawn(async move {
+                let mut stream = connect_from(loopback(41), gateway, None).await;
+                loop {
+                    match ask_http(&mut stream, "HEAD", &own, &range).await {
+                        // The ranges were not served: the whole file's head.
+                        Some((200, length, _)) if length == FILE_LEN as u64 => {
+                            read.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some((431, _, _)) | None => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            stream = connect_from(loopback(41), gateway, None).await;
+                        }
+                        Some((status, length, _)) => panic!("answered {status}, {length} bytes"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    let answered = || read.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed);
+    wait_until("the victim answers the long Range headers", || answered() >= 100);
+    let attacked = median((0..3).map(|_| rt.block_on(honest_get(&addr, &ticket))).collect());
+    eprintln!("honest get: {unattacked:?} alone, {attacked:?} attacked");
+    assert!(attacked <= unattacked * 5, "honest get: {unattacked:?} alone, {attacked:?} attacked");
+    // What one of these requests costs the victim, attacked alone.
+    let (cpu_before, before) = (cpu_secs(victim.pid()), answered());
+    wait_until("the victim answers 400 more", || answered() >= before + 400);
+    let per_request = (cpu_secs(victim.pid()) - cpu_before) / (answered() - before) as f64;
+    for attacker in attackers {
+        attacker.abort();
+    }
+    let (read, refused) = (read.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+    eprintln!(
+        "the victim answered {read} long Range headers and refused {refused} longer heads, \
+         {:.2} ms of CPU each",
+        per_request * 1000.0
+    );
+    assert!(per_request < 0.001, "{:.2} ms of CPU a request", per_request * 1000.0);
+    assert!(read > 0 && refused > 0, "{read} Range headers answered, {refused} heads refused");
+    assert_healthy(&mut victim);
+}

@@ -153,6 +153,16 @@ fn ranges_statuses_headers_and_uploads() {
     // Several ranges: the whole file. Unsatisfiable: 416. The ETag: 304.
     let a = curl(dir, &["-H", "Range: bytes=0-1,5-9", &dfs]);
     assert_eq!((a.status, a.body.len()), (200, len));
+    // A suffix longer than the file is the whole file (RFC 9110).
+    let a = curl(dir, &["-H", "Range: bytes=-99999999", &dfs]);
+    assert_eq!((a.status, a.body.len()), (206, len));
+    assert_eq!(a.header("content-range"), format!("bytes 0-{}/{len}", len - 1));
+    // More ranges than a player sends: the header is ignored, even when
+    // none of them is satisfiable.
+    let many: Vec<String> =
+        (0..=dfs_p2p::gateway::MAX_RANGES).map(|i| format!("{}-", len + i)).collect();
+    let a = curl(dir, &["-H", &format!("Range: bytes={}", many.join(",")), &dfs]);
+    assert_eq!((a.status, a.body.len()), (200, len));
     let a = curl(dir, &["-H", &format!("Range: bytes={len}-"), &dfs]);
     assert_eq!(a.status, 416);
     assert_eq!(a.header("content-range"), format!("bytes */{len}"));

@@ -52,7 +52,7 @@ impl Node {
         let (providers, discovery) = self.discovery(root, complete).await;
         let range = get.range;
         let result = self.stream(ticket, out, get, providers, complete).await;
-        discovery.abort();
+        drop(discovery);
         let (size, from_network, evicted) = match result {
             Ok(done) => done,
             Err(e) => {
@@ -212,7 +212,7 @@ impl Node {
             opened.map(|(meta, _)| meta)
         }
         .await;
-        discovery.abort();
+        drop(discovery);
         let meta = opened.map_err(NodeError::from);
         (meta, providers)
     }
@@ -228,18 +228,14 @@ impl Node {
     /// The providers of `root` and the task that discovers them: at once
     /// unless the root is `here` (then on demand, to repair a corrupt
     /// block), after waiting a little for a first peer if it is not.
-    async fn discovery(
-        &self,
-        root: Cid,
-        here: bool,
-    ) -> (Arc<ProviderSet>, tokio::task::JoinHandle<()>) {
+    async fn discovery(&self, root: Cid, here: bool) -> (Arc<ProviderSet>, Discovery) {
         if !here {
             self.wait_for_first_peer().await;
         }
         let providers = ProviderSet::new(root, !here);
         let task =
             tokio::spawn(discover::discover(self.inner.net.clone(), providers.clone(), Vec::new()));
-        (providers, task)
+        (providers, Discovery(task))
     }
 
     /// How many copies of `root` the network holds now: the holders that
@@ -313,4 +309,15 @@ fn check_range_space(
         }
     }
     Ok((offset, len))
+}
+
+/// A get's discovery task, stopped when this is dropped: a get or a lookup
+/// whose caller gives up on it (an HTTP client gone, the gateway's
+/// deadline) leaves no task behind waiting for rounds nobody will ask for.
+struct Discovery(tokio::task::JoinHandle<()>);
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
