@@ -117,6 +117,7 @@ impl Node {
             })
             .await?;
         let pinned_roots = roots.iter().filter(|r| r.kind == PinKind::Pinned).count();
+        let records = self.inner.net.record_counts().await;
         Ok(Stat {
             peer_id: self.peer_id(),
             data_dir: self.store().dir().to_path_buf(),
@@ -131,7 +132,8 @@ impl Node {
             held_for_others,
             replica_quota: self.inner.replica_quota,
             blocks_served: self.inner.blocks.blocks_served(),
-            provider_records: self.inner.net.provider_records().await,
+            provider_records: records.providers,
+            delete_records: records.deletes,
         })
     }
 }

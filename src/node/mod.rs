@@ -214,6 +214,8 @@ pub struct Stat {
     pub blocks_served: u64,
     /// Provider records of other peers this node keeps for the DHT.
     pub provider_records: usize,
+    /// Delete records other peers stored on this node.
+    pub delete_records: usize,
 }
 
 /// Errors of node operations; each displays as one line.

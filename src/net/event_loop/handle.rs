@@ -13,6 +13,7 @@ use super::{BOOTSTRAP_ATTEMPTS, BootstrapState, Counters, LookupCost};
 use crate::net::{
     codec::{Request, Response},
     lanes::Lanes,
+    records::RecordCounts,
 };
 
 /// Commands queued for the event loop.
@@ -98,10 +99,10 @@ pub enum Command {
         reply: oneshot::Sender<Vec<PeerInfo>>,
     },
     /// The other peers whose live provider records for `root` (if given)
-    /// this node holds, and how many such records it holds in all.
+    /// this node holds, and how many records of others it holds in all.
     KnownProviders {
         root: Option<Cid>,
-        reply: oneshot::Sender<(Vec<PeerId>, usize)>,
+        reply: oneshot::Sender<(Vec<PeerId>, RecordCounts)>,
     },
     BlockPeer {
         peer: PeerId,
@@ -178,13 +179,18 @@ impl NetHandle {
 
     /// The provider records of other peers this node keeps for the DHT.
     pub async fn provider_records(&self) -> usize {
+        self.record_store(None).await.1.providers
+    }
+
+    /// The records of other peers this node keeps for the DHT, by kind.
+    pub async fn record_counts(&self) -> RecordCounts {
         self.record_store(None).await.1
     }
 
-    async fn record_store(&self, root: Option<Cid>) -> (Vec<PeerId>, usize) {
+    async fn record_store(&self, root: Option<Cid>) -> (Vec<PeerId>, RecordCounts) {
         let (reply, rx) = oneshot::channel();
         if self.send(Command::KnownProviders { root, reply }).await.is_err() {
-            return (Vec::new(), 0);
+            return (Vec::new(), RecordCounts::default());
         }
         rx.await.unwrap_or_default()
     }

@@ -252,7 +252,7 @@ impl EventLoop {
                 let live = root.map_or_else(Vec::new, |root| {
                     store.foreign_providers(&provider_key(&root), Instant::now())
                 });
-                let _ = reply.send((live, store.foreign_count()));
+                let _ = reply.send((live, store.counts()));
             }
             Command::FindProviders { root, found, cost } => self.find_providers(root, found, cost),
             Command::RoutingTable { reply } => {
