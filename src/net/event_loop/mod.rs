@@ -82,7 +82,7 @@ pub use connections::{
     MAX_BLOCKED,
 };
 pub use costs::{Cost, Counters, LookupCost};
-pub use dht::{MAX_QUERIES, PROVIDER_ANSWERS};
+pub use dht::{MAX_QUERIES, PROVIDER_ANSWERS, RecordSink};
 pub use handle::{
     COMMAND_QUEUE, Command, InboundRequest, NetHandle, PROVIDER_QUEUE, PeerInfo, RequestError,
 };
