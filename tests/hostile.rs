@@ -1878,5 +1878,251 @@ fn a_huge_range_header_is_refused_cheaply() {
     );
     assert!(per_request < 0.001, "{:.2} ms of CPU a request", per_request * 1000.0);
     assert!(read > 0 && refused > 0, "{read} Range headers answered, {refused} heads refused");
+/// Provider and delete records of other peers the victim holds, from its
+/// `stat`.
+fn record_counts(victim: &mut Victim) -> (usize, usize) {
+    victim.send("stat");
+    let line = victim.expect_out(|l| l.starts_with("dht records"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let count = |at: usize| words.get(at).and_then(|n| n.parse().ok());
+    match (count(2), count(5)) {
+        (Some(providers), Some(deletes)) => (providers, deletes),
+        _ => panic!("no record counts in {line:?}"),
+    }
+}
+
+/// What a spammer sends: provider records of its own, each with 20
+/// made-up addresses (the most libp2p sends; the store's unit tests give
+/// one 1,400), or valid delete records an owner of its own signed.
+#[derive(Clone, Copy)]
+enum Spam {
+    Providers,
+    Deletes,
+}
+
+/// A peer of a fresh id sends the victim `count` records of `kind`, 64
+/// under way at once. It is a Kademlia client, so no routing table takes
+/// it in and no lookup but its own reaches it. Returns how many were sent
+/// (a provider record) or answered (a delete record).
+async fn spam_records(victim: Multiaddr, kind: Spam, count: u32) -> u64 {
+    use dfs_p2p::lease::DeleteRecord;
+    use libp2p::kad;
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| {
+            let me = key.public().to_peer_id();
+            let config =
+                kad::store::MemoryStoreConfig { max_provided_keys: 1 << 20, ..Default::default() };
+            let store = kad::store::MemoryStore::with_config(me, config);
+            let mut config = kad::Config::new(dfs_p2p::net::behaviour::KAD_PROTOCOL);
+            config.set_max_packet_size(1 << 20);
+            kad::Behaviour::with_config(me, store, config)
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    swarm.behaviour_mut().set_mode(Some(kad::Mode::Client));
+    if let Spam::Providers = kind {
+        for i in 0..20u32 {
+            let fake: Multiaddr = format!("/ip4/10.1.0.{i}/tcp/4001").parse().unwrap();
+            swarm.add_external_address(fake);
+        }
+    }
+    let peer = peer_of(&victim);
+    swarm.behaviour_mut().add_address(&peer, victim);
+    let me = swarm.local_peer_id().to_bytes();
+    let owner = libp2p::identity::Keypair::generate_ed25519();
+    let owner_id = owner.public().to_peer_id();
+    let (mut next, mut running, mut done) = (0u32, 0u32, 0u64);
+    loop {
+        while running < 64 && next < count {
+            let root = block::cid_of(DAG_CBOR, &[&me[..], &next.to_be_bytes()].concat());
+            next += 1;
+            let kad = swarm.behaviour_mut();
+            match kind {
+                Spam::Providers => {
+                    if kad.start_providing(kad::RecordKey::new(&root.to_bytes())).is_err() {
+                        continue;
+                    }
+                }
+                Spam::Deletes => {
+                    let record =
+                        DeleteRecord::issue(&owner, root, Duration::from_secs(3600)).unwrap();
+                    let key = kad::RecordKey::new(&DeleteRecord::dht_key(&root, &owner_id));
+                    let record = kad::Record::new(key, record.encode());
+                    kad.put_record_to(record, std::iter::once(peer), kad::Quorum::One);
+                }
+            }
+            running += 1;
+        }
+        if running == 0 {
+            return done;
+        }
+        // Its own queries only (Kademlia bootstraps on its own too).
+        if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed { result, step, .. }) =
+            swarm.select_next_some().await
+            && step.last
+        {
+            let ok = match result {
+                kad::QueryResult::StartProviding(result) => result.is_ok(),
+                kad::QueryResult::PutRecord(result) => result.is_ok(),
+                _ => continue,
+            };
+            running -= 1;
+            done += u64::from(ok);
+        }
+    }
+}
+
+/// An honest peer that holds `root` and says so: a Kademlia client (no
+/// routing table takes it in and no lookup asks it) that listens, gives
+/// its address in its provider record, and publishes that record to the
+/// victim. Returns its id once the record was sent, and the task that
+/// keeps it up.
+async fn honest_provider(victim: Multiaddr, root: Cid) -> (PeerId, tokio::task::JoinHandle<()>) {
+    use libp2p::kad;
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| {
+            let me = key.public().to_peer_id();
+            let config = kad::Config::new(dfs_p2p::net::behaviour::KAD_PROTOCOL);
+            kad::Behaviour::with_config(me, kad::store::MemoryStore::new(me), config)
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    swarm.behaviour_mut().set_mode(Some(kad::Mode::Client));
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    let listening = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    swarm.add_external_address(listening);
+    swarm.behaviour_mut().add_address(&peer_of(&victim), victim);
+    swarm.behaviour_mut().start_providing(kad::RecordKey::new(&root.to_bytes())).unwrap();
+    loop {
+        if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+            result: kad::QueryResult::StartProviding(result),
+            ..
+        }) = swarm.select_next_some().await
+        {
+            result.expect("the honest provider record was not sent");
+            break;
+        }
+    }
+    let id = *swarm.local_peer_id();
+    (id, tokio::spawn(async move { while swarm.next().await.is_some() {} }))
+}
+
+#[test]
+fn record_spam_from_many_ids_leaves_honest_records_kept() {
+    use dfs_p2p::{
+        net::records::{
+            MAX_FOREIGN_RECORDS, MAX_RECORDS_PER_PEER, MAX_VALUE_RECORDS,
+            MAX_VALUE_RECORDS_PER_PEER,
+        },
+        ticket::TicketOrCid,
+    };
+    /// How long the whole flood may take.
+    const FLOOD: Duration = Duration::from_secs(180);
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut victim, addr, ticket) = victim(dir.path(), &[]);
+    assert_eq!(record_counts(&mut victim), (0, 0));
+
+    // More fresh ids than fill the store, each sending its whole share of
+    // both kinds: 40 × 1,024 provider records, 20 × 1,024 delete records.
+    let provider_ids = MAX_FOREIGN_RECORDS / MAX_RECORDS_PER_PEER + 8;
+    let delete_ids = MAX_VALUE_RECORDS / MAX_VALUE_RECORDS_PER_PEER + 4;
+    let started = Instant::now();
+    let sent: Vec<u64> = rt.block_on(async {
+        let providers = (0..provider_ids).map(|_| (Spam::Providers, MAX_RECORDS_PER_PEER));
+        let deletes = (0..delete_ids).map(|_| (Spam::Deletes, MAX_VALUE_RECORDS_PER_PEER));
+        let spammers = providers
+            .chain(deletes)
+            .map(|(kind, count)| tokio::spawn(spam_records(addr.clone(), kind, count as u32)));
+        let sent = tokio::time::timeout(FLOOD, join_all(spammers)).await;
+        sent.expect("the flood did not end in time").into_iter().map(Result::unwrap).collect()
+    });
+    let each = [MAX_RECORDS_PER_PEER as u64, MAX_VALUE_RECORDS_PER_PEER as u64];
+    assert!(sent.iter().all(|n| each.contains(n)), "records sent per id: {sent:?}");
+    eprintln!(
+        "{} records sent by {} ids in {:.1} s",
+        sent.iter().sum::<u64>(),
+        sent.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // The flood landed: the victim's store is full of both kinds.
+    let full = (MAX_FOREIGN_RECORDS, MAX_VALUE_RECORDS);
+    let deadline = Instant::now() + HONEST_GET;
+    loop {
+        let held = record_counts(&mut victim);
+        if held == full {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the victim holds {held:?} records after the flood");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    rt.block_on(async {
+        // An honest peer publishes a provider record; an honest node
+        // publishes a delete record (a put, then its delete). Neither is
+        // in a routing table, so no lookup asks them: what is found of
+        // their records was found on the victim.
+        let root = block::cid_of(DAG_CBOR, b"an honest root");
+        let (provider, provider_task) = honest_provider(addr.clone(), root).await;
+        let client = |dir: &Path| {
+            let mut config = NodeConfig::new(dir.to_path_buf());
+            config.listen = Vec::new();
+            config.bootstrap = vec![addr.clone()];
+            config.replicas = 1;
+            config
+        };
+        let honest_dir = tempfile::tempdir().unwrap();
+        let honest = Node::start(client(honest_dir.path())).await.unwrap();
+        assert!(honest.wait_for_peers(1, HONEST_GET).await >= 1, "the honest node never connected");
+        let bytes = cli_support::data(64 * 1024, 11);
+        let len = Some(bytes.len() as u64);
+        let put = honest.put(Box::new(std::io::Cursor::new(bytes)), None, len, None).await;
+        let deleted = put.unwrap().ticket;
+        let report = honest.delete(TicketOrCid::Ticket(deleted.clone())).await.unwrap();
+        // The victim, its only peer, kept the delete record: it reads back.
+        assert!(matches!(report.record, Ok(n) if n >= 1), "{:?}", report.record);
+
+        // Another node that knows only the victim finds both.
+        let finder_dir = tempfile::tempdir().unwrap();
+        let finder = Node::start(client(finder_dir.path())).await.unwrap();
+        assert!(finder.wait_for_peers(1, HONEST_GET).await >= 1, "the finder never connected");
+        let deadline = Instant::now() + HONEST_GET;
+        'found: loop {
+            let mut found = finder.net().find_providers(root, Arc::default()).await;
+            while let Some(peer) = found.recv().await {
+                if peer == provider {
+                    break 'found;
+                }
+            }
+            assert!(Instant::now() < deadline, "the honest provider record is not found");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let net = finder.net();
+        let delete = dfs_p2p::net::replicas::find_delete(net, deleted.root, honest.peer_id()).await;
+        assert!(delete.is_some(), "the honest delete record is not found");
+        // The victim's own file stays findable, and fetchable.
+        let providers = finder.providers(ticket.root).await.unwrap();
+        assert!(providers.contains(&peer_of(&addr)), "{providers:?}");
+        finder.shutdown().await;
+        honest.shutdown().await;
+        provider_task.abort();
+        honest_get(&addr, &ticket).await
+    });
+    // The honest records took the place of spam: the store is as full.
+    assert_eq!(record_counts(&mut victim), full);
     assert_healthy(&mut victim);
 }

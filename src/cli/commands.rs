@@ -153,14 +153,15 @@ pub async fn delete(node: &Node, console: &Console, target: TicketOrCid) -> Resu
     };
     line.push_str(&format!("; {} peers deleted their copies", report.remote_deleted.len()));
     console.status(&line);
+    let offline = "copies on nodes offline now may be repaired until their lease ends";
     match &report.record {
+        Ok(0) => console.status(&format!("delete record stored by no peer (read back): {offline}")),
         Ok(peers) => console.status(&format!(
-            "delete record published ({}): no repair brings a copy back",
+            "delete record stored by {} (read back): no repair brings a copy back",
             output::plural(*peers as u64, "peer")
         )),
         Err(reason) => console.status(&format!(
-            "delete record not published ({}): copies on nodes offline now may be repaired \
-             until their lease ends",
+            "delete record not confirmed ({}): {offline}",
             output::one_line(reason)
         )),
     }

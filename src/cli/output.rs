@@ -292,7 +292,10 @@ pub fn stat_table(stat: &Stat) -> String {
     ]);
     rows.push(vec![
         "dht records".into(),
-        format!("{} provider records of other peers", stat.provider_records),
+        format!(
+            "{} provider and {} delete records of other peers",
+            stat.provider_records, stat.delete_records
+        ),
     ]);
     let mut out = String::new();
     let width = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);

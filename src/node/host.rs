@@ -1,10 +1,12 @@
 //! What this node holds and who it talks to: delete, garbage collection,
 //! repair rounds, the roots it keeps, its peers and its figures.
 
+use std::collections::HashSet;
+
 use cid::Cid;
 use libp2p::PeerId;
 
-use super::{DeleteReport, Node, NodeError, PeerInfo, Stat};
+use super::{DeleteReport, Node, NodeError, PeerInfo, READ_BACK, Stat};
 use crate::{
     lease::DeleteRecord,
     net::{discover, replicas},
@@ -15,8 +17,9 @@ use crate::{
 impl Node {
     /// Deletes the local copy, publishes this node's signed delete record
     /// in the DHT (so that no repair brings a copy held for it back, even
-    /// from a holder offline now) and asks the holders (which obey only
-    /// the owner) to delete theirs.
+    /// from a holder offline now), reads it back to count the peers that
+    /// kept it, and asks the holders (which obey only the owner) to delete
+    /// theirs.
     pub async fn delete(&self, target: TicketOrCid) -> Result<DeleteReport, NodeError> {
         let root = target.root();
         let (local, owner, kept) = self
@@ -55,7 +58,11 @@ impl Node {
         let record = match DeleteRecord::issue(self.store().identity(), root, keep) {
             Ok(record) if self.inner.net.connected_now() > 0 => {
                 let key = DeleteRecord::dht_key(&root, &self.peer_id());
-                self.inner.net.put_record(key, record.encode(), keep).await
+                let value = record.encode();
+                match self.inner.net.put_record(key.clone(), value.clone(), keep).await {
+                    Ok(_) => self.read_back(key, &value).await,
+                    Err(e) => Err(e),
+                }
             }
             Ok(_) => Err("no peer connected".into()),
             Err(e) => Err(e.to_string()),
@@ -69,6 +76,28 @@ impl Node {
             remote_deleted,
             remote_refused,
         })
+    }
+
+    /// The other peers that answer a lookup of `key` with exactly `value`,
+    /// counted for [`READ_BACK`] at most: a peer answers a put whether it
+    /// kept the record or not, so only what comes back counts.
+    async fn read_back(&self, key: Vec<u8>, value: &[u8]) -> Result<usize, String> {
+        let mut found = self.inner.net.get_record_from_peers(key).await;
+        let mut holders = HashSet::new();
+        let lookup = async {
+            while let Some(answer) = found.recv().await {
+                let (peer, answered) = answer?;
+                if answered == value {
+                    holders.insert(peer);
+                }
+            }
+            Ok::<(), String>(())
+        };
+        // Out of time: the peers counted so far.
+        if let Ok(Err(e)) = tokio::time::timeout(READ_BACK, lookup).await {
+            return Err(format!("cannot read it back: {e}"));
+        }
+        Ok(holders.len())
     }
 
     /// Runs one repair round now (for tests and tools; a node that listens
@@ -134,6 +163,7 @@ impl Node {
             })
             .await?;
         let pinned_roots = roots.iter().filter(|r| r.kind == PinKind::Pinned).count();
+        let records = self.inner.net.record_counts().await;
         Ok(Stat {
             peer_id: self.peer_id(),
             data_dir: self.store().dir().to_path_buf(),
@@ -148,7 +178,8 @@ impl Node {
             held_for_others,
             replica_quota: self.inner.replica_quota,
             blocks_served: self.inner.blocks.blocks_served(),
-            provider_records: self.inner.net.provider_records().await,
+            provider_records: records.providers,
+            delete_records: records.deletes,
         })
     }
 }

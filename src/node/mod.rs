@@ -188,7 +188,9 @@ pub struct DeleteReport {
     /// The file was stored here but put by another node: only the local
     /// copy went, and nothing else was asked.
     pub not_owner: bool,
-    /// On how many other peers the delete record was stored, or why on none.
+    /// How many other peers answered a lookup of the delete record with
+    /// it once it was published, within [`READ_BACK`]; or why it could not
+    /// be published or looked up.
     pub record: Result<usize, String>,
     pub remote_deleted: Vec<PeerId>,
     pub remote_refused: Vec<(PeerId, String)>,
@@ -222,6 +224,8 @@ pub struct Stat {
     pub blocks_served: u64,
     /// Provider records of other peers this node keeps for the DHT.
     pub provider_records: usize,
+    /// Delete records other peers stored on this node.
+    pub delete_records: usize,
 }
 
 /// Errors of node operations; each displays as one line.
@@ -455,6 +459,11 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Disk space a get keeps free beside what it writes.
 pub const SPACE_RESERVE: u64 = 64 * 1024 * 1024;
+
+/// How long `delete` looks its delete record up again once published, to
+/// count the peers that kept it (a peer answers a put whether it kept the
+/// record or not).
+pub const READ_BACK: Duration = Duration::from_secs(10);
 
 /// The cache size a node uses unless told: 10 GiB, or a quarter of the
 /// space free on the file system of `dir` (or of its nearest existing

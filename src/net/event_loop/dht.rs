@@ -81,7 +81,34 @@ pub(super) struct Queries {
     providers: HashMap<QueryId, ProviderQuery>,
     closest: HashMap<QueryId, oneshot::Sender<Vec<PeerId>>>,
     put: HashMap<QueryId, oneshot::Sender<Result<usize, String>>>,
-    get: HashMap<QueryId, mpsc::Sender<Vec<u8>>>,
+    get: HashMap<QueryId, RecordSink>,
+}
+
+/// Where the answers of a value record lookup go.
+pub enum RecordSink {
+    /// The values alone, this node's own included.
+    Values(mpsc::Sender<Vec<u8>>),
+    /// Other peers' answers, each with the peer that gave it; an error if
+    /// the lookup could not start.
+    FromPeers(mpsc::Sender<Result<(PeerId, Vec<u8>), String>>),
+}
+
+impl RecordSink {
+    /// Hands on what a lookup found (dropped if the receiver is full);
+    /// returns whether nobody listens any more.
+    fn found(&self, record: kad::PeerRecord) -> bool {
+        use mpsc::error::TrySendError::Closed;
+        match (self, record.peer) {
+            (RecordSink::Values(found), _) => {
+                matches!(found.try_send(record.record.value), Err(Closed(_)))
+            }
+            (RecordSink::FromPeers(found), Some(peer)) => {
+                matches!(found.try_send(Ok((peer, record.record.value))), Err(Closed(_)))
+            }
+            // This node's own copy.
+            (RecordSink::FromPeers(found), None) => found.is_closed(),
+        }
+    }
 }
 
 impl Queries {
@@ -139,10 +166,12 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn get_record(&mut self, key: Vec<u8>, found: mpsc::Sender<Vec<u8>>) {
+    pub(super) fn get_record(&mut self, key: Vec<u8>, found: RecordSink) {
         if self.queries.len() < MAX_QUERIES {
             let id = self.swarm.behaviour_mut().kad.get_record(RecordKey::new(&key));
             self.queries.get.insert(id, found);
+        } else if let RecordSink::FromPeers(found) = found {
+            let _ = found.try_send(Err("too many DHT queries under way".into()));
         }
     }
 
@@ -282,10 +311,7 @@ impl EventLoop {
             }
             QueryResult::GetRecord(result) => {
                 let gone = match (self.queries.get.get(&id), result) {
-                    (Some(found), Ok(kad::GetRecordOk::FoundRecord(r))) => matches!(
-                        found.try_send(r.record.value),
-                        Err(mpsc::error::TrySendError::Closed(_))
-                    ),
+                    (Some(found), Ok(kad::GetRecordOk::FoundRecord(r))) => found.found(r),
                     _ => false,
                 };
                 if gone {

@@ -9,11 +9,13 @@ use cid::Cid;
 use libp2p::{Multiaddr, PeerId, request_response::ResponseChannel};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{BOOTSTRAP_ATTEMPTS, BootstrapState, Counters, LookupCost};
+use super::{BOOTSTRAP_ATTEMPTS, BootstrapState, Counters, LookupCost, RecordSink};
 use crate::net::{
+    behaviour::KAD_REPLICATION,
     codec::{Request, Response},
     lanes::Lanes,
     replicas::{DeleteLookups, Distrust},
+    records::RecordCounts,
 };
 
 /// Commands queued for the event loop.
@@ -87,27 +89,28 @@ pub enum Command {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
     /// Stores a value record here and on the peers closest to its key;
-    /// answers with the peers that stored it, or why none did.
+    /// answers with how many peers answered the put (a peer answers
+    /// whether it kept the record or not), or why none did.
     PutRecord {
         key: Vec<u8>,
         value: Vec<u8>,
         keep: Duration,
         reply: oneshot::Sender<Result<usize, String>>,
     },
-    /// Streams the values found under `key` (unchecked) into `found`;
+    /// Streams what the lookup of `key` finds (unchecked) into `found`;
     /// closes it when done. Dropping the receiver ends the lookup.
     GetRecord {
         key: Vec<u8>,
-        found: mpsc::Sender<Vec<u8>>,
+        found: RecordSink,
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
     },
     /// The other peers whose live provider records for `root` (if given)
-    /// this node holds, and how many such records it holds in all.
+    /// this node holds, and how many records of others it holds in all.
     KnownProviders {
         root: Option<Cid>,
-        reply: oneshot::Sender<(Vec<PeerId>, usize)>,
+        reply: oneshot::Sender<(Vec<PeerId>, RecordCounts)>,
     },
     BlockPeer {
         peer: PeerId,
@@ -212,13 +215,18 @@ impl NetHandle {
 
     /// The provider records of other peers this node keeps for the DHT.
     pub async fn provider_records(&self) -> usize {
+        self.record_store(None).await.1.providers
+    }
+
+    /// The records of other peers this node keeps for the DHT, by kind.
+    pub async fn record_counts(&self) -> RecordCounts {
         self.record_store(None).await.1
     }
 
-    async fn record_store(&self, root: Option<Cid>) -> (Vec<PeerId>, usize) {
+    async fn record_store(&self, root: Option<Cid>) -> (Vec<PeerId>, RecordCounts) {
         let (reply, rx) = oneshot::channel();
         if self.send(Command::KnownProviders { root, reply }).await.is_err() {
-            return (Vec::new(), 0);
+            return (Vec::new(), RecordCounts::default());
         }
         rx.await.unwrap_or_default()
     }
@@ -248,8 +256,10 @@ impl NetHandle {
         rx.await.unwrap_or_default()
     }
 
-    /// Publishes a value record in the DHT (this node's store first):
-    /// how many other peers stored it, or why none did.
+    /// Publishes a value record in the DHT (this node's store first): how
+    /// many other peers answered (not how many kept it: look it up again
+    /// for that, see [`get_record_from_peers`](Self::get_record_from_peers)),
+    /// or why none did.
     pub async fn put_record(
         &self,
         key: Vec<u8>,
@@ -267,7 +277,26 @@ impl NetHandle {
     /// any peer may answer anything).
     pub async fn get_record(&self, key: Vec<u8>) -> mpsc::Receiver<Vec<u8>> {
         let (found, rx) = mpsc::channel(8);
-        let _ = self.send(Command::GetRecord { key, found }).await;
+        let _ = self.send(Command::GetRecord { key, found: RecordSink::Values(found) }).await;
+        rx
+    }
+
+    /// What other peers answer a lookup of `key`, each answer with the
+    /// peer that gave it, as they come (unchecked); closes when the lookup
+    /// ends, after an error if it could not start. Dropping the receiver
+    /// ends the lookup.
+    pub async fn get_record_from_peers(
+        &self,
+        key: Vec<u8>,
+    ) -> mpsc::Receiver<Result<(PeerId, Vec<u8>), String>> {
+        // Room for every answer of the closest peers, and more.
+        let (found, rx) = mpsc::channel(2 * KAD_REPLICATION);
+        let found = RecordSink::FromPeers(found);
+        if self.send(Command::GetRecord { key, found }).await.is_err() {
+            let (tx, rx) = mpsc::channel(1);
+            let _ = tx.try_send(Err("the node stopped".into()));
+            return rx;
+        }
         rx
     }
 

@@ -82,7 +82,7 @@ pub use connections::{
     MAX_BLOCKED,
 };
 pub use costs::{Cost, Counters, LookupCost};
-pub use dht::{MAX_QUERIES, PROVIDER_ANSWERS};
+pub use dht::{MAX_QUERIES, PROVIDER_ANSWERS, RecordSink};
 pub use handle::{
     COMMAND_QUEUE, Command, InboundRequest, NetHandle, PROVIDER_QUEUE, PeerInfo, RequestError,
 };
@@ -261,7 +261,7 @@ impl EventLoop {
                 let live = root.map_or_else(Vec::new, |root| {
                     store.foreign_providers(&provider_key(&root), Instant::now())
                 });
-                let _ = reply.send((live, store.foreign_count()));
+                let _ = reply.send((live, store.counts()));
             }
             Command::FindProviders { root, found, cost } => self.find_providers(root, found, cost),
             Command::RoutingTable { reply } => {
