@@ -1878,6 +1878,9 @@ fn a_huge_range_header_is_refused_cheaply() {
     );
     assert!(per_request < 0.001, "{:.2} ms of CPU a request", per_request * 1000.0);
     assert!(read > 0 && refused > 0, "{read} Range headers answered, {refused} heads refused");
+    assert_healthy(&mut victim);
+}
+
 /// Provider and delete records of other peers the victim holds, from its
 /// `stat`.
 fn record_counts(victim: &mut Victim) -> (usize, usize) {

@@ -1,8 +1,9 @@
 //! The peer network, in layers. Each module imports (`crate::net::…`)
 //! only modules above it in this list:
 //!
-//! - [`limits`] (connections per remote address) and [`records`] (the
-//!   DHT's bounded record store), which import no other;
+//! - [`limits`] (connections per remote address), [`records`] (the
+//!   DHT's bounded record store) and [`ledger`] (what a node learnt of
+//!   peers and lookups), which import no other;
 //! - [`codec`]: the file protocol's wire format (`protocols/file-protocol.md`):
 //!   its messages, their frames, and reading and writing them on streams;
 //! - [`behaviour`]: transport and protocols, and every tuning constant of
@@ -16,8 +17,8 @@
 //! - [`providers`]: the providers of one download, and how busy each is;
 //! - [`discover`]: who holds a root, found by DHT lookup and `Have` probe;
 //! - [`get`]: fetching a download's blocks from its providers;
-//! - [`replicas`]: both sides of `Replicate`, `Delete` and `Holds`, and
-//!   the owners' delete records in the DHT;
+//! - [`replicas`]: both sides of `Replicate`, `Delete`, `Holds` and
+//!   `Prove`, where copies go, and the owners' delete records in the DHT;
 //! - [`repair`]: keeping each pinned root at its replica count, and the
 //!   owner's leases renewed;
 //! - [`inbound`]: dispatching inbound requests to their handlers.
@@ -38,6 +39,7 @@ pub mod event_loop;
 pub mod get;
 pub mod inbound;
 pub mod lanes;
+pub mod ledger;
 pub mod limits;
 pub mod providers;
 pub mod records;

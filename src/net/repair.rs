@@ -247,7 +247,7 @@ impl Repairer {
             async move { replicas::fetch_checked(&store, &net, cid, &from).await }
         };
         let (proven, mut unproven) = replicas::prove(&self.net, root, &claimed, fetch).await;
-        let minutes = replicas::DISTRUST_FOR.as_secs() / 60;
+        let minutes = crate::net::ledger::DISTRUST_FOR.as_secs() / 60;
         let lately = format!("failed a proof of it within the last {minutes} min");
         unproven.extend(distrusted.into_iter().map(|p| (p, lately.clone())));
         let (mut target, mut repaired) = (0, 0);

@@ -14,7 +14,7 @@ use crate::net::{
     behaviour::KAD_REPLICATION,
     codec::{Request, Response},
     lanes::Lanes,
-    replicas::{DeleteLookups, Distrust},
+    ledger::{DeleteLookups, Distrust},
     records::RecordCounts,
 };
 

@@ -343,7 +343,7 @@ impl EventLoop {
                 tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
                 self.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
                 self.last_active.entry(peer_id).or_insert_with(Instant::now);
-                let ip = crate::net::replicas::ip_of(endpoint.get_remote_address());
+                let ip = crate::net::ledger::ip_of(endpoint.get_remote_address());
                 self.links.entry(peer_id).or_insert((ip, Instant::now()));
                 self.trim_connections();
                 let to_bootstrap = self.bootstrap_connected(peer_id, connection_id);

@@ -1,15 +1,10 @@
 //! Both sides of `Holds` and `Delete`, and the owners' delete records in
 //! the DHT.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use cid::Cid;
 use libp2p::{PeerId, request_response::ResponseChannel};
-use tokio::sync::Semaphore;
 
 use super::{DELETE_TIMEOUT, ReplicaService, told_to_peers};
 use crate::{
@@ -48,71 +43,17 @@ pub async fn rpc_holds(
 
 /// How long a lookup of a delete record may take.
 pub const DELETE_LOOKUP: Duration = Duration::from_secs(10);
-/// How long a lookup that found no delete record is trusted (a found
-/// record is kept until it ends).
-pub const DELETE_CACHE_FOR: Duration = Duration::from_secs(60);
-/// Lookups of delete records a node runs at once; more wait their turn.
-pub const DELETE_LOOKUPS_AT_ONCE: usize = 4;
-/// (root, owner) answers kept: past it, the oldest is forgotten.
-pub const MAX_DELETE_ANSWERS: usize = 4096;
-
-/// A lookup's answer (the record, if one was found) and when it came.
-type Answer = (Option<DeleteRecord>, Instant);
-
-/// The answers of recent delete-record lookups, and the turns of those
-/// running; cheap to clone, one per node (see [`find_delete`]).
-#[derive(Clone)]
-pub struct DeleteLookups {
-    answers: Arc<Mutex<HashMap<(Cid, PeerId), Answer>>>,
-    turns: Arc<Semaphore>,
-}
-
-impl Default for DeleteLookups {
-    fn default() -> Self {
-        DeleteLookups {
-            answers: Arc::default(),
-            turns: Arc::new(Semaphore::new(DELETE_LOOKUPS_AT_ONCE)),
-        }
-    }
-}
-
-impl DeleteLookups {
-    /// A recent answer for (`root`, `owner`), if one is still good.
-    fn cached(&self, root: Cid, owner: PeerId) -> Option<Option<DeleteRecord>> {
-        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-        let (found, at) = answers.get(&(root, owner))?;
-        match found {
-            Some(record) if record.keep_until > lease::unix_secs() => Some(Some(record.clone())),
-            None if at.elapsed() < DELETE_CACHE_FOR => Some(None),
-            _ => None,
-        }
-    }
-
-    fn remember(&self, root: Cid, owner: PeerId, found: Option<DeleteRecord>) {
-        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-        if answers.len() >= MAX_DELETE_ANSWERS && !answers.contains_key(&(root, owner)) {
-            answers.retain(|_, (found, at)| found.is_some() || at.elapsed() < DELETE_CACHE_FOR);
-            if answers.len() >= MAX_DELETE_ANSWERS
-                && let Some(oldest) = answers.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k)
-            {
-                answers.remove(&oldest);
-            }
-        }
-        answers.insert((root, owner), (found, Instant::now()));
-    }
-}
-
 /// `owner`'s delete record for `root`, if the DHT holds a valid one (any
 /// other answer is ignored). Nothing if none is found within
-/// [`DELETE_LOOKUP`]. Answers are cached ([`DELETE_CACHE_FOR`] for none
-/// found), and at most [`DELETE_LOOKUPS_AT_ONCE`] lookups run at once: one
+/// [`DELETE_LOOKUP`]. Answers are cached (`ledger::DELETE_CACHE_FOR` for none
+/// found), and at most `ledger::DELETE_LOOKUPS_AT_ONCE` lookups run at once: one
 /// lookup costs at most a Kademlia `GET_VALUE` walk of [`DELETE_LOOKUP`].
 pub async fn find_delete(net: &NetHandle, root: Cid, owner: PeerId) -> Option<DeleteRecord> {
     let lookups = net.delete_lookups();
     if let Some(answer) = lookups.cached(root, owner) {
         return answer;
     }
-    let _turn = lookups.turns.acquire().await.ok()?;
+    let _turn = lookups.turn().await?;
     // Another lookup of the same record may have ended while this waited.
     if let Some(answer) = lookups.cached(root, owner) {
         return answer;

@@ -28,14 +28,10 @@ mod proof;
 mod pull;
 mod replicate;
 
-pub use holds::{
-    DELETE_CACHE_FOR, DELETE_LOOKUP, DELETE_LOOKUPS_AT_ONCE, DeleteLookups, Holding,
-    MAX_DELETE_ANSWERS, delete_remote, find_delete, rpc_delete, rpc_holds,
-};
-pub use placement::{SETTLED_AFTER, address_group, ip_of, placement_key, rank};
+pub use holds::{DELETE_LOOKUP, Holding, delete_remote, find_delete, rpc_delete, rpc_holds};
+pub use placement::{SETTLED_AFTER, address_group, placement_key, rank};
 pub use proof::{
-    Challenge, DISTRUST_FOR, Distrust, MAX_DISTRUSTED, MAX_PROVED, PROOF_BLOCKS, PROOF_TIMEOUT,
-    draw, fetch_checked, proof_digest, prove,
+    Challenge, MAX_PROVED, PROOF_BLOCKS, PROOF_TIMEOUT, draw, fetch_checked, proof_digest, prove,
 };
 use pull::Replications;
 pub use pull::{

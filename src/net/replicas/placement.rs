@@ -27,22 +27,13 @@ use std::{
 };
 
 use cid::Cid;
-use libp2p::{Multiaddr, PeerId, kad::KBucketKey, multiaddr::Protocol};
+use libp2p::{PeerId, kad::KBucketKey};
 use sha2::{Digest, Sha256};
 
 use crate::net::event_loop::PeerInfo;
 
 /// How long a peer must have been connected to rank among the settled.
 pub const SETTLED_AFTER: Duration = Duration::from_secs(60);
-
-/// The IP address of a remote multiaddr, if it has one.
-pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    })
-}
 
 /// The address group of `ip` that holds at most one copy of a root;
 /// `None` for loopback (exempt).

@@ -9,7 +9,7 @@
 //! those blocks (from its store, or fetched from the network and checked
 //! against their CIDs): no holder can answer without the blocks' bytes at
 //! hand, nor reuse an earlier answer. A peer that fails is
-//! [`Distrust`]ed for that root: it is not counted, asked or chosen again
+//! distrusted for that root (`ledger::Distrust`): it is not counted, asked or chosen again
 //! for it for [`DISTRUST_FOR`].
 //!
 //! Cost: a challenger reads [`PROOF_BLOCKS`] paths (a few blocks each) per
@@ -17,12 +17,7 @@
 //! challenges (at most [`MAX_PROVED`]); a holder reads and hashes at most
 //! [`MAX_PROVE_CIDS`](crate::net::codec::MAX_PROVE_CIDS) blocks per `Prove`.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, future::Future, time::Duration};
 
 use cid::Cid;
 use futures::StreamExt;
@@ -45,10 +40,6 @@ pub const PROOF_BLOCKS: usize = 4;
 /// How long a holder has to answer a `Prove` (it reads and hashes up to
 /// [`PROOF_BLOCKS`] blocks of at most 2 MiB).
 pub const PROOF_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a peer that failed a proof for a root is left out for it.
-pub const DISTRUST_FOR: Duration = Duration::from_secs(3600);
-/// (root, peer) pairs distrusted at once: past it, the oldest is forgotten.
-pub const MAX_DISTRUSTED: usize = 4096;
 /// Holders challenged per root and round, at most.
 pub const MAX_PROVED: usize = 32;
 /// Challenges in flight at once per root.
@@ -158,37 +149,10 @@ pub async fn fetch_checked(
     None
 }
 
-/// Peers that failed a proof for a root, left out for [`DISTRUST_FOR`];
-/// cheap to clone, shared by a node's puts and repairs.
-#[derive(Clone, Default)]
-pub struct Distrust(Arc<Mutex<HashMap<(Cid, PeerId), Instant>>>);
-
-impl Distrust {
-    /// Notes that `peer` failed a proof for `root`.
-    pub fn note(&self, root: Cid, peer: PeerId) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        map.retain(|_, at| now.duration_since(*at) < DISTRUST_FOR);
-        if map.len() >= MAX_DISTRUSTED
-            && let Some(oldest) = map.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k)
-        {
-            map.remove(&oldest);
-        }
-        map.insert((root, peer), now);
-    }
-
-    /// Whether `peer` failed a proof for `root` less than [`DISTRUST_FOR`]
-    /// ago.
-    pub fn distrusts(&self, root: &Cid, peer: &PeerId) -> bool {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(*root, *peer)).is_some_and(|at| at.elapsed() < DISTRUST_FOR)
-    }
-}
-
 /// Challenges each of `peers` (at most [`MAX_PROVED`]) to prove it holds
 /// `root`; blocks are read with `fetch` (see [`draw`]). Returns the peers
 /// that proved it, and those that did not with the reason; the latter are
-/// distrusted for the root (see [`Distrust`]), unless no challenge could
+/// distrusted for the root (`ledger::Distrust`), unless no challenge could
 /// be drawn at all (then every peer is unproven, and none is blamed).
 pub async fn prove<F, Fut>(
     net: &NetHandle,
@@ -235,22 +199,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn distrust_is_per_root_and_capped() {
-        let distrust = Distrust::default();
-        let root = crate::block::cid_of(DAG_CBOR, b"root");
-        let other = crate::block::cid_of(DAG_CBOR, b"other");
-        let peer = PeerId::random();
-        distrust.note(root, peer);
-        assert!(distrust.distrusts(&root, &peer));
-        assert!(!distrust.distrusts(&other, &peer));
-        for i in 0..MAX_DISTRUSTED as u32 {
-            distrust.note(crate::block::cid_of(DAG_CBOR, &i.to_be_bytes()), PeerId::random());
-        }
-        assert!(!distrust.distrusts(&root, &peer), "the oldest went first");
-        assert_eq!(distrust.0.lock().unwrap().len(), MAX_DISTRUSTED);
-    }
 
     #[test]
     fn a_proof_needs_the_nonce_and_the_bytes() {
