@@ -19,6 +19,10 @@ use tokio::sync::Semaphore;
 
 use crate::lease::{self, DeleteRecord};
 
+/// How long a peer must have been connected to rank among the settled
+/// peers, which take copies before newer ones (`replicas::placement`).
+pub const SETTLED_AFTER: Duration = Duration::from_secs(60);
+
 /// How long a peer that failed a proof for a root is left out for it.
 pub const DISTRUST_FOR: Duration = Duration::from_secs(3600);
 /// (root, peer) pairs distrusted at once: past it, the oldest is forgotten.

@@ -1,9 +1,9 @@
 //! The peer network, in layers. Each module imports (`crate::net::…`)
 //! only modules above it in this list:
 //!
-//! - [`limits`] (connections per remote address), [`records`] (the
-//!   DHT's bounded record store) and [`ledger`] (what a node learnt of
-//!   peers and lookups), which import no other;
+//! - [`limits`], [`records`] and [`ledger`], which import no other:
+//!   connections per remote address, the DHT's bounded record store, and
+//!   what a node learnt of peers and lookups;
 //! - [`codec`]: the file protocol's wire format (`protocols/file-protocol.md`):
 //!   its messages, their frames, and reading and writing them on streams;
 //! - [`behaviour`]: transport and protocols, and every tuning constant of

@@ -95,7 +95,7 @@ impl NodeConfig {
             reprovide_interval: REPROVIDE_INTERVAL,
             provider_ttl: behaviour::PROVIDER_TTL,
             repair_interval: repair::REPAIR_INTERVAL,
-            settled_after: crate::net::replicas::SETTLED_AFTER,
+            settled_after: crate::net::ledger::SETTLED_AFTER,
             lease: repair::LEASE,
             wire: behaviour::Wire::Tcp,
         }

@@ -164,7 +164,7 @@ impl EventLoop {
             distrust: Default::default(),
             delete_lookups: Default::default(),
             settled_after: Arc::new(std::sync::atomic::AtomicU64::new(
-                crate::net::replicas::SETTLED_AFTER.as_millis() as u64,
+                crate::net::ledger::SETTLED_AFTER.as_millis() as u64,
             )),
         };
         let event_loop = EventLoop {

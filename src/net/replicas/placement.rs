@@ -32,8 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::net::event_loop::PeerInfo;
 
-/// How long a peer must have been connected to rank among the settled.
-pub const SETTLED_AFTER: Duration = Duration::from_secs(60);
+pub use crate::net::ledger::SETTLED_AFTER;
 
 /// The address group of `ip` that holds at most one copy of a root;
 /// `None` for loopback (exempt).
