@@ -712,12 +712,15 @@ fn holders_that_lie_are_not_counted_and_repair_restores_real_copies() {
             }
         }
         // The attack landed: the liars were asked and said they hold it.
-        let asked: u64 = liars.iter().map(|l| l.holds.load(Ordering::Relaxed)).sum();
+        let asked: u64 = liars
+            .iter()
+            .map(|l| l.holds.load(Ordering::Relaxed) + l.replicate.load(Ordering::Relaxed))
+            .sum();
         let proofs: u64 = liars.iter().map(|l| l.prove.load(Ordering::Relaxed)).sum();
-        eprintln!("liars: {asked_before} Holds at the put, {asked} in all, {proofs} proofs asked");
+        eprintln!("liars: {asked_before} Holds at the put; {asked} claims, {proofs} proofs asked");
         assert!(
             asked >= 3 && proofs >= 3,
-            "the liars were never asked: {asked} Holds, {proofs} proofs"
+            "the liars were never asked: {asked} claims, {proofs} proofs"
         );
         let restored_in = restored_in.unwrap_or_else(|| {
             panic!("{} real copies after 3 rounds", real_holders(&nodes, &root))

@@ -18,7 +18,7 @@ use dfs_p2p::{
     Ticket,
     node::{GetReport, Node, NodeConfig, NodeError},
 };
-use libp2p::{Multiaddr, PeerId, kad::KBucketKey};
+use libp2p::{Multiaddr, PeerId};
 use tempfile::TempDir;
 
 const CHUNK: usize = 64 * 1024;
@@ -139,7 +139,7 @@ async fn put_on_one_get_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn put_replicates_to_closest_peers() {
+async fn put_places_two_copies_on_other_peers() {
     run(async {
         // More nodes than replicas, so that which nodes hold one matters.
         let nodes = star(6, 3).await;
@@ -151,19 +151,10 @@ async fn put_replicates_to_closest_peers() {
         assert!(report.counts_local, "the putter listens: its copy is one of the three");
         let root = report.ticket.root;
 
-        // The other two copies belong on the two peers closest (XOR) to the root.
-        let target = KBucketKey::new(root.to_bytes());
-        let mut others: Vec<PeerId> = nodes[1..].iter().map(|n| n.node.peer_id()).collect();
-        others.sort_by_key(|p| target.distance(&KBucketKey::from(*p)));
-        let mut closest = others[..2].to_vec();
-        closest.sort();
-        let mut holders: Vec<PeerId> = nodes[1..]
-            .iter()
-            .filter(|n| store(&n.node).root_info(&root).is_some())
-            .map(|n| n.node.peer_id())
-            .collect();
-        holders.sort();
-        assert_eq!(holders, closest, "replicas not on the closest peers; by distance: {others:?}");
+        // The other two copies are on two of the other peers (which two, a
+        // fresh salted key decides: `replicas::placement`).
+        let holders = nodes[1..].iter().filter(|n| store(&n.node).root_info(&root).is_some());
+        assert_eq!(holders.count(), 2, "copies not on two other peers");
         for n in &nodes[1..] {
             let Some(info) = store(&n.node).root_info(&root) else { continue };
             assert_eq!(info.kind, dfs_p2p::store::PinKind::Pinned);

@@ -107,6 +107,16 @@ impl Drop for Job {
     }
 }
 
+/// Returns once `flag` is set (looked at every [`CANCEL_POLL`]).
+async fn set(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
+/// How often a fetch waiting for its answer looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
+
 /// Leaves whose presence [`Shared::noted`] remembers at most.
 const MAX_NOTED: usize = 4096;
 
@@ -281,7 +291,15 @@ impl NetSource {
                 return Err(Error::Cancelled);
             }
             let peer = providers.acquire(&cid).await?;
-            let answer = ask_block(&self.0.net, peer, cid, BLOCK_TIMEOUT).await;
+            // A cancel (a pull past its deadline or stalled, a reader gone)
+            // does not wait for an answer that may never come.
+            let answer = tokio::select! {
+                answer = ask_block(&self.0.net, peer, cid, BLOCK_TIMEOUT) => answer,
+                () = set(&self.0.cancel) => {
+                    providers.release(&peer, false);
+                    return Err(Error::Cancelled);
+                }
+            };
             let verdict = match self.judge(cid, answer, then).await {
                 Ok(verdict) => verdict,
                 Err(e) => {

@@ -257,10 +257,10 @@ impl Store {
         let info = {
             let mut roots = self.roots_lock();
             let now = unix_now();
+            // A new owner of a root pinned here already joins it.
+            let held = roots.get(root).is_some_and(|e| e.kind == PinKind::Pinned);
             let entry = roots.entry(*root).or_insert_with(|| RootInfo::new(*root, kind, size, now));
             if kind == PinKind::Pinned {
-                // A new owner of a root pinned here already joins it.
-                let held = entry.kind == PinKind::Pinned;
                 entry.kind = PinKind::Pinned;
                 match owner {
                     None => entry.local = true,
@@ -328,10 +328,21 @@ impl Store {
 
     /// Pins `root` (whose blocks are all present and covered, as for
     /// [`pin`](Self::pin)) for the owner `lease` names, and keeps the
-    /// lease: an owner's newer lease replaces its older one.
+    /// lease: an owner's newer lease replaces its older one. A new owner
+    /// of a root pinned here already joins it (see [`RootInfo::joined`]).
     pub fn pin_leased(&self, root: &Cid, lease: Lease) -> Result<RootInfo> {
+        self.pin_leased_as(root, lease, false)
+    }
+
+    /// [`pin_leased`](Self::pin_leased); with `placer`, the lease's owner
+    /// counts as one that placed the copy even if the root was pinned
+    /// here already (it proved it holds the blocks: it could have).
+    pub fn pin_leased_as(&self, root: &Cid, lease: Lease, placer: bool) -> Result<RootInfo> {
         let owner = lease.owner();
         self.pin_with(root, PinKind::Pinned, Some(owner), |entry| {
+            if placer {
+                entry.joined.retain(|o| *o != owner);
+            }
             match entry.leases.iter_mut().find(|l| l.owner() == owner) {
                 Some(old) if old.expires >= lease.expires => {}
                 Some(old) => *old = lease,

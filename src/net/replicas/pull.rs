@@ -14,8 +14,8 @@ use cid::Cid;
 use libp2p::{PeerId, request_response::ResponseChannel};
 
 use super::{
-    Accept, MAX_PENDING_REPLICATIONS, Offer, PULL_WORKERS, ReplicaService, find_delete,
-    told_to_peers,
+    Accept, MAX_PENDING_REPLICATIONS, Offer, PULL_WORKERS, ReplicaService, fetch_checked,
+    find_delete, prove, told_to_peers,
 };
 use crate::{
     block::DAG_CBOR,
@@ -282,7 +282,11 @@ impl ReplicaService {
             .unwrap_or(None);
         if let Some((owned, cost)) = held {
             // Already pinned here: a newer lease of an owner's costs no
-            // space; a new owner's lease costs that owner its share.
+            // space. A new owner that proves it holds the blocks (an owner
+            // sharing a convergence secret, say) stands as one that placed
+            // the copy; any other new owner joins it, at the cost of its
+            // share.
+            let placer = !owned && owner == peer && self.proves(peer, root).await;
             let lease = offer.lease.clone();
             let share = self.owner_share();
             let pinned = self
@@ -292,7 +296,8 @@ impl ReplicaService {
                     if !owned && store.held_for(&owner).saturating_add(cost) > share {
                         return Ok(None);
                     }
-                    store.pin_leased(&root, lease).and_then(|_| store.dag_stats(&root)).map(Some)
+                    let pinned = store.pin_leased_as(&root, lease, placer);
+                    pinned.and_then(|_| store.dag_stats(&root)).map(Some)
                 })
                 .await;
             let response = match pinned {
@@ -489,6 +494,16 @@ impl ReplicaService {
             }
             Ok(()) => Ok(()),
         }
+    }
+
+    /// Whether `peer` proves it holds `root` (which this node holds: the
+    /// challenge is checked against its own copy).
+    async fn proves(&self, peer: PeerId, root: Cid) -> bool {
+        let fetch = |cid| {
+            let (store, net) = (self.store.clone(), self.net.clone());
+            async move { fetch_checked(&store, &net, cid, &[]).await }
+        };
+        !prove(&self.net, root, &[peer], fetch).await.0.is_empty()
     }
 
     /// The most one owner's replicas may cost here (see
