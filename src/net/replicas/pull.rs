@@ -424,8 +424,9 @@ impl ReplicaService {
                     let pin = |lease: Lease| {
                         // An owner new to the root pays its share for it.
                         let owner = lease.owner();
-                        let new = store.root_info(&root).is_none_or(|i| !i.owners.contains(&owner));
-                        let cost = store.root_info(&root).map_or(0, |i| i.cost());
+                        let info = store.root_info(&root);
+                        let new = info.as_ref().is_none_or(|i| !i.owners.contains(&owner));
+                        let cost = info.map_or(0, |i| i.cost());
                         if new && store.held_for(&owner).saturating_add(cost) > share {
                             return share_full();
                         }
