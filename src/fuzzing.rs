@@ -88,15 +88,18 @@ pub fn request_frame(data: &[u8]) {
             assert_eq!(codec::encode_request(request), data, "a request re-encodes differently");
             let mut written = Cursor::new(Vec::new());
             let frame = RequestFrame::Valid(request.clone());
-            block_on(FileCodec.write_request(&STREAM_PROTOCOL, &mut written, frame))
+            block_on(FileCodec::default().write_request(&STREAM_PROTOCOL, &mut written, frame))
                 .expect("a decoded request can be written");
             assert_eq!(written.into_inner(), data, "a request is written differently");
         }
         Err(e) => assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}"),
     }
-    let whole = block_on(FileCodec.read_request(&STREAM_PROTOCOL, &mut Cursor::new(data)));
-    let trickled =
-        block_on(FileCodec.read_request(&STREAM_PROTOCOL, &mut Trickle { data, step: step(data) }));
+    let whole =
+        block_on(FileCodec::default().read_request(&STREAM_PROTOCOL, &mut Cursor::new(data)));
+    let trickled = block_on(
+        FileCodec::default()
+            .read_request(&STREAM_PROTOCOL, &mut Trickle { data, step: step(data) }),
+    );
     for read in [whole, trickled] {
         match (&decoded, read.expect("a stream that does not fail reads a request frame")) {
             (Ok(a), RequestFrame::Valid(b)) => assert_eq!(a, &b),
@@ -125,15 +128,21 @@ pub fn response_frame(data: &[u8]) {
             response.validate().expect("a decoded response is valid");
             assert_eq!(codec::encode_response(response), data, "a response re-encodes differently");
             let mut written = Cursor::new(Vec::new());
-            block_on(FileCodec.write_response(&STREAM_PROTOCOL, &mut written, response.clone()))
-                .expect("a decoded response can be written");
+            block_on(FileCodec::default().write_response(
+                &STREAM_PROTOCOL,
+                &mut written,
+                response.clone(),
+            ))
+            .expect("a decoded response can be written");
             assert_eq!(written.into_inner(), data, "a response is written differently");
         }
         Err(e) => assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}"),
     }
-    let whole = block_on(FileCodec.read_response(&STREAM_PROTOCOL, &mut Cursor::new(data)));
+    let whole =
+        block_on(FileCodec::default().read_response(&STREAM_PROTOCOL, &mut Cursor::new(data)));
     let trickled = block_on(
-        FileCodec.read_response(&STREAM_PROTOCOL, &mut Trickle { data, step: step(data) }),
+        FileCodec::default()
+            .read_response(&STREAM_PROTOCOL, &mut Trickle { data, step: step(data) }),
     );
     for read in [whole, trickled] {
         match (&decoded, read) {

@@ -1167,9 +1167,10 @@ fn flood_counts(counts: &[(Arc<AtomicU64>, Arc<AtomicU64>)]) -> String {
     )
 }
 
-/// A `Have` request's frame header announcing 37,890 bytes: a stalled
-/// stream sends this and nothing more.
-const STALL_HEADER: [u8; 5] = [0x02, 0x00, 0x00, 0x94, 0x02];
+/// A `GetBlock` request's frame header announcing its 37-byte body: a
+/// stalled stream sends this and nothing more. (A large body is held to a
+/// budget of its own: see `request_frames_that_never_finish_cost_a_few_kib_each`.)
+const STALL_HEADER: [u8; 5] = [0x01, 0x00, 0x00, 0x00, 0x25];
 
 /// Per stalled stream that ended: when it was opened, and when the victim
 /// closed it (`None`: still open when its peer stopped waiting).
@@ -1180,6 +1181,8 @@ struct Staller {
     /// Streams asked for so far (opened, or refused as they opened).
     opened: Arc<AtomicU64>,
     ended: Ended,
+    /// Streams the victim answered (with a byte, not only closed).
+    answered: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1188,9 +1191,23 @@ impl Staller {
     /// one connection, writes [`STALL_HEADER`] on each and then only waits,
     /// for up to `patience`, for the victim to close it.
     fn start(rt: &Runtime, victim: &Multiaddr, streams: usize, patience: Duration) -> Staller {
+        Staller::sending(rt, victim, streams, patience, STALL_HEADER.to_vec())
+    }
+
+    /// The same, writing `prefix` on each stream instead of
+    /// [`STALL_HEADER`].
+    fn sending(
+        rt: &Runtime,
+        victim: &Multiaddr,
+        streams: usize,
+        patience: Duration,
+        prefix: Vec<u8>,
+    ) -> Staller {
         let opened = Arc::new(AtomicU64::new(0));
         let ended = Arc::new(Mutex::new(Vec::new()));
+        let answered = Arc::new(AtomicU64::new(0));
         let (count, log, victim) = (opened.clone(), ended.clone(), victim.clone());
+        let (answers, prefix) = (answered.clone(), Arc::new(prefix));
         let task = rt.spawn(async move {
             let mut swarm = swarm_with(libp2p_stream::Behaviour::new());
             let mut control = swarm.behaviour().new_control();
@@ -1201,7 +1218,7 @@ impl Staller {
                 for _ in 0..streams {
                     let stream = control.open_stream(peer, STREAM_PROTOCOL).await;
                     let at = Instant::now();
-                    let log = log.clone();
+                    let (log, answers, prefix) = (log.clone(), answers.clone(), prefix.clone());
                     count.fetch_add(1, Ordering::Relaxed);
                     let Ok(mut stream) = stream else {
                         log.lock().unwrap().push((at, Some(at)));
@@ -1210,10 +1227,14 @@ impl Staller {
                     tokio::spawn(async move {
                         use futures::{AsyncReadExt, AsyncWriteExt};
                         let held = async {
-                            stream.write_all(&STALL_HEADER).await?;
+                            stream.write_all(&prefix).await?;
                             stream.flush().await?;
                             let mut byte = [0u8; 1];
-                            stream.read(&mut byte).await
+                            let read = stream.read(&mut byte).await;
+                            if matches!(read, Ok(1..)) {
+                                answers.fetch_add(1, Ordering::Relaxed);
+                            }
+                            read
                         };
                         let closed = tokio::time::timeout(patience, held).await;
                         let closed = closed.is_ok().then(Instant::now);
@@ -1233,7 +1254,7 @@ impl Staller {
             };
             futures::future::join(open, drive).await;
         });
-        Staller { opened, ended, task }
+        Staller { opened, ended, answered, task }
     }
 
     fn opened(&self) -> usize {
@@ -1260,6 +1281,8 @@ fn streams_that_never_finish_a_frame_hold_nothing_back() {
     // the timeout was taken, one closed sooner was refused.
     let per_connection = MAX_CONCURRENT_STREAMS + 64;
     let taken = FILE_REQUEST_TIMEOUT / 2;
+    wait_idle(victim.pid(), Duration::from_secs(20));
+    let before = rss(victim.pid());
     let started = Instant::now();
     let stallers: Vec<Staller> = (0..8)
         .map(|_| Staller::start(&rt, &addr, per_connection, 2 * FILE_REQUEST_TIMEOUT))
@@ -1277,6 +1300,13 @@ fn streams_that_never_finish_a_frame_hold_nothing_back() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // What each stalled stream costs the victim: a few KiB (see the
+    // README's limits for the bound at the connection and stream limits).
+    wait_idle(victim.pid(), Duration::from_secs(10));
+    let held = 8 * MAX_CONCURRENT_STREAMS;
+    let per_stream = rss(victim.pid()).saturating_sub(before) / held as u64;
+    eprintln!("{held} stalled streams held: {per_stream} B each");
+    assert!(per_stream < 4096, "a stalled stream costs {per_stream} B");
 
     // Honest work gets through while the stalls are held: it needs nothing
     // they hold, so it does not wait for the victim to let them go.
@@ -1325,6 +1355,211 @@ fn streams_that_never_finish_a_frame_hold_nothing_back() {
     }
     for s in stallers {
         s.task.abort();
+    }
+    assert_healthy(&mut victim);
+}
+
+/// Resident memory of a process now, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn request_frames_that_never_finish_cost_a_few_kib_each() {
+    use dfs_p2p::net::{
+        behaviour::{FILE_REQUEST_TIMEOUT, MAX_CONCURRENT_STREAMS},
+        codec::LARGE_BODIES_BUDGET,
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut victim, addr, ticket) = victim(dir.path(), &[]);
+    // A `Have` frame of 1,024 CIDs, the largest request, without the last
+    // byte of its body: on every stream the victim takes of eight
+    // connections.
+    const BODY: usize = 37_890;
+    let mut unfinished = vec![0x02];
+    unfinished.extend((BODY as u32).to_be_bytes());
+    unfinished.extend(std::iter::repeat_n(0u8, BODY - 1));
+    let (connections, per_connection) = (8, MAX_CONCURRENT_STREAMS);
+    let streams = connections * per_connection;
+    wait_idle(victim.pid(), Duration::from_secs(20));
+    let before = rss(victim.pid());
+    let patience = 2 * FILE_REQUEST_TIMEOUT;
+    let stallers: Vec<Staller> = (0..connections)
+        .map(|_| Staller::sending(&rt, &addr, per_connection, patience, unfinished.clone()))
+        .collect();
+
+    // The attack is in place once every stream is open and every frame
+    // past the budget was answered (`Busy`): the victim read the rest up
+    // to their last byte and waits for it.
+    let held_at_most = LARGE_BODIES_BUDGET / BODY;
+    let answered = || stallers.iter().map(|s| s.answered.load(Ordering::Relaxed)).sum::<u64>();
+    let deadline = Instant::now() + FILE_REQUEST_TIMEOUT / 2;
+    while stallers.iter().any(|s| s.opened() < per_connection)
+        || (answered() as usize) < streams - held_at_most
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {streams} unfinished frames answered within {:?}: the victim holds them all",
+            answered(),
+            FILE_REQUEST_TIMEOUT / 2
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_idle(victim.pid(), Duration::from_secs(20));
+    let held = streams - answered() as usize;
+    let grown = rss(victim.pid()).saturating_sub(before);
+    eprintln!(
+        "{streams} unfinished frames: {held} held, the rest answered Busy; the victim grew by \
+         {} KiB ({} B per stream)",
+        grown >> 10,
+        grown / streams as u64
+    );
+    assert!(held > 0, "the victim held none of the unfinished frames");
+    // Without the budget, each frame held its whole body: 37 KiB, read
+    // into a buffer that doubled to 64 KiB.
+    let bound = 16 * 1024 * streams as u64;
+    assert!(grown < bound, "{streams} unfinished frames cost {} KiB", grown >> 10);
+
+    // Honest work goes on meanwhile.
+    rt.block_on(honest_get(&addr, &ticket));
+    for s in stallers {
+        s.task.abort();
+    }
+    assert_healthy(&mut victim);
+}
+
+/// The victim's block streams open and stream answers held, from its
+/// `stat`.
+fn block_streams(victim: &mut Victim) -> (usize, usize) {
+    victim.send("stat");
+    let line = victim.expect_out(|l| l.starts_with("serving"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let count = |at: usize| words.get(at).and_then(|n| n.parse().ok());
+    match (count(4), count(8)) {
+        (Some(open), Some(held)) => (open, held),
+        _ => panic!("no block streams in {line:?}"),
+    }
+}
+
+/// A peer that opens `streams` block streams to the victim, asks for
+/// `blocks` on each, and never reads an answer; returns how many it opened.
+fn unread_streams(
+    rt: &Runtime,
+    victim: &Multiaddr,
+    streams: usize,
+    blocks: Vec<Cid>,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    use dfs_p2p::net::codec::{BLOCKS_STREAM_PROTOCOL, write_block_request};
+    let opened = Arc::new(AtomicU64::new(0));
+    let (count, victim) = (opened.clone(), victim.clone());
+    let task = rt.spawn(async move {
+        let mut swarm = swarm_with(libp2p_stream::Behaviour::new());
+        let mut control = swarm.behaviour().new_control();
+        let peer = peer_of(&victim);
+        swarm.dial(victim).unwrap();
+        let open = async move {
+            for _ in 0..streams {
+                let Ok(mut stream) = control.open_stream(peer, BLOCKS_STREAM_PROTOCOL).await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+                let blocks = blocks.clone();
+                tokio::spawn(async move {
+                    use futures::AsyncWriteExt;
+                    for cid in &blocks {
+                        if write_block_request(&mut stream, cid).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = stream.flush().await;
+                    // Held open, never read.
+                    futures::future::pending::<()>().await;
+                    drop(stream);
+                });
+            }
+            futures::future::pending::<()>().await
+        };
+        let drive = async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        };
+        futures::future::join(open, drive).await;
+    });
+    (opened, task)
+}
+
+#[test]
+fn unread_block_streams_do_not_stop_honest_gets() {
+    use dfs_p2p::net::{
+        blocks::{MAX_BLOCK_STREAMS_PER_PEER, STREAM_STALL},
+        shares::PEER_STREAM_BLOCKS,
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut victim, addr, ticket) = victim(dir.path(), &[]);
+    // The victim's leaves (its blocks of 1 MiB).
+    let leaves: Vec<Cid> = walkdir(&dir.path().join("victim").join("blocks"))
+        .iter()
+        .map(|path| block::parse_cid(path.file_name().unwrap().to_str().unwrap()).unwrap())
+        .filter(|cid| cid.codec() == RAW)
+        .collect();
+    assert!(leaves.len() >= 5, "{} leaves", leaves.len());
+
+    // Two strangers open every block stream they may, ask for five leaves
+    // on each, and read nothing.
+    let attacks: Vec<_> = (0..2)
+        .map(|_| unread_streams(&rt, &addr, MAX_BLOCK_STREAMS_PER_PEER, leaves[..5].to_vec()))
+        .collect();
+    // The attack landed: the victim took every stream and read blocks for
+    // them, at least a peer's share. (It ends their streams once an answer
+    // stalls: within `STREAM_STALL_CONTENDED` while more blocks are asked
+    // for than the shares hold.)
+    let streams = 2 * MAX_BLOCK_STREAMS_PER_PEER;
+    let deadline = Instant::now() + STREAM_STALL;
+    let (mut most_open, mut most_held) = (0, 0);
+    loop {
+        let opened: u64 = attacks.iter().map(|(n, _)| n.load(Ordering::Relaxed)).sum();
+        let (open, held) = block_streams(&mut victim);
+        (most_open, most_held) = (most_open.max(open), most_held.max(held));
+        if opened as usize == streams && most_open >= streams / 2 && most_held >= PEER_STREAM_BLOCKS
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{opened} streams opened; the victim had at most {most_open} open and held at most \
+             {most_held} blocks"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // An honest get is served: the stalled answers give way to it.
+    let took = rt.block_on(honest_get(&addr, &ticket));
+    eprintln!("honest get under {streams} unread streams: {took:?}");
+    assert!(took < STREAM_STALL, "the honest get took {took:?}");
+
+    // The victim ends every unread stream and lets their blocks go.
+    let deadline = Instant::now() + 2 * STREAM_STALL;
+    loop {
+        let (open, held) = block_streams(&mut victim);
+        if (open, held) == (0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} unread streams open and {held} blocks held after {:?}",
+            2 * STREAM_STALL
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (_, task) in attacks {
+        task.abort();
     }
     assert_healthy(&mut victim);
 }

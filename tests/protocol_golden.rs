@@ -408,7 +408,8 @@ fn a_malformed_request_reads_as_the_spec_answer() {
     // as malformed, and its answer is the spec's BadRequest example.
     let mut bytes = hex(GET_BLOCK);
     bytes[8] = 0x13;
-    let frame = block_on(FileCodec.read_request(&STREAM_PROTOCOL, &mut Cursor::new(bytes)));
+    let frame =
+        block_on(FileCodec::default().read_request(&STREAM_PROTOCOL, &mut Cursor::new(bytes)));
     let RequestFrame::Malformed(reason) = frame.unwrap() else { panic!("read as valid") };
     let answer = Response::error(ErrorCode::BadRequest, reason);
     assert_eq!(write_response(answer).unwrap(), hex(BAD_REQUEST));
@@ -458,7 +459,7 @@ fn golden_requests() {
 fn prove_is_a_request_of_version_4_only() {
     let bytes = hex(PROVE);
     let read = |protocol: &libp2p::StreamProtocol| {
-        block_on(FileCodec.read_request(protocol, &mut Cursor::new(bytes.clone())))
+        block_on(FileCodec::default().read_request(protocol, &mut Cursor::new(bytes.clone())))
     };
     assert!(matches!(
         read(&STREAM_PROTOCOL_4).unwrap(),
@@ -470,7 +471,7 @@ fn prove_is_a_request_of_version_4_only() {
     }
     let request = RequestFrame::Valid(decode_request(&bytes).unwrap());
     let mut out = Vec::new();
-    let written = block_on(FileCodec.write_request(&STREAM_PROTOCOL, &mut out, request));
+    let written = block_on(FileCodec::default().write_request(&STREAM_PROTOCOL, &mut out, request));
     assert!(written.is_err() && out.is_empty(), "a Prove is never sent under 3.0.0");
 }
 
@@ -772,13 +773,17 @@ impl AsyncRead for Trickle {
 
 fn write_request(request: Request) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    block_on(FileCodec.write_request(&STREAM_PROTOCOL_4, &mut out, RequestFrame::Valid(request)))?;
+    block_on(FileCodec::default().write_request(
+        &STREAM_PROTOCOL_4,
+        &mut out,
+        RequestFrame::Valid(request),
+    ))?;
     Ok(out)
 }
 
 fn write_response(response: Response) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    block_on(FileCodec.write_response(&STREAM_PROTOCOL, &mut out, response))?;
+    block_on(FileCodec::default().write_response(&STREAM_PROTOCOL, &mut out, response))?;
     Ok(out)
 }
 
@@ -789,14 +794,15 @@ fn read_request(bytes: Vec<u8>) -> io::Result<Request> {
 }
 
 fn read_request_from(io: &mut (impl AsyncRead + Unpin + Send)) -> io::Result<Request> {
-    match block_on(FileCodec.read_request(&STREAM_PROTOCOL_4, io))? {
+    match block_on(FileCodec::default().read_request(&STREAM_PROTOCOL_4, io))? {
         RequestFrame::Valid(request) => Ok(request),
         RequestFrame::Malformed(reason) => Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+        RequestFrame::Busy => Err(io::Error::other("a fresh codec's budget refused the body")),
     }
 }
 
 fn read_response(bytes: Vec<u8>) -> io::Result<Response> {
-    block_on(FileCodec.read_response(&STREAM_PROTOCOL, &mut Cursor::new(bytes)))
+    block_on(FileCodec::default().read_response(&STREAM_PROTOCOL, &mut Cursor::new(bytes)))
 }
 
 #[test]
@@ -828,7 +834,7 @@ fn async_codec_reads_a_full_block_in_small_pieces() {
     let on_wire = write_response(Response::Block { data: data.clone().into() }).unwrap();
     assert_eq!(on_wire.len(), MAX_RESPONSE_SIZE);
     let mut io = Trickle(Cursor::new(on_wire));
-    let response = block_on(FileCodec.read_response(&STREAM_PROTOCOL, &mut io)).unwrap();
+    let response = block_on(FileCodec::default().read_response(&STREAM_PROTOCOL, &mut io)).unwrap();
     assert_eq!(response, Response::Block { data: data.into() });
 
     let mut io = Trickle(Cursor::new(hex(HAVE_REQUEST)));
@@ -870,7 +876,7 @@ fn async_codec_rejects_a_huge_length_before_allocating_or_reading() {
         if is_request {
             assert_invalid_data(read_request_from(&mut io), "huge request length");
         } else {
-            let result = block_on(FileCodec.read_response(&STREAM_PROTOCOL, &mut io));
+            let result = block_on(FileCodec::default().read_response(&STREAM_PROTOCOL, &mut io));
             assert_invalid_data(result, "huge response length");
         }
         assert!(!io.read_past_end, "read the body of a frame it must reject");

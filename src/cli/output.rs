@@ -291,6 +291,16 @@ pub fn stat_table(stat: &Stat) -> String {
         format!("{} of {} quota", size(stat.held_for_others), size(stat.replica_quota)),
     ]);
     rows.push(vec![
+        "serving".into(),
+        format!(
+            "{} sent; {} open; {} of {} stream answers held",
+            plural(stat.blocks_served, "block"),
+            plural(stat.block_streams as u64, "block stream"),
+            stat.stream_blocks_held,
+            stat.stream_blocks_limit
+        ),
+    ]);
+    rows.push(vec![
         "dht records".into(),
         format!(
             "{} provider and {} delete records of other peers",

@@ -40,9 +40,12 @@ pub const IDENTIFY_PROTOCOL_VERSION: &str = "/dfs-p2p/1.0.0";
 /// the spec's 30 s. Callers that want a shorter wait use their own deadline.
 pub const FILE_REQUEST_TIMEOUT: Duration = crate::net::codec::DEFAULT_REQUEST_TIMEOUT;
 
-/// Streams of the file protocol per connection (libp2p's default is 100).
-/// Above what a get keeps in flight to one provider (`net::providers`).
-pub const MAX_CONCURRENT_STREAMS: usize = 256;
+/// Inbound streams of the file protocol per connection (libp2p's default
+/// is 100; more are reset). Above what a get keeps in flight to one
+/// provider (`net::providers`). With [`MAX_ESTABLISHED`] connections,
+/// bounds what streams that never finish their request frame cost: see
+/// `codec::FileCodec` and the README's limits.
+pub const MAX_CONCURRENT_STREAMS: usize = 128;
 
 /// How long a connection without open streams stays up. Long enough that
 /// the peers a node bootstrapped to remain its neighbours between uses.
@@ -152,7 +155,8 @@ impl Behaviour {
             ),
             ping: ping::Behaviour::default(),
             kad,
-            file: request_response::Behaviour::new(
+            file: request_response::Behaviour::with_codec(
+                FileCodec::default(),
                 [
                     (STREAM_PROTOCOL_4, request_response::ProtocolSupport::Full),
                     (STREAM_PROTOCOL, request_response::ProtocolSupport::Full),

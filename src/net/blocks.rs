@@ -8,27 +8,30 @@
 //! (a block that fails is moved aside and answered `NotFound`).
 //!
 //! A block stream's responder reads at most [`STREAM_READ_AHEAD`] requests
-//! ahead of the answer it is writing, holds at most [`MAX_STREAM_BLOCKS`]
-//! blocks for all streams together (taken in turn, so peers share them),
-//! accepts [`MAX_BLOCK_STREAMS_PER_PEER`] streams per peer and
-//! [`MAX_BLOCK_STREAMS`] in all (more are reset), waits
-//! [`STREAM_IDLE`] for a next request and [`STREAM_WRITE_TIMEOUT`] for
-//! each answer to be taken; anything but a well-formed `GetBlock` ends
-//! the stream.
+//! ahead of the answer it is writing, holds the blocks it read within its
+//! peer's share of a pool for all streams (`net::shares`), accepts
+//! [`MAX_BLOCK_STREAMS_PER_PEER`] streams per peer and [`MAX_BLOCK_STREAMS`]
+//! in all (more are reset), and waits [`STREAM_IDLE`] for a next request;
+//! anything but a well-formed `GetBlock` ends the stream. An answer the
+//! asker takes no byte of for [`STREAM_STALL`] ([`STREAM_STALL_CONTENDED`]
+//! while other peers wait for the pool) ends the stream, frees its blocks
+//! and shrinks its peer's share.
 
 use std::{
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use cid::Cid;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, request_response::ResponseChannel};
 use libp2p_stream::IncomingStreams;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
     block::{self, BlockBuf},
@@ -37,6 +40,7 @@ use crate::{
         codec::{self, ErrorCode, Request, Response},
         event_loop::{NetHandle, RequestError},
         lanes::{ActiveStreams, LaneError, StreamGuard},
+        shares::{BlockShares, Share},
     },
     store::Store,
 };
@@ -47,9 +51,6 @@ use crate::{
 pub const MAX_CONCURRENT_READS: usize = 32;
 /// `Have` requests answered at once (each looks up to 1,024 files up).
 pub const MAX_CONCURRENT_HAVES: usize = 4;
-/// Blocks read for block streams and not yet sent, in all (up to 2 MiB
-/// each): the memory of serving block streams.
-pub const MAX_STREAM_BLOCKS: usize = 32;
 /// Requests a block stream's responder reads ahead of the answer it is
 /// writing (so the disk read of the next block overlaps the sending).
 pub const STREAM_READ_AHEAD: usize = 4;
@@ -60,8 +61,14 @@ pub const MAX_BLOCK_STREAMS_PER_PEER: usize = 2 * crate::net::lanes::LANES_PER_P
 pub const MAX_BLOCK_STREAMS: usize = 256;
 /// How long a block stream may wait for its next request.
 pub const STREAM_IDLE: Duration = Duration::from_secs(60);
-/// How long writing one answer on a block stream may take.
-pub const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an answer on a block stream may go without the asker taking a
+/// byte of it.
+pub const STREAM_STALL: Duration = Duration::from_secs(10);
+/// The same while other peers wait for the blocks the stalled answers hold.
+/// A reader on a link of 128 KiB/s or more takes a byte well within it.
+pub const STREAM_STALL_CONTENDED: Duration = Duration::from_secs(2);
+/// How often a watched write looks at its progress.
+const STALL_CHECK: Duration = Duration::from_millis(100);
 
 /// What a `GetBlock` brought back, judged.
 #[derive(Debug)]
@@ -135,8 +142,8 @@ pub struct BlockService {
     net: NetHandle,
     reads: Arc<Semaphore>,
     haves: Arc<Semaphore>,
-    /// Blocks held for block streams (see [`MAX_STREAM_BLOCKS`]).
-    stream_blocks: Arc<Semaphore>,
+    /// Blocks held for block streams' answers, shared by peer.
+    stream_blocks: BlockShares,
     served: Arc<AtomicU64>,
 }
 
@@ -147,7 +154,7 @@ impl BlockService {
             net,
             reads: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
             haves: Arc::new(Semaphore::new(MAX_CONCURRENT_HAVES)),
-            stream_blocks: Arc::new(Semaphore::new(MAX_STREAM_BLOCKS)),
+            stream_blocks: BlockShares::default(),
             served: Arc::default(),
         }
     }
@@ -155,6 +162,11 @@ impl BlockService {
     /// Blocks sent to peers so far (`GetBlock` answered with the block).
     pub fn blocks_served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Blocks read for block-stream answers and not yet taken, in all.
+    pub fn stream_blocks_held(&self) -> usize {
+        self.stream_blocks.held(&self.net.local_peer_id()).0
     }
 
     /// Answers `GetBlock`: the block as stored (verified), or `NotFound`.
@@ -209,11 +221,11 @@ impl BlockService {
     /// Answers the requests of one block stream, in order, until the
     /// requester closes it, breaks the protocol, idles or stops reading.
     async fn serve_stream(self, peer: PeerId, stream: libp2p::Stream, _guard: StreamGuard) {
+        let opened = Instant::now();
         let (mut reader, mut writer) = stream.split();
         // Answers being read from disk, in the order asked.
-        let (reading, mut answers) = mpsc::channel::<
-            tokio::task::JoinHandle<(Response, OwnedSemaphorePermit)>,
-        >(STREAM_READ_AHEAD);
+        let (reading, mut answers) =
+            mpsc::channel::<tokio::task::JoinHandle<(Response, Share)>>(STREAM_READ_AHEAD);
         let service = self.clone();
         let read_requests = async move {
             loop {
@@ -230,23 +242,31 @@ impl BlockService {
                         Err(_) => return,
                     };
                 let Ok(room) = reading.reserve().await else { return };
-                let Ok(held) = service.stream_blocks.clone().acquire_owned().await else {
-                    return;
-                };
+                let Some(held) = service.stream_blocks.take(peer, opened).await else { return };
                 let service = service.clone();
                 room.send(tokio::spawn(async move { (service.read_block(cid).await, held) }));
             }
         };
+        let shares = self.stream_blocks.clone();
         let write_answers = async move {
             while let Some(answer) = answers.recv().await {
                 let Ok((response, _held)) = answer.await else { return };
-                let written = tokio::time::timeout(STREAM_WRITE_TIMEOUT, async {
-                    codec::write_block_response(&mut writer, response).await?;
-                    writer.flush().await
-                })
-                .await;
-                if !matches!(written, Ok(Ok(()))) {
-                    tracing::debug!("block stream of {peer}: an answer was not taken");
+                let mut watched = Watched::new(&mut writer);
+                let progress = watched.progress.clone();
+                let write = async {
+                    codec::write_block_response(&mut watched, response).await?;
+                    watched.flush().await
+                };
+                let written = tokio::select! {
+                    written = write => written,
+                    () = stall(&progress, &shares) => {
+                        tracing::debug!("block stream of {peer}: an answer was not taken");
+                        shares.stalled(peer);
+                        return;
+                    }
+                };
+                if let Err(e) = written {
+                    tracing::debug!("block stream of {peer}: cannot write an answer: {e}");
                     return;
                 }
             }
@@ -274,5 +294,62 @@ impl BlockService {
             Err(_) => Response::error(ErrorCode::Internal, "have task failed"),
         };
         self.net.respond(channel, response).await;
+    }
+}
+
+/// Ends when a write has taken no byte for [`STREAM_STALL`], or for
+/// [`STREAM_STALL_CONTENDED`] while other peers wait for blocks.
+async fn stall(progress: &std::sync::Mutex<Instant>, shares: &BlockShares) {
+    loop {
+        tokio::time::sleep(STALL_CHECK).await;
+        let since = progress.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        let limit = if shares.contended() { STREAM_STALL_CONTENDED } else { STREAM_STALL };
+        if since >= limit {
+            return;
+        }
+    }
+}
+
+/// A writer that notes when it last took a byte.
+struct Watched<'a, W> {
+    inner: &'a mut W,
+    progress: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl<'a, W> Watched<'a, W> {
+    fn new(inner: &'a mut W) -> Self {
+        Watched { inner, progress: Arc::new(std::sync::Mutex::new(Instant::now())) }
+    }
+
+    fn moved(&self) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Watched<'_, W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written
+            && *n > 0
+        {
+            self.moved();
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let flushed = Pin::new(&mut *self.inner).poll_flush(cx);
+        if flushed.is_ready() {
+            self.moved();
+        }
+        flushed
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_close(cx)
     }
 }

@@ -52,7 +52,7 @@ impl Responder {
                     tokio::spawn(replicas.handle_replicate_request(peer, request, channel));
                 }
                 Request::Holds { root } => {
-                    tokio::spawn(self.replicas.clone().handle_holds(root, channel));
+                    tokio::spawn(self.replicas.clone().handle_holds(peer, root, channel));
                 }
                 Request::Prove { root, nonce, cids } => {
                     tokio::spawn(self.replicas.clone().handle_prove(root, nonce, cids, channel));

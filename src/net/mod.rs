@@ -1,9 +1,10 @@
 //! The peer network, in layers. Each module imports (`crate::net::…`)
 //! only modules above it in this list:
 //!
-//! - [`limits`], [`records`] and [`ledger`], which import no other:
-//!   connections per remote address, the DHT's bounded record store, and
-//!   what a node learnt of peers and lookups;
+//! - [`limits`], [`records`], [`ledger`] and [`shares`], which import no
+//!   other: connections per remote address, the DHT's bounded record
+//!   store, what a node learnt of peers and lookups, and the blocks each
+//!   peer may hold for its block streams;
 //! - [`codec`]: the file protocol's wire format (`protocols/file-protocol.md`):
 //!   its messages, their frames, and reading and writing them on streams;
 //! - [`behaviour`]: transport and protocols, and every tuning constant of
@@ -45,6 +46,7 @@ pub mod providers;
 pub mod records;
 pub mod repair;
 pub mod replicas;
+pub mod shares;
 
 #[cfg(test)]
 mod tests {

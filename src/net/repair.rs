@@ -244,7 +244,7 @@ impl Repairer {
         let claimed: Vec<PeerId> = claims.iter().map(|(p, _)| *p).collect();
         let fetch = |cid| {
             let (store, net, from) = (self.store.clone(), self.net.clone(), claimed.clone());
-            async move { replicas::fetch_checked(&store, &net, cid, &from).await }
+            async move { replicas::fetch_checked(&store, &net, root, cid, &from).await }
         };
         let (proven, mut unproven) = replicas::prove(&self.net, root, &claimed, fetch).await;
         let minutes = crate::net::ledger::DISTRUST_FOR.as_secs() / 60;

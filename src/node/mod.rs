@@ -222,6 +222,12 @@ pub struct Stat {
     pub replica_quota: u64,
     /// Blocks sent to peers since the node started.
     pub blocks_served: u64,
+    /// Blocks read for block-stream answers that their askers have not
+    /// taken yet, and the most held at once (`net::shares`).
+    pub stream_blocks_held: usize,
+    /// Block streams open now, both ways.
+    pub block_streams: usize,
+    pub stream_blocks_limit: usize,
     /// Provider records of other peers this node keeps for the DHT.
     pub provider_records: usize,
     /// Delete records other peers stored on this node.

@@ -72,6 +72,11 @@ pub enum Request {
 pub enum RequestFrame {
     Valid(Request),
     Malformed(String),
+    /// A well-formed header of a large request that arrived while the
+    /// bodies of others filled the responder's budget (see
+    /// [`FileCodec`](super::FileCodec)): its body was not read, and the
+    /// responder answers `Busy`.
+    Busy,
 }
 
 /// A response of the file protocol.

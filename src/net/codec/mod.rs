@@ -36,7 +36,8 @@ mod stream;
 pub use frame::{decode_request, decode_response, encode_request, encode_response};
 pub use messages::{ErrorCode, Request, RequestFrame, Response, is_supported_cid};
 pub use stream::{
-    FileCodec, read_block_request, read_block_response, write_block_request, write_block_response,
+    FileCodec, LARGE_BODIES_BUDGET, SMALL_REQUEST_BODY, read_block_request, read_block_response,
+    write_block_request, write_block_response,
 };
 
 /// The protocol id negotiated by multistream-select.

@@ -4,7 +4,7 @@
 //! arrives, never allocated ahead of it, and only after its header passed
 //! the type's limit.
 
-use std::io;
+use std::{io, sync::Arc};
 
 use cid::Cid;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,9 +20,29 @@ use super::messages::invalid_input;
 use super::{FRAME_HEADER_LEN, Request, RequestFrame, Response, STREAM_PROTOCOL_4};
 use crate::block::BlockBuf;
 
+/// Request bodies up to this size are read without asking the budget:
+/// every request but a `Have` of more than 27 CIDs.
+pub const SMALL_REQUEST_BODY: usize = 1024;
+/// Bytes of larger request bodies being read at once, on all connections
+/// together: a request whose body would pass it is answered `Busy` unread.
+/// Bodies are allocated at their announced length (at most 37,890 bytes,
+/// a `Have` of 1,024 CIDs) only once the budget holds it, so a peer that
+/// sends a header and never the rest of its body holds at most this much.
+pub const LARGE_BODIES_BUDGET: usize = 4 << 20;
+
 /// The `request_response` codec of the file protocol; see the module docs.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FileCodec;
+/// Its clones (one per connection) share one budget of large request
+/// bodies being read, [`LARGE_BODIES_BUDGET`].
+#[derive(Debug, Clone)]
+pub struct FileCodec {
+    large_bodies: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for FileCodec {
+    fn default() -> Self {
+        FileCodec { large_bodies: Arc::new(tokio::sync::Semaphore::new(LARGE_BODIES_BUDGET)) }
+    }
+}
 
 impl request_response::Codec for FileCodec {
     type Protocol = StreamProtocol;
@@ -54,8 +74,19 @@ impl request_response::Codec for FileCodec {
                 "unknown Request type 0x{message_type:02x} under {protocol}"
             )));
         }
-        // The body is read as it arrives, never allocated ahead of it.
-        let mut body = Vec::new();
+        // A large body is read only within the budget, and held to it
+        // until it is decoded.
+        let _budget = if len > SMALL_REQUEST_BODY {
+            match self.large_bodies.clone().try_acquire_many_owned(len as u32) {
+                Ok(permit) => Some(permit),
+                Err(_) => return Ok(RequestFrame::Busy),
+            }
+        } else {
+            None
+        };
+        // Allocated at its length, which is within the type's limit (and
+        // the budget), so it never grows.
+        let mut body = Vec::with_capacity(len);
         if let Err(e) = read_growing(io, len, &mut body).await {
             return malformed(e);
         }
@@ -88,7 +119,7 @@ impl request_response::Codec for FileCodec {
         T: AsyncWrite + Unpin + Send,
     {
         let RequestFrame::Valid(request) = request else {
-            return Err(invalid_input("a malformed request is never sent"));
+            return Err(invalid_input("only a valid request is ever sent"));
         };
         if matches!(request, Request::Prove { .. }) && *protocol != STREAM_PROTOCOL_4 {
             return Err(invalid_input(format!("the peer speaks {protocol}, which has no Prove")));

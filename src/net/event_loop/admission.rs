@@ -29,6 +29,10 @@ pub const INBOUND_QUEUE: usize = 1024;
 /// serving. More wait their turn: peers take turns, one request each, so
 /// a peer that asks for much gets no more than one that asks for little.
 pub const MAX_INBOUND_BLOCKS: usize = 48;
+/// Of those, at most this many for one peer: a peer that asks and does not
+/// read its answers holds them until their request timeout, and leaves
+/// the rest to others.
+pub const MAX_SERVING_PER_PEER: usize = 16;
 /// `GetBlock` requests one peer may have waiting or being answered; more
 /// are answered `Busy`.
 pub const MAX_INBOUND_BLOCKS_PER_PEER: usize = 32;
@@ -77,6 +81,7 @@ pub(super) struct Admission<I, T> {
     waiting: HashMap<PeerId, VecDeque<(I, T)>>,
     turns: VecDeque<PeerId>,
     serving: HashSet<I>,
+    serving_per_peer: HashMap<PeerId, usize>,
 }
 
 impl<I: Copy + Eq + Hash, T> Default for Admission<I, T> {
@@ -88,6 +93,7 @@ impl<I: Copy + Eq + Hash, T> Default for Admission<I, T> {
             waiting: HashMap::new(),
             turns: VecDeque::new(),
             serving: HashSet::new(),
+            serving_per_peer: HashMap::new(),
         }
     }
 }
@@ -122,11 +128,21 @@ impl<I: Copy + Eq + Hash, T> Admission<I, T> {
     }
 
     /// The next block request to answer, peers taking turns, while fewer
-    /// than [`MAX_INBOUND_BLOCKS`] are being answered. It is being answered
-    /// until it is [`done`](Admission::done).
+    /// than [`MAX_INBOUND_BLOCKS`] are being answered (and fewer than
+    /// [`MAX_SERVING_PER_PEER`] of its peer's). It is being answered until
+    /// it is [`done`](Admission::done).
     pub(super) fn next_block(&mut self) -> Option<T> {
-        while self.serving.len() < MAX_INBOUND_BLOCKS {
+        // Each peer in turn is looked at once at most: those at their
+        // share keep their place.
+        let mut looked = 0;
+        while self.serving.len() < MAX_INBOUND_BLOCKS && looked < self.turns.len() {
             let peer = self.turns.pop_front()?;
+            if self.serving_per_peer.get(&peer).copied().unwrap_or(0) >= MAX_SERVING_PER_PEER {
+                self.turns.push_back(peer);
+                looked += 1;
+                continue;
+            }
+            looked = 0;
             let Some(queue) = self.waiting.get_mut(&peer) else { continue };
             let next = queue.pop_front();
             if queue.is_empty() {
@@ -139,6 +155,7 @@ impl<I: Copy + Eq + Hash, T> Admission<I, T> {
                 continue; // it failed while it waited
             }
             self.serving.insert(id);
+            *self.serving_per_peer.entry(peer).or_default() += 1;
             return Some(request);
         }
         None
@@ -150,6 +167,12 @@ impl<I: Copy + Eq + Hash, T> Admission<I, T> {
     pub(super) fn done(&mut self, id: I) -> bool {
         let was_serving = self.serving.remove(&id);
         if let Some((peer, work)) = self.work.remove(&id) {
+            if was_serving && let Some(n) = self.serving_per_peer.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    self.serving_per_peer.remove(&peer);
+                }
+            }
             if let Some(total) = self.total.get_mut(&work) {
                 *total -= 1;
             }
@@ -282,46 +305,53 @@ mod tests {
     #[test]
     fn block_requests_past_the_serving_limit_take_turns_by_peer() {
         let mut q = Queue::default();
-        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let [a, b, c, d, e] = [(); 5].map(|_| PeerId::random());
         let mut served = Vec::new();
         let mut id = 0;
-        // a asks for 32 and b for 32 at once: 48 are answered at once.
-        for peer in [a, b] {
-            for _ in 0..MAX_INBOUND_BLOCKS_PER_PEER {
+        // a, b and c ask for their serving share each at once: 48 are
+        // answered at once.
+        for peer in [a, b, c] {
+            for _ in 0..MAX_SERVING_PER_PEER {
                 served.extend(block(&mut q, id, peer).unwrap());
                 id += 1;
             }
         }
         assert_eq!(served.len(), MAX_INBOUND_BLOCKS);
-        // Then c asks for two; b still has 16 waiting.
-        let first_c = id;
-        assert_eq!(block(&mut q, first_c, c), Some(vec![]));
-        assert_eq!(block(&mut q, first_c + 1, c), Some(vec![]));
-        // As answers go out, b and c take turns: c is not behind all of b.
+        // Then b asks for two more, and d and e for two each.
+        for peer in [b, b, d, d, e, e] {
+            assert_eq!(block(&mut q, id, peer), Some(vec![]));
+            id += 1;
+        }
+        // As a's answers go out, d and e take turns; b, which has its
+        // serving share, waits.
         let mut next = Vec::new();
         for done in 0..4 {
             assert!(q.done(done));
             next.extend(std::iter::from_fn(|| q.next_block()).map(|(peer, _)| peer));
         }
-        assert_eq!(next, vec![b, c, b, c]);
+        assert_eq!(next, vec![d, e, d, e]);
+        // One of b's answered: b's next goes.
+        assert!(q.done(MAX_SERVING_PER_PEER as u32));
+        assert_eq!(q.next_block().map(|(peer, _)| peer), Some(b));
+        assert_eq!(q.next_block(), None, "b is at its share again");
     }
 
     #[test]
     fn a_request_that_failed_while_waiting_is_skipped_and_frees_its_budget() {
         let mut q = Queue::default();
-        let (a, b) = (PeerId::random(), PeerId::random());
+        let peers = [(); 3].map(|_| PeerId::random());
+        let b = peers[1];
         let mut id = 0;
         while q.serving.len() < MAX_INBOUND_BLOCKS {
-            let peer = if id % 2 == 0 { a } else { b };
-            block(&mut q, id, peer).unwrap();
+            block(&mut q, id, peers[id as usize % 3]).unwrap();
             id += 1;
         }
         let (failed, kept) = (id, id + 1);
         assert_eq!(block(&mut q, failed, b), Some(vec![]));
         assert_eq!(block(&mut q, kept, b), Some(vec![]));
         assert!(!q.done(failed), "it was waiting, not being answered");
-        assert_eq!(q.per_peer[&(b, Work::Block)], MAX_INBOUND_BLOCKS / 2 + 1);
-        assert!(q.done(0));
+        assert_eq!(q.per_peer[&(b, Work::Block)], MAX_INBOUND_BLOCKS / 3 + 1);
+        assert!(q.done(1), "one of b's");
         assert_eq!(q.next_block(), Some((b, kept)));
         assert_eq!(q.next_block(), None);
     }

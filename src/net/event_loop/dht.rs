@@ -245,7 +245,7 @@ impl EventLoop {
         let Some(query) = self.queries.providers.get_mut(&id) else { return };
         let others: Vec<PeerId> = providers.into_iter().filter(|p| *p != local).collect();
         for p in &others {
-            if !self.swarm.is_connected(p) {
+            if !self.swarm.is_connected(p) && self.backoff.of(p).is_none() {
                 let opts = DialOpts::peer_id(*p)
                     .condition(PeerCondition::DisconnectedAndNotDialing)
                     .build();

@@ -91,8 +91,14 @@ pub use outbound::{MAX_OUTBOUND_PER_PEER, MAX_QUEUED_PER_PEER};
 pub use routing::ADDRESS_BOOK_SIZE;
 
 use self::{
-    admission::Admission, bootstrap::Bootstrap, connections::Blocked, dht::Queries, handle::Reply,
-    join::Join, outbound::Outbound, routing::AddressBook,
+    admission::Admission,
+    bootstrap::Bootstrap,
+    connections::Blocked,
+    dht::Queries,
+    handle::Reply,
+    join::Join,
+    outbound::Outbound,
+    routing::{AddressBook, DialBackoff},
 };
 
 /// How often the loop cleans up (expired blocks and provider records).
@@ -118,6 +124,8 @@ pub struct EventLoop {
     /// connected (placement weighs both: `replicas::candidates`).
     links: HashMap<PeerId, (Option<std::net::IpAddr>, Instant)>,
     addresses: AddressBook,
+    /// Peers whose dials failed, not dialed again for a while.
+    backoff: DialBackoff,
     bootstrap: Vec<Bootstrap>,
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
     connected: watch::Sender<usize>,
@@ -178,6 +186,7 @@ impl EventLoop {
             last_active: HashMap::new(),
             links: HashMap::new(),
             addresses: AddressBook::default(),
+            backoff: DialBackoff::default(),
             bootstrap,
             listen_addrs: listen_tx,
             connected: connected_tx,
@@ -343,6 +352,7 @@ impl EventLoop {
                 tracing::debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
                 self.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
                 self.last_active.entry(peer_id).or_insert_with(Instant::now);
+                self.backoff.connected(&peer_id);
                 let ip = crate::net::ledger::ip_of(endpoint.get_remote_address());
                 self.links.entry(peer_id).or_insert((ip, Instant::now()));
                 self.trim_connections();
@@ -387,6 +397,13 @@ impl EventLoop {
                 // wrong instead of seeing the stream dropped (spec §7).
                 tracing::debug!("malformed request from {peer}: {reason}");
                 let answer = Response::error(ErrorCode::BadRequest, reason);
+                let _ = self.swarm.behaviour_mut().file.send_response(channel, answer);
+            }
+            Event::Message {
+                message: Message::Request { request: RequestFrame::Busy, channel, .. },
+                ..
+            } => {
+                let answer = Response::error(ErrorCode::Busy, "too many large requests being read");
                 let _ = self.swarm.behaviour_mut().file.send_response(channel, answer);
             }
             Event::Message {

@@ -120,6 +120,16 @@ impl EventLoop {
             let _ = reply.send(Err(RequestError::Failed { peer, reason }));
             return;
         }
+        if !self.swarm.is_connected(&peer)
+            && let Some((failures, left)) = self.backoff.of(&peer)
+        {
+            let reason = format!(
+                "unreachable: its last {failures} dial(s) failed; next try in {} s",
+                left.as_secs().max(1)
+            );
+            let _ = reply.send(Err(RequestError::Failed { peer, reason }));
+            return;
+        }
         match self.outbound.submit(peer, request, reply) {
             Submitted::Now(request, reply) => self.send_request(peer, request, reply),
             Submitted::Queued => {}

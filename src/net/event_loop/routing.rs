@@ -2,9 +2,13 @@
 //! for its peers. A peer that speaks the DHT enters when its bucket has
 //! room ([`bucket_admits`]); a peer that cannot be dialed leaves
 //! ([`drops_unreachable`]); the [`AddressBook`] remembers the addresses
-//! identify and lookups report, within a bound.
+//! identify and lookups report, within a bound; [`DialBackoff`] keeps the
+//! node from dialing again and again a peer whose dials fail.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use libp2p::{Multiaddr, PeerId, kad::K_VALUE, multiaddr::Protocol, swarm::DialError};
 
@@ -41,6 +45,63 @@ pub(super) fn drops_unreachable(error: &DialError, bootstrap: bool, connected: b
             DialError::Transport(_) | DialError::WrongPeerId { .. } | DialError::NoAddresses
         )
         && !connected
+}
+
+/// How long a peer is not dialed after its first failed dial; each
+/// further failure doubles it, up to [`BACKOFF_MAX`].
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(5);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Peers backed off at once: past it, the one whose wait ends first is
+/// forgotten.
+pub const MAX_BACKED_OFF: usize = 4096;
+
+/// Peers whose dials failed, and until when none is tried again: a
+/// request, a provider lookup or a pull a peer causes dials an address
+/// that does not answer once, not once per request. A connection to the
+/// peer (made by either side) ends its back-off.
+#[derive(Default)]
+pub(super) struct DialBackoff {
+    peers: HashMap<PeerId, (u32, Instant)>,
+}
+
+impl DialBackoff {
+    /// A dial of `peer` failed with `error`; a dial only refused here or
+    /// aborted says nothing of the peer.
+    pub(super) fn failed(&mut self, peer: PeerId, error: &DialError) {
+        if !matches!(
+            error,
+            DialError::Transport(_) | DialError::WrongPeerId { .. } | DialError::NoAddresses
+        ) {
+            return;
+        }
+        let now = Instant::now();
+        if self.peers.len() >= MAX_BACKED_OFF && !self.peers.contains_key(&peer) {
+            self.peers.retain(|_, (_, until)| *until > now);
+            if self.peers.len() >= MAX_BACKED_OFF
+                && let Some(first) =
+                    self.peers.iter().min_by_key(|(_, (_, until))| *until).map(|(p, _)| *p)
+            {
+                self.peers.remove(&first);
+            }
+        }
+        let (failures, until) = self.peers.entry(peer).or_insert((0, now));
+        *failures = failures.saturating_add(1);
+        let wait = BACKOFF_FIRST.saturating_mul(1 << (*failures - 1).min(16)).min(BACKOFF_MAX);
+        *until = now + wait;
+    }
+
+    /// `peer` is connected: dial it freely again.
+    pub(super) fn connected(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+    }
+
+    /// If `peer` is backed off: its failed dials in a row, and how long
+    /// until it may be dialed again.
+    pub(super) fn of(&self, peer: &PeerId) -> Option<(u32, Duration)> {
+        let (failures, until) = self.peers.get(peer)?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some((*failures, left))
+    }
 }
 
 /// Whether another node could dial this address (not unspecified).
@@ -127,6 +188,11 @@ impl EventLoop {
     /// [`drops_unreachable`] says so.
     pub(super) fn dial_failed(&mut self, peer: Option<PeerId>, error: &DialError) {
         if let Some(peer) = peer
+            && !self.swarm.is_connected(&peer)
+        {
+            self.backoff.failed(peer, error);
+        }
+        if let Some(peer) = peer
             && drops_unreachable(
                 error,
                 self.is_bootstrap_peer(&peer),
@@ -166,6 +232,35 @@ mod tests {
             assert!(!drops_unreachable(error, false, true), "a connected peer stays: {error}");
         }
         assert!(!drops_unreachable(&DialError::Aborted, false, false));
+    }
+
+    #[test]
+    fn a_peer_whose_dials_fail_waits_longer_each_time_until_it_connects() {
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let refused = DialError::Transport(vec![(
+            addr,
+            TransportError::Other(std::io::Error::other("connection refused")),
+        )]);
+        let mut backoff = DialBackoff::default();
+        let peer = PeerId::random();
+        assert!(backoff.of(&peer).is_none());
+        backoff.failed(peer, &DialError::Aborted);
+        assert!(backoff.of(&peer).is_none(), "an aborted dial says nothing of the peer");
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            backoff.failed(peer, &refused);
+            waits.push(backoff.of(&peer).unwrap());
+        }
+        assert_eq!(waits[0].0, 1);
+        assert!(waits[0].1 <= BACKOFF_FIRST && waits[0].1 > BACKOFF_FIRST / 2);
+        assert!(waits[1].1 > BACKOFF_FIRST, "the second failure waits longer");
+        assert!(waits[7].1 <= BACKOFF_MAX && waits[7].1 > BACKOFF_MAX / 2, "capped");
+        backoff.connected(&peer);
+        assert!(backoff.of(&peer).is_none());
+        for _ in 0..MAX_BACKED_OFF + 10 {
+            backoff.failed(PeerId::random(), &refused);
+        }
+        assert_eq!(backoff.peers.len(), MAX_BACKED_OFF);
     }
 
     #[test]

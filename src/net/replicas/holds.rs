@@ -158,12 +158,17 @@ impl ReplicaService {
 }
 
 impl ReplicaService {
-    /// Answers a `Holds`: whether this node holds `root` pinned (a pinned
-    /// root is whole: nothing is pinned before all its blocks are here).
-    pub async fn handle_holds(self, root: Cid, channel: ResponseChannel<Response>) {
+    /// Answers a `Holds` from `peer`: whether this node holds `root`
+    /// pinned (a pinned root is whole: nothing is pinned before all its
+    /// blocks are here). The copies wanted and the last repair are told
+    /// to an owner of the copy only; any other peer learns 0 for both.
+    pub async fn handle_holds(self, peer: PeerId, root: Cid, channel: ResponseChannel<Response>) {
         let response = match self.store.run(move |store| Ok(store.root_info(&root))).await {
-            Ok(Some(info)) if info.pinned() => {
+            Ok(Some(info)) if info.pinned() && info.owners.contains(&peer) => {
                 Response::Holding { pinned: true, replicas: info.target(), repaired: info.repaired }
+            }
+            Ok(Some(info)) if info.pinned() => {
+                Response::Holding { pinned: true, replicas: 0, repaired: 0 }
             }
             Ok(_) => Response::Holding { pinned: false, replicas: 0, repaired: 0 },
             Err(e) => Response::error(ErrorCode::Internal, told_to_peers(&e)),

@@ -128,11 +128,15 @@ where
     store::run_blocking("drawing a proof", work).await.ok()
 }
 
-/// A block for a challenge: from the store, else from the first of `from`
-/// that sends it (checked against its CID, off the async threads).
+/// A block of `root` for a challenge: from the store, else from the
+/// first of `from` (peers that claim to hold `root` pinned) that sends it,
+/// checked against its CID off the async threads. A claimant that answers
+/// that it lacks the block, or sends a wrong one, is distrusted for `root`
+/// (a peer that is busy or does not answer is not).
 pub async fn fetch_checked(
     store: &AsyncStore,
     net: &NetHandle,
+    root: Cid,
     cid: Cid,
     from: &[PeerId],
 ) -> Option<BlockBuf> {
@@ -140,10 +144,18 @@ pub async fn fetch_checked(
         return Some(block);
     }
     for peer in from {
+        if net.distrust().distrusts(&root, peer) {
+            continue;
+        }
         let answer = ask_block(net, *peer, cid, PROOF_TIMEOUT).await;
         let judged = store::run_blocking("checking a block", move || Ok(judge_block(&cid, answer)));
-        if let Ok(Fetched::Block(block)) = judged.await {
-            return Some(block);
+        match judged.await {
+            Ok(Fetched::Block(block)) => return Some(block),
+            Ok(Fetched::Lacks(why) | Fetched::Wrong(why)) => {
+                tracing::info!("{peer} claims to hold {root} but {why} for {cid}");
+                net.distrust().note(root, *peer);
+            }
+            _ => {}
         }
     }
     None
@@ -172,6 +184,11 @@ where
         let why = "no challenge could be drawn: the sampled blocks are not at hand";
         return (Vec::new(), peers.into_iter().map(|p| (p, why.to_string())).collect());
     };
+    // A claimant that could not send a sampled block it claims to hold
+    // was distrusted while the challenges were drawn.
+    let distrust = net.distrust();
+    let (lied, peers): (Vec<PeerId>, Vec<PeerId>) =
+        peers.into_iter().partition(|p| distrust.distrusts(&root, p));
     let asks = peers.into_iter().zip(challenges).map(|(peer, challenge)| async move {
         let answer = net.request(peer, challenge.request(), PROOF_TIMEOUT).await;
         let verdict = match answer {
@@ -183,6 +200,8 @@ where
     let verdicts: Vec<_> =
         futures::stream::iter(asks).buffer_unordered(PROOFS_AT_ONCE).collect().await;
     let (mut proven, mut failed) = (Vec::new(), Vec::new());
+    let why = "claims to hold it but did not send one of its blocks";
+    failed.extend(lied.into_iter().map(|p| (p, why.to_string())));
     for (peer, verdict) in verdicts {
         match verdict {
             Ok(()) => proven.push(peer),

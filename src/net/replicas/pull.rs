@@ -502,7 +502,7 @@ impl ReplicaService {
     async fn proves(&self, peer: PeerId, root: Cid) -> bool {
         let fetch = |cid| {
             let (store, net) = (self.store.clone(), self.net.clone());
-            async move { fetch_checked(&store, &net, cid, &[]).await }
+            async move { fetch_checked(&store, &net, root, cid, &[]).await }
         };
         !prove(&self.net, root, &[peer], fetch).await.0.is_empty()
     }

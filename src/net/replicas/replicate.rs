@@ -115,7 +115,7 @@ pub async fn replicate_tracked(
                 Ok(blocks) => {
                     let fetch = |cid| {
                         let (store, net) = (store.clone(), net.clone());
-                        async move { fetch_checked(&store, &net, cid, &[]).await }
+                        async move { fetch_checked(&store, &net, root, cid, &[]).await }
                     };
                     match prove(&net, root, &[peer], fetch).await {
                         (proven, _) if !proven.is_empty() => Ok(blocks),

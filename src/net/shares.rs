@@ -1,0 +1,215 @@
+//! Shares of the blocks a node holds for the answers of its block streams
+//! (read from disk, not yet taken by the asker): a pool in all, a share of
+//! it per peer, and a smaller share for a peer that left an answer untaken
+//! (see [`BlockShares::stalled`]). A peer that stops reading so holds no
+//! more than its share, and only until one of its answers stalls: then
+//! every block stream it had open ends, and for [`STALLED_FOR`] it holds
+//! one block at a time. Imports no other module of `net`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use libp2p::PeerId;
+use tokio::sync::Notify;
+
+/// Blocks held for block-stream answers, in all (up to 2 MiB each): the
+/// memory of serving block streams.
+pub const STREAM_BLOCKS: usize = 32;
+/// Blocks one peer may hold of them, across all its streams: half, so
+/// that two peers that stop reading leave nothing for a third until their
+/// streams stall out, but one that reads never waits on another.
+pub const PEER_STREAM_BLOCKS: usize = STREAM_BLOCKS / 2;
+/// Blocks a peer that left an answer untaken may hold, for
+/// [`STALLED_FOR`] after it did.
+pub const STALLED_PEER_BLOCKS: usize = 1;
+/// How long a peer that stalled keeps the small share.
+pub const STALLED_FOR: Duration = Duration::from_secs(300);
+/// Peers remembered as stalled at once: past it, the oldest is forgotten.
+pub const MAX_STALLED: usize = 4096;
+
+/// The shares; cheap to clone, one per node.
+#[derive(Clone, Default)]
+pub struct BlockShares(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    held: usize,
+    per_peer: HashMap<PeerId, usize>,
+    stalled: HashMap<PeerId, Instant>,
+    /// Takers waiting for a block to be freed.
+    waiting: usize,
+}
+
+impl State {
+    fn share_of(&self, peer: &PeerId) -> usize {
+        match self.stalled.get(peer) {
+            Some(at) if at.elapsed() < STALLED_FOR => STALLED_PEER_BLOCKS,
+            _ => PEER_STREAM_BLOCKS,
+        }
+    }
+}
+
+/// One block held for `peer`, until dropped.
+pub struct Share {
+    shares: BlockShares,
+    peer: PeerId,
+}
+
+/// Counts a waiting taker until dropped (a taker may be cancelled).
+struct Waiting<'a>(&'a BlockShares);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+impl BlockShares {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A block for a stream of `peer` opened at `opened`, once the pool
+    /// and its share have room; `None` if `peer` left an answer untaken on
+    /// any stream since `opened` (the stream ends too: only streams opened
+    /// after it went on, with the small share).
+    pub async fn take(&self, peer: PeerId, opened: Instant) -> Option<Share> {
+        let mut waiting = None;
+        let since = opened;
+        loop {
+            let freed = self.0.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a block freed in between
+            // wakes it.
+            freed.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.stalled.get(&peer).is_some_and(|at| *at >= since) {
+                    return None;
+                }
+                let mine = state.per_peer.get(&peer).copied().unwrap_or(0);
+                if state.held < STREAM_BLOCKS && mine < state.share_of(&peer) {
+                    state.held += 1;
+                    *state.per_peer.entry(peer).or_default() += 1;
+                    return Some(Share { shares: self.clone(), peer });
+                }
+                if waiting.is_none() {
+                    state.waiting += 1;
+                    waiting = Some(Waiting(self));
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// Whether some peer waits for a block now.
+    pub fn contended(&self) -> bool {
+        self.lock().waiting > 0
+    }
+
+    /// `peer` left an answer untaken: its share is
+    /// [`STALLED_PEER_BLOCKS`] for [`STALLED_FOR`].
+    pub fn stalled(&self, peer: PeerId) {
+        let mut state = self.lock();
+        state.stalled.retain(|_, at| at.elapsed() < STALLED_FOR);
+        if state.stalled.len() >= MAX_STALLED
+            && let Some(oldest) = state.stalled.iter().min_by_key(|(_, at)| **at).map(|(p, _)| *p)
+        {
+            state.stalled.remove(&oldest);
+        }
+        state.stalled.insert(peer, Instant::now());
+        drop(state);
+        self.0.freed.notify_waiters();
+    }
+
+    /// Blocks held now: in all, and for `peer`.
+    pub fn held(&self, peer: &PeerId) -> (usize, usize) {
+        let state = self.lock();
+        (state.held, state.per_peer.get(peer).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        {
+            let mut state = self.shares.lock();
+            state.held -= 1;
+            if let Some(n) = state.per_peer.get_mut(&self.peer) {
+                *n -= 1;
+                if *n == 0 {
+                    state.per_peer.remove(&self.peer);
+                }
+            }
+        }
+        self.shares.0.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now_or_never<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+        futures::FutureExt::now_or_never(f)
+    }
+
+    #[tokio::test]
+    async fn a_peer_takes_its_share_and_a_stalled_one_takes_one() {
+        let shares = BlockShares::default();
+        let (greedy, other, late) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut held: Vec<Share> = (0..PEER_STREAM_BLOCKS)
+            .map(|_| now_or_never(shares.take(greedy, Instant::now())).unwrap().unwrap())
+            .collect();
+        assert!(now_or_never(shares.take(greedy, Instant::now())).is_none(), "past its share");
+        assert!(!shares.contended(), "a cancelled taker waits no more");
+        held.extend(
+            (0..PEER_STREAM_BLOCKS)
+                .map(|_| now_or_never(shares.take(other, Instant::now())).unwrap().unwrap()),
+        );
+        assert_eq!(shares.held(&late), (STREAM_BLOCKS, 0));
+
+        // The pool is full: a third peer waits, and gets the first block
+        // freed.
+        let waiter = tokio::spawn({
+            let shares = shares.clone();
+            async move { shares.take(late, Instant::now()).await }
+        });
+        while !shares.contended() {
+            tokio::task::yield_now().await;
+        }
+        held.pop();
+        let share =
+            tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
+        assert_eq!(shares.held(&late), (STREAM_BLOCKS, 1));
+        drop(share);
+
+        // A peer that stalls: what it waits for ends, and it holds one
+        // block at most.
+        let waits = tokio::spawn({
+            let shares = shares.clone();
+            async move { shares.take(greedy, Instant::now()).await.is_none() }
+        });
+        while !shares.contended() {
+            tokio::task::yield_now().await;
+        }
+        shares.stalled(greedy);
+        assert!(tokio::time::timeout(Duration::from_secs(5), waits).await.unwrap().unwrap());
+        held.clear();
+        let one = now_or_never(shares.take(greedy, Instant::now())).unwrap().unwrap();
+        assert!(
+            now_or_never(shares.take(greedy, Instant::now())).is_none(),
+            "a stalled peer's share is one"
+        );
+        drop(one);
+        assert_eq!(shares.held(&greedy), (0, 0));
+    }
+}
