@@ -338,7 +338,8 @@ fn busy(full: Full, what: &str) -> Response {
 }
 
 /// A connection's socket whose writes fail once the client has taken
-/// nothing for [`IDLE_TIMEOUT`]: hyper then drops the connection, and with
+/// nothing for [`IDLE_TIMEOUT`]: hyper then drops the connection (reset,
+/// so the bytes the kernel still held for the client go too), and with
 /// it the answer's body and its read slot. hyper only writes while it has
 /// something to send, so waiting for the node (a block on its way) never
 /// counts.
@@ -369,6 +370,9 @@ impl Stalls {
             self.deadline.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
         }
         ready!(self.deadline.as_mut().poll(cx));
+        // Dropped, not finished: what the kernel still holds for the
+        // client is discarded (a reset), not sent once it reads again.
+        let _ = self.stream.set_zero_linger();
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("the client took nothing for {} s", IDLE_TIMEOUT.as_secs()),

@@ -247,11 +247,12 @@ fn status(ticket: &str, bootstrap: &str, dir: &Path) -> (usize, String, Vec<Stri
     (count.parse().unwrap(), target.to_string(), holders)
 }
 
-/// Polls `status` until `done` accepts its answer.
+/// Polls `status` until `done` accepts its answer, which must name the
+/// copies wanted as `target` says.
 fn status_until(
     ticket: &str,
-    bootstrap: &str,
-    dir: &Path,
+    (bootstrap, dir): (&str, &Path),
+    target_said: &str,
     what: &str,
     done: impl Fn(usize, &[String]) -> bool,
 ) -> Vec<String> {
@@ -259,7 +260,7 @@ fn status_until(
     loop {
         let (count, target, holders) = status(ticket, bootstrap, dir);
         if done(count, &holders) {
-            assert_eq!(target, "3");
+            assert_eq!(target, target_said, "{what}");
             return holders;
         }
         assert!(std::time::Instant::now() < deadline, "{what}: {count} of {target}: {holders:?}");
@@ -309,21 +310,26 @@ fn killed_holders_are_replaced_and_status_shows_the_count() {
     let (ticket, copies) = nodes[1].put_confirmed(&file);
     assert_eq!(copies, 3);
     let uploader = nodes[1].peer_id.clone();
-    let ask = dir("ask");
-    let first = status_until(&ticket, &hub, &ask, "after the put", |n, _| n == 3);
+    // Asked through the owner (its running node), the holders tell the
+    // copies wanted; asked from elsewhere, they tell only who holds it.
+    let (owner, ask) = (dir("n1"), dir("ask"));
+    let first = status_until(&ticket, (&hub, &owner), "3", "after the put", |n, _| n == 3);
     assert!(first.contains(&uploader));
+    let (_, target, _) = status(&ticket, &hub, &ask);
+    assert!(target.starts_with("unknown"), "a stranger was told the target: {target}");
 
     let others: Vec<String> = first.iter().filter(|p| **p != uploader).cloned().collect();
     kill(&mut nodes, &others);
     let via = alive_addr(&mut nodes);
-    status_until(&ticket, &via, &ask, "after two holders died", |n, holders| {
+    status_until(&ticket, (&via, &owner), "3", "after two holders died", |n, holders| {
         n == 3 && !holders.iter().any(|p| others.contains(p))
     });
     kill(&mut nodes, std::slice::from_ref(&uploader));
     let through = alive_addr(&mut nodes);
-    let now = status_until(&ticket, &through, &ask, "after the kills", |n, holders| {
-        n == 3 && !holders.iter().any(|p| first.contains(p))
-    });
+    let now =
+        status_until(&ticket, (&through, &ask), "unknown", "after the kills", |n, holders| {
+            n == 3 && !holders.iter().any(|p| first.contains(p))
+        });
     assert_eq!(now.len(), 3);
     let out = run(&["get", &ticket, "--bootstrap", &through, "--data-dir", arg(&dir("c"))], b"");
     assert!(out.status.success(), "get: {}", text(&out.stderr));

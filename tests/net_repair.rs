@@ -148,9 +148,12 @@ async fn stopped_holders_are_replaced_and_the_file_outlives_its_first_holders() 
         let root = ticket.root;
         let first = holders(&nodes, &root);
         assert_eq!(first.len(), 3, "{first:?}");
-        // The status of a node that holds nothing: 3 of 3, target 3.
+        // The status of a node that holds nothing: 3 holders, and no
+        // target (holders tell it to owners only); the owner's: 3 of 3.
         let outsider = nodes.iter().find(|n| !first.contains(&n.id())).unwrap();
         let health = outsider.node.status(TicketOrCid::Cid(root)).await;
+        assert_eq!((health.holders.len(), health.target), (3, 0), "{health:?}");
+        let health = nodes[1].node.status(TicketOrCid::Cid(root)).await;
         assert_eq!((health.holders.len(), health.target), (3, 3), "{health:?}");
 
         // Two holders other than the owner leave for good.

@@ -482,7 +482,8 @@ pub fn providers_list(root: cid::Cid, peers: &[libp2p::PeerId]) -> String {
 pub fn health_report(health: &crate::net::repair::Health, local: libp2p::PeerId) -> String {
     let mut out = format!("root: {}\n", health.root);
     let target = match health.target {
-        0 => "unknown (no holder answered)".to_string(),
+        0 if health.holders.is_empty() => "unknown (no holder answered)".to_string(),
+        0 => "unknown (holders tell it to the file's owners only)".to_string(),
         n => n.to_string(),
     };
     let extra = match health.target {

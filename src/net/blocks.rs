@@ -259,7 +259,7 @@ impl BlockService {
                 };
                 let written = tokio::select! {
                     written = write => written,
-                    () = stall(&progress, &shares) => {
+                    () = stall(&progress, &shares, &peer) => {
                         tracing::debug!("block stream of {peer}: an answer was not taken");
                         shares.stalled(peer);
                         return;
@@ -297,13 +297,14 @@ impl BlockService {
     }
 }
 
-/// Ends when a write has taken no byte for [`STREAM_STALL`], or for
-/// [`STREAM_STALL_CONTENDED`] while other peers wait for blocks.
-async fn stall(progress: &std::sync::Mutex<Instant>, shares: &BlockShares) {
+/// Ends when a write to `peer` has taken no byte for [`STREAM_STALL`], or
+/// for [`STREAM_STALL_CONTENDED`] while other peers wait for blocks.
+async fn stall(progress: &std::sync::Mutex<Instant>, shares: &BlockShares, peer: &PeerId) {
     loop {
         tokio::time::sleep(STALL_CHECK).await;
         let since = progress.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
-        let limit = if shares.contended() { STREAM_STALL_CONTENDED } else { STREAM_STALL };
+        let contended = shares.contended_for(peer);
+        let limit = if contended { STREAM_STALL_CONTENDED } else { STREAM_STALL };
         if since >= limit {
             return;
         }

@@ -45,8 +45,8 @@ struct State {
     held: usize,
     per_peer: HashMap<PeerId, usize>,
     stalled: HashMap<PeerId, Instant>,
-    /// Takers waiting for a block to be freed.
-    waiting: usize,
+    /// Takers waiting for a block to be freed, by peer.
+    waiting: HashMap<PeerId, usize>,
 }
 
 impl State {
@@ -64,12 +64,19 @@ pub struct Share {
     peer: PeerId,
 }
 
-/// Counts a waiting taker until dropped (a taker may be cancelled).
-struct Waiting<'a>(&'a BlockShares);
+/// Counts a waiting taker of a peer until dropped (a taker may be
+/// cancelled).
+struct Waiting<'a>(&'a BlockShares, PeerId);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.lock().waiting -= 1;
+        let mut state = self.0.lock();
+        if let Some(n) = state.waiting.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                state.waiting.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -103,17 +110,19 @@ impl BlockShares {
                     return Some(Share { shares: self.clone(), peer });
                 }
                 if waiting.is_none() {
-                    state.waiting += 1;
-                    waiting = Some(Waiting(self));
+                    *state.waiting.entry(peer).or_default() += 1;
+                    waiting = Some(Waiting(self, peer));
                 }
             }
             freed.await;
         }
     }
 
-    /// Whether some peer waits for a block now.
-    pub fn contended(&self) -> bool {
-        self.lock().waiting > 0
+    /// Whether a peer other than `peer` waits for a block now (a peer
+    /// that asks for more than its share waits on itself, which is no
+    /// reason to hurry it).
+    pub fn contended_for(&self, peer: &PeerId) -> bool {
+        self.lock().waiting.keys().any(|p| p != peer)
     }
 
     /// `peer` left an answer untaken: its share is
@@ -170,7 +179,7 @@ mod tests {
             .map(|_| now_or_never(shares.take(greedy, Instant::now())).unwrap().unwrap())
             .collect();
         assert!(now_or_never(shares.take(greedy, Instant::now())).is_none(), "past its share");
-        assert!(!shares.contended(), "a cancelled taker waits no more");
+        assert!(!shares.contended_for(&other), "a cancelled taker waits no more");
         held.extend(
             (0..PEER_STREAM_BLOCKS)
                 .map(|_| now_or_never(shares.take(other, Instant::now())).unwrap().unwrap()),
@@ -183,9 +192,10 @@ mod tests {
             let shares = shares.clone();
             async move { shares.take(late, Instant::now()).await }
         });
-        while !shares.contended() {
+        while !shares.contended_for(&greedy) {
             tokio::task::yield_now().await;
         }
+        assert!(!shares.contended_for(&late), "a peer does not contend with itself");
         held.pop();
         let share =
             tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
@@ -198,7 +208,7 @@ mod tests {
             let shares = shares.clone();
             async move { shares.take(greedy, Instant::now()).await.is_none() }
         });
-        while !shares.contended() {
+        while !shares.contended_for(&other) {
             tokio::task::yield_now().await;
         }
         shares.stalled(greedy);

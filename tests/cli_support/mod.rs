@@ -150,7 +150,27 @@ impl Node {
     /// Spawns `dfs-p2p ARGS` (a one-shot command too), its output read as
     /// a node's.
     pub fn spawn_command(name: &str, data_dir: &Path, args: &[&str]) -> Node {
-        let mut child = dfs(args)
+        Node::spawn_with(name, data_dir, dfs(args))
+    }
+
+    /// Starts `dfs-p2p --data-dir DIR EXTRA...` in the network namespace
+    /// `netns` (`ip netns exec`, which runs the program itself: its pid is
+    /// the node's), and waits for its peer id and listen address.
+    pub fn start_in(netns: &str, name: &str, data_dir: &Path, extra: &[&str]) -> Node {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, BIN, "--data-dir", data_dir.to_str().unwrap()])
+            .arg("--no-progress")
+            .args(extra)
+            .env_remove("DFS_DATA_DIR")
+            .env_remove("RUST_LOG");
+        let mut node = Node::spawn_with(name, data_dir, cmd);
+        node.wait_started();
+        node
+    }
+
+    /// Spawns `cmd`, its output read as a node's.
+    pub fn spawn_with(name: &str, data_dir: &Path, mut cmd: Command) -> Node {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
