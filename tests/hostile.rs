@@ -2367,3 +2367,166 @@ fn record_spam_from_many_ids_leaves_honest_records_kept() {
     assert_eq!(record_counts(&mut victim), full);
     assert_healthy(&mut victim);
 }
+
+// ---- DHT work a stranger's requests cause ----
+
+/// A Kademlia peer that takes every request stream it is sent and never
+/// answers: a lookup that asks it waits out its timeout. It tells the
+/// victim (identify) that it speaks the DHT, at an address it listens on,
+/// so that the victim's routing table takes it in. Returns how many
+/// `GET_VALUE` requests, and how many requests in all, it was sent so far.
+fn kad_staller(
+    rt: &Runtime,
+    victim: &Multiaddr,
+) -> (Arc<AtomicU64>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    use dfs_p2p::net::behaviour::{IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL};
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    struct Staller {
+        identify: libp2p::identify::Behaviour,
+        streams: libp2p_stream::Behaviour,
+    }
+    let (taken, all) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (count, streams, victim) = (taken.clone(), all.clone(), victim.clone());
+    let task = rt.spawn(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|key| Staller {
+                identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                    IDENTIFY_PROTOCOL_VERSION.into(),
+                    key.public(),
+                )),
+                streams: libp2p_stream::Behaviour::new(),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        let mut incoming = swarm.behaviour().streams.new_control().accept(KAD_PROTOCOL).unwrap();
+        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+        // Listening before it dials, so that identify reports the address.
+        loop {
+            if let SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
+                break;
+            }
+        }
+        swarm.dial(victim).unwrap();
+        let hold = async move {
+            while let Some((_, mut stream)) = incoming.next().await {
+                streams.fetch_add(1, Ordering::Relaxed);
+                let count = count.clone();
+                tokio::spawn(async move {
+                    use futures::AsyncReadExt;
+                    // A length (varint), then the message: a `GET_VALUE`
+                    // begins with its type field, `08 01`.
+                    let mut byte = [0u8; 1];
+                    loop {
+                        if stream.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        if byte[0] & 0x80 == 0 {
+                            break;
+                        }
+                    }
+                    let mut head = [0u8; 2];
+                    if stream.read_exact(&mut head).await.is_ok() && head == [0x08, 0x01] {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Held, never answered.
+                    futures::future::pending::<()>().await;
+                    drop(stream);
+                });
+            }
+        };
+        let drive = async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        };
+        futures::future::join(hold, drive).await;
+    });
+    (taken, all, task)
+}
+
+#[test]
+fn a_strangers_requests_cause_two_delete_lookups_at_a_time_and_answers_are_kept() {
+    use dfs_p2p::net::replicas::{DELETE_LOOKUP, MAX_LOOKUPS_PER_PEER};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut victim, addr, _) = victim(dir.path(), &[]);
+    // Every lookup of the victim's asks the staller, and waits.
+    // The staller is in the victim's routing table once the victim's own
+    // lookups (joining the network) ask it.
+    let (lookups, asked_at_all, staller) = kad_staller(&rt, &addr);
+    let deadline = Instant::now() + HONEST_GET;
+    while asked_at_all.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the victim's lookups never asked the staller");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A stranger asks for copies of eight small roots at once, each under
+    // a lease of another owner (as a repair would): each asks the victim
+    // to look the owner's delete record up first.
+    let offers: Vec<(Cid, HashMap<Cid, Vec<u8>>)> = (0..8)
+        .map(|i| {
+            let (leaf_cid, leaf_bytes) = leaf(100, 500 + i);
+            let (root, root_bytes) = node(vec![leaf_cid], 500 + i);
+            (root, HashMap::from([(leaf_cid, leaf_bytes), (root, root_bytes)]))
+        })
+        .collect();
+    let all_blocks: HashMap<Cid, Vec<u8>> =
+        offers.iter().flat_map(|(_, blocks)| blocks.clone()).collect();
+    let stranger = Hostile::start(&rt, &addr, all_blocks);
+    let requests: Vec<Request> =
+        offers.iter().map(|(root, blocks)| honest_offer(*root, blocks)).collect();
+    let started = Instant::now();
+    let answers: Vec<(Duration, Result<Response, String>)> =
+        rt.block_on(join_all(requests.iter().cloned().map(|request| {
+            let stranger = stranger.clone();
+            async move {
+                let answer = stranger.ask(request).await;
+                (started.elapsed(), answer)
+            }
+        })));
+    let busy: Vec<&Duration> = answers
+        .iter()
+        .filter(|(_, a)| matches!(a, Ok(Response::Error { code: ErrorCode::Busy, message }) if message.contains("lookup")))
+        .map(|(took, _)| took)
+        .collect();
+    let looked_up: Vec<&(Duration, Result<Response, String>)> =
+        answers.iter().filter(|(_, a)| matches!(a, Ok(Response::Replicated { .. }))).collect();
+    let asked = lookups.load(Ordering::Relaxed);
+    eprintln!(
+        "8 requests: {} busy at once, {} replicated after a lookup ({:?}); {asked} GET_VALUE sent",
+        busy.len(),
+        looked_up.len(),
+        looked_up.iter().map(|(took, _)| took).collect::<Vec<_>>()
+    );
+    // Landed: the lookups that ran asked the staller and waited it out.
+    assert!(asked >= 1, "no lookup reached the stalling peer");
+    assert_eq!(looked_up.len(), MAX_LOOKUPS_PER_PEER, "{answers:?}");
+    assert!(looked_up.iter().all(|(took, _)| *took >= DELETE_LOOKUP / 2), "{answers:?}");
+    // Held: the rest were refused before any lookup, at once.
+    assert_eq!(busy.len(), 8 - MAX_LOOKUPS_PER_PEER, "{answers:?}");
+    assert!(busy.iter().all(|took| **took < DELETE_LOOKUP / 2), "{answers:?}");
+    assert!(asked as usize <= MAX_LOOKUPS_PER_PEER, "the staller was asked {asked} times");
+
+    // The same requests again: the answers of the lookups made are kept,
+    // and the DHT is not asked again for them.
+    let again: Vec<Request> = requests
+        .iter()
+        .zip(&answers)
+        .filter(|(_, (_, a))| matches!(a, Ok(Response::Replicated { .. })))
+        .map(|(request, _)| request.clone())
+        .collect();
+    let started = Instant::now();
+    for request in again {
+        let answer = rt.block_on(stranger.ask(request));
+        assert!(matches!(answer, Ok(Response::Replicated { .. })), "{answer:?}");
+    }
+    assert!(started.elapsed() < DELETE_LOOKUP / 2, "asked again: {:?}", started.elapsed());
+    assert_eq!(lookups.load(Ordering::Relaxed), asked, "a kept answer was looked up again");
+    staller.abort();
+    assert_healthy(&mut victim);
+}

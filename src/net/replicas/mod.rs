@@ -35,8 +35,8 @@ pub use proof::{
 };
 use pull::Replications;
 pub use pull::{
-    ASKER_GONE, MAX_JOINED_PER_PEER, MAX_JOINED_PER_PULL, MAX_REPLICATIONS_PER_PEER, PULL_GRACE,
-    PULL_MIN_RATE, pull_dag,
+    ASKER_GONE, MAX_JOINED_PER_PEER, MAX_JOINED_PER_PULL, MAX_LOOKUPS_PER_PEER,
+    MAX_REPLICATIONS_PER_PEER, PULL_GRACE, PULL_MIN_RATE, pull_dag,
 };
 pub use replicate::{
     Offer, Placed, candidates, replicate, replicate_avoiding, replicate_tracked, rpc_replicate,
