@@ -218,7 +218,7 @@ impl Hostile {
             let mut swarm = swarm_with(behaviour);
             let peer = peer_of(&victim);
             swarm.dial(victim).unwrap();
-            let mut waiting = HashMap::new();
+            let mut waiting = Waiting::new();
             loop {
                 tokio::select! {
                     ask = rx.recv() => match ask {
@@ -235,42 +235,28 @@ impl Hostile {
                             let _ = swarm.behaviour_mut().send_response(channel, Response::Block { data });
                         }
                     },
-                    event = swarm.select_next_some() => match event {
-                        SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => match message {
-                            request_response::Message::Request { request, channel, .. } => {
-                                let response = match request {
-                                    RequestFrame::Valid(Request::GetBlock { cid }) if holding == Some(cid) => {
-                                        held_count.fetch_add(1, Ordering::Relaxed);
-                                        unanswered.push((cid, channel));
-                                        continue;
-                                    }
-                                    RequestFrame::Valid(Request::GetBlock { cid }) => match blocks.get(&cid) {
-                                        Some(bytes) => {
-                                            counter.fetch_add(1, Ordering::Relaxed);
-                                            Response::Block { data: BlockBuf::copy_from(bytes) }
-                                        }
-                                        None => Response::NotFound,
-                                    },
-                                    RequestFrame::Valid(Request::Have { cids }) => Response::Have {
-                                        present: cids.iter().map(|c| blocks.contains_key(c)).collect(),
-                                    },
-                                    _ => Response::error(ErrorCode::Refused, "no"),
-                                };
-                                let _ = swarm.behaviour_mut().send_response(channel, response);
+                    event = swarm.select_next_some() => {
+                        let Some((request, channel)) = settle(&mut waiting, event) else { continue };
+                        let response = match request {
+                            RequestFrame::Valid(Request::GetBlock { cid }) if holding == Some(cid) => {
+                                held_count.fetch_add(1, Ordering::Relaxed);
+                                unanswered.push((cid, channel));
+                                continue;
                             }
-                            request_response::Message::Response { request_id, response } => {
-                                if let Some(reply) = waiting.remove(&request_id) {
-                                    let _ = reply.send(Ok(response));
+                            RequestFrame::Valid(Request::GetBlock { cid }) => match blocks.get(&cid) {
+                                Some(bytes) => {
+                                    counter.fetch_add(1, Ordering::Relaxed);
+                                    Response::Block { data: BlockBuf::copy_from(bytes) }
                                 }
-                            }
-                        },
-                        SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. }) => {
-                            if let Some(reply) = waiting.remove(&request_id) {
-                                let _ = reply.send(Err(error.to_string()));
-                            }
-                        }
-                        _ => {}
-                    },
+                                None => Response::NotFound,
+                            },
+                            RequestFrame::Valid(Request::Have { cids }) => Response::Have {
+                                present: cids.iter().map(|c| blocks.contains_key(c)).collect(),
+                            },
+                            _ => Response::error(ErrorCode::Refused, "no"),
+                        };
+                        let _ = swarm.behaviour_mut().send_response(channel, response);
+                    }
                 }
             }
         });
@@ -534,7 +520,7 @@ fn stranger(
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
             .build();
         let mut redial = tokio::time::interval(Duration::from_millis(500));
-        let mut waiting = HashMap::new();
+        let mut waiting = Waiting::new();
         let mut open = true;
         loop {
             tokio::select! {
@@ -553,50 +539,64 @@ fn stranger(
                     }
                     None => open = false,
                 },
-                event = swarm.select_next_some() => match event {
-                    SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => match message {
-                        request_response::Message::Request { request, channel, .. } => {
-                            let response = match request {
-                                RequestFrame::Valid(Request::Holds { .. }) => {
-                                    counts.holds.fetch_add(1, Ordering::Relaxed);
-                                    Response::Holding { pinned: true, replicas: 3, repaired: 0 }
-                                }
-                                RequestFrame::Valid(Request::Have { cids }) => {
-                                    Response::Have { present: vec![true; cids.len()] }
-                                }
-                                RequestFrame::Valid(Request::Replicate { blocks, .. }) => {
-                                    counts.replicate.fetch_add(1, Ordering::Relaxed);
-                                    Response::Replicated { blocks }
-                                }
-                                RequestFrame::Valid(Request::Prove { cids, .. }) => {
-                                    counts.prove.fetch_add(1, Ordering::Relaxed);
-                                    Response::Proof { digests: vec![[7; 32]; cids.len()] }
-                                }
-                                RequestFrame::Valid(Request::GetBlock { .. }) => {
-                                    counts.blocks.fetch_add(1, Ordering::Relaxed);
-                                    Response::NotFound
-                                }
-                                _ => Response::error(ErrorCode::Refused, "no"),
-                            };
-                            let _ = swarm.behaviour_mut().send_response(channel, response);
+                event = swarm.select_next_some() => {
+                    let Some((request, channel)) = settle(&mut waiting, event) else { continue };
+                    let response = match request {
+                        RequestFrame::Valid(Request::Holds { .. }) => {
+                            counts.holds.fetch_add(1, Ordering::Relaxed);
+                            Response::Holding { pinned: true, replicas: 3, repaired: 0 }
                         }
-                        request_response::Message::Response { request_id, response } => {
-                            if let Some(reply) = waiting.remove(&request_id) {
-                                let _ = reply.send(Ok(response));
-                            }
+                        RequestFrame::Valid(Request::Have { cids }) => {
+                            Response::Have { present: vec![true; cids.len()] }
                         }
-                    },
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. }) => {
-                        if let Some(reply) = waiting.remove(&request_id) {
-                            let _ = reply.send(Err(error.to_string()));
+                        RequestFrame::Valid(Request::Replicate { blocks, .. }) => {
+                            counts.replicate.fetch_add(1, Ordering::Relaxed);
+                            Response::Replicated { blocks }
                         }
-                    }
-                    _ => {}
-                },
+                        RequestFrame::Valid(Request::Prove { cids, .. }) => {
+                            counts.prove.fetch_add(1, Ordering::Relaxed);
+                            Response::Proof { digests: vec![[7; 32]; cids.len()] }
+                        }
+                        RequestFrame::Valid(Request::GetBlock { .. }) => {
+                            counts.blocks.fetch_add(1, Ordering::Relaxed);
+                            Response::NotFound
+                        }
+                        _ => Response::error(ErrorCode::Refused, "no"),
+                    };
+                    let _ = swarm.behaviour_mut().send_response(channel, response);
+                }
             }
         }
     });
     (asked, asks)
+}
+
+/// The test's requests a hostile peer sent, each waiting for its answer.
+type Waiting =
+    HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, String>>>;
+
+/// Hands an answer (or a failure) of the file protocol to the request
+/// that waits for it; returns a request of the victim's, for the caller
+/// to answer.
+fn settle(
+    waiting: &mut Waiting,
+    event: SwarmEvent<request_response::Event<RequestFrame, Response>>,
+) -> Option<(RequestFrame, request_response::ResponseChannel<Response>)> {
+    use request_response::{Event, Message};
+    let (id, answer) = match event {
+        SwarmEvent::Behaviour(Event::Message { message, .. }) => match message {
+            Message::Request { request, channel, .. } => return Some((request, channel)),
+            Message::Response { request_id, response } => (request_id, Ok(response)),
+        },
+        SwarmEvent::Behaviour(Event::OutboundFailure { request_id, error, .. }) => {
+            (request_id, Err(error.to_string()))
+        }
+        _ => return None,
+    };
+    if let Some(reply) = waiting.remove(&id) {
+        let _ = reply.send(answer);
+    }
+    None
 }
 
 /// Sends `request` to `peer` through a stranger's `asks`.
@@ -1435,14 +1435,8 @@ fn request_frames_that_never_finish_cost_a_few_kib_each() {
 /// The victim's block streams open and stream answers held, from its
 /// `stat`.
 fn block_streams(victim: &mut Victim) -> (usize, usize) {
-    victim.send("stat");
-    let line = victim.expect_out(|l| l.starts_with("serving"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let count = |at: usize| words.get(at).and_then(|n| n.parse().ok());
-    match (count(4), count(8)) {
-        (Some(open), Some(held)) => (open, held),
-        _ => panic!("no block streams in {line:?}"),
-    }
+    let [open, held] = stat_numbers(victim, "serving", [4, 8]);
+    (open, held)
 }
 
 /// A peer that opens `streams` block streams to the victim, asks for
@@ -1629,12 +1623,20 @@ fn silent_sockets_and_a_crowd_of_idle_peers_lock_nobody_out() {
     assert_healthy(&mut victim);
 }
 
+/// The numbers at word indices `at` of the victim's `stat` row `label`.
+fn stat_numbers<const N: usize>(victim: &mut Victim, label: &str, at: [usize; N]) -> [usize; N] {
+    victim.send("stat");
+    let line = victim.expect_out(|l| l.starts_with(label));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    at.map(|i| {
+        let n = words.get(i).and_then(|n| n.parse().ok());
+        n.unwrap_or_else(|| panic!("no number at word {i} of {line:?}"))
+    })
+}
+
 /// Provider records of other peers the victim holds, from its `stat`.
 fn foreign_records(victim: &mut Victim) -> usize {
-    victim.send("stat");
-    let line = victim.expect_out(|l| l.starts_with("dht records"));
-    let count = line.split_whitespace().nth(2).and_then(|n| n.parse().ok());
-    count.unwrap_or_else(|| panic!("no record count in {line:?}"))
+    stat_numbers(victim, "dht records", [2])[0]
 }
 
 #[test]
@@ -2122,14 +2124,8 @@ fn a_huge_range_header_is_refused_cheaply() {
 /// Provider and delete records of other peers the victim holds, from its
 /// `stat`.
 fn record_counts(victim: &mut Victim) -> (usize, usize) {
-    victim.send("stat");
-    let line = victim.expect_out(|l| l.starts_with("dht records"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let count = |at: usize| words.get(at).and_then(|n| n.parse().ok());
-    match (count(2), count(5)) {
-        (Some(providers), Some(deletes)) => (providers, deletes),
-        _ => panic!("no record counts in {line:?}"),
-    }
+    let [providers, deletes] = stat_numbers(victim, "dht records", [2, 5]);
+    (providers, deletes)
 }
 
 /// What a spammer sends: provider records of its own, each with 20
