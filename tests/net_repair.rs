@@ -166,7 +166,9 @@ async fn stopped_holders_are_replaced_and_the_file_outlives_its_first_holders() 
             assert_eq!(info.owners, vec![owner], "a repaired copy keeps its owner");
             assert_eq!(info.leases[0].owner(), owner);
         }
-        let health = nodes[0].node.status(TicketOrCid::Cid(root)).await;
+        // The owner is told of the repair (a stranger would not be).
+        let owner_node = nodes.iter().find(|n| n.id() == owner).unwrap();
+        let health = owner_node.node.status(TicketOrCid::Cid(root)).await;
         assert_eq!(health.holders.len(), 3, "{health:?}");
         assert!(health.last_repair > 0, "{health:?}");
 
