@@ -24,6 +24,11 @@ pub const STREAM_BLOCKS: usize = 48;
 /// and two thirds of the pool, so one peer that stops reading leaves
 /// room for others.
 pub const PEER_STREAM_BLOCKS: usize = 32;
+/// Blocks set aside beyond the pool for peers that hold fewer than
+/// [`RESERVE_PER_PEER`]: a peer that starts to ask while others fill the
+/// pool is served at once, not after their answers stall out.
+pub const RESERVE_BLOCKS: usize = 16;
+pub const RESERVE_PER_PEER: usize = 2;
 /// Blocks a peer that left an answer untaken may hold, for
 /// [`STALLED_FOR`] after it did.
 pub const STALLED_PEER_BLOCKS: usize = 1;
@@ -45,6 +50,8 @@ struct Inner {
 #[derive(Default)]
 struct State {
     held: usize,
+    /// Of the reserve.
+    reserve_held: usize,
     per_peer: HashMap<PeerId, usize>,
     stalled: HashMap<PeerId, Instant>,
     /// Takers waiting for a block to be freed, by peer.
@@ -60,10 +67,11 @@ impl State {
     }
 }
 
-/// One block held for `peer`, until dropped.
+/// One block held for `peer` (of the reserve or not), until dropped.
 pub struct Share {
     shares: BlockShares,
     peer: PeerId,
+    reserve: bool,
 }
 
 /// Counts a waiting taker of a peer until dropped (a taker may be
@@ -106,10 +114,23 @@ impl BlockShares {
                     return None;
                 }
                 let mine = state.per_peer.get(&peer).copied().unwrap_or(0);
-                if state.held < STREAM_BLOCKS && mine < state.share_of(&peer) {
-                    state.held += 1;
+                let share = state.share_of(&peer);
+                let reserve = if state.held < STREAM_BLOCKS && mine < share {
+                    Some(false)
+                } else if state.reserve_held < RESERVE_BLOCKS && mine < share.min(RESERVE_PER_PEER)
+                {
+                    Some(true)
+                } else {
+                    None
+                };
+                if let Some(reserve) = reserve {
+                    if reserve {
+                        state.reserve_held += 1;
+                    } else {
+                        state.held += 1;
+                    }
                     *state.per_peer.entry(peer).or_default() += 1;
-                    return Some(Share { shares: self.clone(), peer });
+                    return Some(Share { shares: self.clone(), peer, reserve });
                 }
                 if waiting.is_none() {
                     *state.waiting.entry(peer).or_default() += 1;
@@ -142,10 +163,10 @@ impl BlockShares {
         self.0.freed.notify_waiters();
     }
 
-    /// Blocks held now: in all, and for `peer`.
+    /// Blocks held now: in all (the reserve's too), and for `peer`.
     pub fn held(&self, peer: &PeerId) -> (usize, usize) {
         let state = self.lock();
-        (state.held, state.per_peer.get(peer).copied().unwrap_or(0))
+        (state.held + state.reserve_held, state.per_peer.get(peer).copied().unwrap_or(0))
     }
 }
 
@@ -153,7 +174,11 @@ impl Drop for Share {
     fn drop(&mut self) {
         {
             let mut state = self.shares.lock();
-            state.held -= 1;
+            if self.reserve {
+                state.reserve_held -= 1;
+            } else {
+                state.held -= 1;
+            }
             if let Some(n) = state.per_peer.get_mut(&self.peer) {
                 *n -= 1;
                 if *n == 0 {
@@ -188,8 +213,12 @@ mod tests {
         );
         assert_eq!(shares.held(&late), (STREAM_BLOCKS, 0));
 
-        // The pool is full: a third peer waits, and gets the first block
-        // freed.
+        // The pool is full: a third peer takes a little of the reserve at
+        // once, then waits, and gets the first block freed.
+        let reserved: Vec<Share> = (0..RESERVE_PER_PEER)
+            .map(|_| now_or_never(shares.take(late, Instant::now())).unwrap().unwrap())
+            .collect();
+        assert!(now_or_never(shares.take(greedy, Instant::now())).is_none(), "no reserve for it");
         let waiter = tokio::spawn({
             let shares = shares.clone();
             async move { shares.take(late, Instant::now()).await }
@@ -201,8 +230,10 @@ mod tests {
         held.pop();
         let share =
             tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
-        assert_eq!(shares.held(&late), (STREAM_BLOCKS, 1));
+        let all = STREAM_BLOCKS + RESERVE_PER_PEER;
+        assert_eq!(shares.held(&late), (all, RESERVE_PER_PEER + 1));
         drop(share);
+        drop(reserved);
 
         // A peer that stalls: what it waits for ends, and it holds one
         // block at most.

@@ -179,7 +179,8 @@ impl Node {
             replica_quota: self.inner.replica_quota,
             blocks_served: self.inner.blocks.blocks_served(),
             stream_blocks_held: self.inner.blocks.stream_blocks_held(),
-            stream_blocks_limit: crate::net::shares::STREAM_BLOCKS,
+            stream_blocks_limit: crate::net::shares::STREAM_BLOCKS
+                + crate::net::shares::RESERVE_BLOCKS,
             block_streams: self.inner.net.lanes().active().total(),
             provider_records: records.providers,
             delete_records: records.deletes,
