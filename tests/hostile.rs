@@ -652,8 +652,17 @@ async fn honest_network(n: usize, replicas: usize, lease: Duration) -> Vec<Hones
         let addr = nodes[0].addr.clone();
         nodes.push(Honest::start(Some(&addr), replicas, lease).await);
     }
+    // Each also dials the others itself: the fixture's promise does not
+    // hang on every join lookup reaching every node.
+    let addrs: Vec<Multiaddr> = nodes.iter().map(|n| n.addr.clone()).collect();
     for node in &nodes {
-        assert!(node.node.wait_for_peers(n - 1, Duration::from_secs(30)).await >= n - 1);
+        for addr in addrs.iter().filter(|a| **a != node.addr) {
+            node.node.net().dial(addr.clone()).await;
+        }
+    }
+    for node in &nodes {
+        let peers = node.node.wait_for_peers(n - 1, Duration::from_secs(30)).await;
+        assert!(peers >= n - 1, "{}: {peers} peers of {}", node.node.peer_id(), n - 1);
     }
     nodes
 }
