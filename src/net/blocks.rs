@@ -166,7 +166,7 @@ impl BlockService {
 
     /// Blocks read for block-stream answers and not yet taken, in all.
     pub fn stream_blocks_held(&self) -> usize {
-        self.stream_blocks.held(&self.net.local_peer_id()).0
+        self.stream_blocks.held_in_all()
     }
 
     /// Answers `GetBlock`: the block as stored (verified), or `NotFound`.

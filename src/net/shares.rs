@@ -163,6 +163,12 @@ impl BlockShares {
         self.0.freed.notify_waiters();
     }
 
+    /// Blocks held now, in all (the reserve's too).
+    pub fn held_in_all(&self) -> usize {
+        let state = self.lock();
+        state.held + state.reserve_held
+    }
+
     /// Blocks held now: in all (the reserve's too), and for `peer`.
     pub fn held(&self, peer: &PeerId) -> (usize, usize) {
         let state = self.lock();

@@ -39,12 +39,17 @@ pub(super) fn bucket_admits(entries: usize, holds_peer: bool) -> bool {
 /// stays, and so does a peer still connected; a dial that was only
 /// refused here or aborted says nothing of the peer.
 pub(super) fn drops_unreachable(error: &DialError, bootstrap: bool, connected: bool) -> bool {
-    !bootstrap
-        && matches!(
-            error,
-            DialError::Transport(_) | DialError::WrongPeerId { .. } | DialError::NoAddresses
-        )
-        && !connected
+    !bootstrap && blames_peer(error) && !connected
+}
+
+/// Whether a failed dial says something of the peer (it could not be
+/// reached at its addresses, or answered as another); one only refused
+/// here or aborted does not.
+fn blames_peer(error: &DialError) -> bool {
+    matches!(
+        error,
+        DialError::Transport(_) | DialError::WrongPeerId { .. } | DialError::NoAddresses
+    )
 }
 
 /// How long a peer is not dialed after its first failed dial; each
@@ -68,10 +73,7 @@ impl DialBackoff {
     /// A dial of `peer` failed with `error`; a dial only refused here or
     /// aborted says nothing of the peer.
     pub(super) fn failed(&mut self, peer: PeerId, error: &DialError) {
-        if !matches!(
-            error,
-            DialError::Transport(_) | DialError::WrongPeerId { .. } | DialError::NoAddresses
-        ) {
+        if !blames_peer(error) {
             return;
         }
         let now = Instant::now();
